@@ -1,0 +1,94 @@
+//! The storage contract every Tidemark layer shares (modelled on Prometheus'
+//! `storage/interface.go`): [`Appendable`]/[`Appender`] to write, [`Queryable`]/[`Querier`] to
+//! read sorted [`SeriesSet`]s, sample iterators, and the merge of sorted series sets.
+//!
+//! The engine (tidemark-tsdb) and the cluster implement these traits; PromQL, scraping, rules and
+//! the HTTP API use only them, so they run unchanged on one node or many.
+//!
+//! The traits are synchronous: the engine appends and reads in microseconds, and async callers
+//! (the HTTP server, the cluster's Raft path) run them on blocking threads.
+
+mod error;
+mod iter;
+pub mod memory;
+mod merge;
+
+use tidemark_model::{Exemplar, Labels, Matcher, Metadata};
+
+pub use error::{Error, Result};
+pub use iter::{ListSeries, SampleIter, Series, SeriesSet, VecSampleIter, series_set_from_vec};
+pub use merge::{MergeQuerier, merge_series_sets};
+
+/// A reference to a series inside one storage, returned by [`Appender::append`] so that later
+/// appends can skip the label lookup. Only meaningful to the storage that issued it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeriesRef(pub u64);
+
+/// Something that can be written to.
+pub trait Appendable: Send + Sync {
+    /// A new appender; its samples become visible together on [`Appender::commit`].
+    fn appender(&self) -> Box<dyn Appender>;
+}
+
+/// A batch of writes. Nothing is visible (or durable) before `commit` returns `Ok`.
+pub trait Appender: Send {
+    /// Adds a sample. `series` is a reference from an earlier append to the same storage (a
+    /// hint; a stale one is ignored and the labels are used). Per-sample errors (out of order,
+    /// duplicate timestamp, out of bounds) reject that sample only; the batch stays usable.
+    fn append(&mut self, series: Option<SeriesRef>, labels: &Labels, t: i64, v: f64) -> Result<SeriesRef>;
+
+    /// Attaches an exemplar to a series. Storages without exemplar support ignore it.
+    fn append_exemplar(&mut self, _series: SeriesRef, _labels: &Labels, _e: &Exemplar) -> Result<()> {
+        Ok(())
+    }
+
+    /// Records metric metadata for the series' metric family. Optional.
+    fn update_metadata(&mut self, _series: SeriesRef, _labels: &Labels, _m: &Metadata) -> Result<()> {
+        Ok(())
+    }
+
+    /// Makes the batch durable (per the storage's sync policy) and visible.
+    fn commit(&mut self) -> Result<()>;
+
+    /// Discards the batch.
+    fn rollback(&mut self) -> Result<()>;
+}
+
+/// Something that can be read from.
+pub trait Queryable: Send + Sync {
+    /// A querier over `[mint, maxt]` (milliseconds, both inclusive).
+    fn querier(&self, mint: i64, maxt: i64) -> Result<Box<dyn Querier>>;
+}
+
+/// Hints a querier may use to read less (e.g. a coarser resolution); it may ignore them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SelectHints {
+    /// Start and end of the data needed, milliseconds.
+    pub start: i64,
+    pub end: i64,
+    /// Query step in milliseconds (0 for instant queries).
+    pub step: i64,
+    /// The function the selector feeds (`rate`, `max_over_time`, ...), if any.
+    pub func: Option<String>,
+    /// Range of a range selector in milliseconds (0 for instant selectors).
+    pub range: i64,
+    /// Grouping labels of the enclosing aggregation, and whether it is `by` (else `without`).
+    pub grouping: Vec<String>,
+    pub by: bool,
+    /// Stop after this many series (0: no limit).
+    pub limit: usize,
+}
+
+/// Reads series from a fixed time range.
+pub trait Querier: Send + Sync {
+    /// Series matching all `matchers`, with samples inside the querier's range. When `sorted`
+    /// is true the set is in [`Labels`] order (merging needs that).
+    fn select(&self, sorted: bool, hints: Option<&SelectHints>, matchers: &[Matcher]) -> SeriesSet;
+
+    /// Sorted unique values of label `name` among series matching `matchers` (all series when
+    /// empty). `limit` 0 means no limit.
+    fn label_values(&self, name: &str, matchers: &[Matcher], limit: usize) -> Result<Vec<String>>;
+
+    /// Sorted unique label names among series matching `matchers` (all series when empty).
+    fn label_names(&self, matchers: &[Matcher], limit: usize) -> Result<Vec<String>>;
+}
