@@ -177,7 +177,7 @@ fn missing_segment_is_a_gap() {
 /// records were lost.
 #[test]
 fn random_damage_always_opens_with_a_prefix() {
-    let mut rng = StdRng::seed_from_u64(0x10_6_c0);
+    let mut rng = StdRng::seed_from_u64(0x1006_c0de);
     let tmp = tempfile::tempdir().unwrap();
     let pristine = tmp.path().join("pristine");
     let segs = build(&pristine, 120, 700);
