@@ -4,3 +4,5 @@
 //! `block`, `compact`, `retention`, and `db` which ties them together.
 
 pub mod log;
+pub mod chunk;
+pub mod chunks;
