@@ -2,3 +2,5 @@
 //! what they own on disk: `chunk` (the Gorilla codec), `chunks` (chunk segment files), `log`
 //! (the segmented write-ahead log), `head` (in-memory recent window), `index` (block index),
 //! `block`, `compact`, `retention`, and `db` which ties them together.
+
+pub mod postings;
