@@ -299,7 +299,7 @@ impl IndexWriter {
         let start = begin(&out);
         let mut body = Vec::with_capacity(256);
         for (id, (labels, chunks)) in self.series.iter().enumerate() {
-            if id as u64 % SERIES_STRIDE == 0 {
+            if (id as u64).is_multiple_of(SERIES_STRIDE) {
                 stride_offsets.push((out.len() - start) as u64);
             }
             body.clear();
@@ -614,7 +614,7 @@ impl IndexReader {
         // Label names.
         let nr = r.sections[SEC_LABEL_NAMES].clone();
         let table_len = r.sections[SEC_POSTINGS_TABLE].len();
-        if table_len % POSTINGS_ENTRY_LEN != 0 {
+        if !table_len.is_multiple_of(POSTINGS_ENTRY_LEN) {
             return Err(r.corrupt(
                 r.sections[SEC_POSTINGS_TABLE].start,
                 "postings table length is not a multiple of 12".into(),
