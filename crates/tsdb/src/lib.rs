@@ -6,5 +6,7 @@
 pub mod block;
 pub mod chunk;
 pub mod chunks;
+pub mod compact;
 pub mod index;
 pub mod postings;
+pub mod retention;
