@@ -4,5 +4,10 @@
 //! `block`, `compact`, `retention`, and `db` which ties them together.
 
 pub mod log;
+pub mod block;
 pub mod chunk;
 pub mod chunks;
+pub mod compact;
+pub mod index;
+pub mod postings;
+pub mod retention;
