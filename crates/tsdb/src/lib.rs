@@ -4,3 +4,4 @@
 //! `block`, `compact`, `retention`, and `db` which ties them together.
 
 pub mod postings;
+pub mod record;
