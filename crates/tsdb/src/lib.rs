@@ -3,5 +3,7 @@
 //! (the segmented write-ahead log), `head` (in-memory recent window), `index` (block index),
 //! `block`, `compact`, `retention`, and `db` which ties them together.
 
+pub mod chunk;
+pub mod chunks;
 pub mod postings;
 pub mod record;
