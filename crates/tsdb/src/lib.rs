@@ -5,5 +5,6 @@
 
 pub mod chunk;
 pub mod chunks;
+pub mod log;
 pub mod postings;
 pub mod record;
