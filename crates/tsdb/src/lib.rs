@@ -3,12 +3,14 @@
 //! (the segmented write-ahead log), `head` (in-memory recent window), `index` (block index),
 //! `block`, `compact`, `retention`, and `db` which ties them together.
 
+pub mod block;
 pub mod chunk;
 pub mod chunks;
 pub mod head;
 mod head_append;
 mod head_log;
 mod head_read;
+pub mod index;
 pub mod log;
 pub mod postings;
 pub mod record;
