@@ -128,7 +128,7 @@ impl Serialize for ByteSize {
         }
         let mut n = self.0;
         let mut i = 0;
-        while n % 1024 == 0 && i < 5 {
+        while n & 1023 == 0 && i < 5 {
             n /= 1024;
             i += 1;
         }
