@@ -13,7 +13,6 @@ mod head_append;
 mod head_log;
 mod head_read;
 pub mod index;
-pub mod log;
 pub mod postings;
 pub mod retention;
 pub mod record;
