@@ -5,3 +5,5 @@
 
 pub mod chunk;
 pub mod chunks;
+#[doc(hidden)]
+pub mod testdata;
