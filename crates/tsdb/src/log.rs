@@ -23,6 +23,7 @@ mod segment;
 use std::collections::VecDeque;
 use std::fmt;
 use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -293,25 +294,25 @@ fn move_aside(
     {
         let name = file_name(c.path);
         let dst = unique_path(&cdir, &format!("{prefix}{name}@{}", c.offset));
-        let mut data = vec![0u8; (c.file_len - c.offset) as usize];
-        c.file
-            .read_exact_at(&mut data, c.offset)
+        let mut src = c.file.try_clone().map_err(io_err(c.path))?;
+        src.seek(SeekFrom::Start(c.offset))
             .map_err(io_err(c.path))?;
-        fs::write(&dst, &data).map_err(io_err(&dst))?;
-        File::open(&dst)
-            .and_then(|f| f.sync_all())
-            .map_err(io_err(&dst))?;
-        bytes += data.len() as u64;
+        let mut out = File::create(&dst).map_err(io_err(&dst))?;
+        bytes +=
+            std::io::copy(&mut src.take(c.file_len - c.offset), &mut out).map_err(io_err(&dst))?;
+        out.sync_all().map_err(io_err(&dst))?;
         moved.push(dst);
     }
     // Whole files are moved last-first so that a crash leaves a contiguous prefix.
+    let mut whole_moved = Vec::new();
     for p in whole.iter().rev() {
         let dst = unique_path(&cdir, &format!("{prefix}{}", file_name(p)));
         bytes += fs::metadata(p).map(|m| m.len()).unwrap_or(0);
         fs::rename(p, &dst).map_err(io_err(p))?;
-        moved.push(dst);
+        whole_moved.push(dst);
     }
-    moved.reverse();
+    whole_moved.reverse();
+    moved.extend(whole_moved);
     sync_dir(&cdir)?;
     if let Some(c) = &cut {
         c.file.set_len(c.offset).map_err(io_err(c.path))?;
@@ -682,8 +683,8 @@ impl Log {
     }
 
     /// Appends records with one write (and at most one fsync, per the sync policy); returns
-    /// their indexes. A batch never spans two segments. An empty batch returns an empty range
-    /// (`next..=next-1` style: `start > end`) and writes nothing.
+    /// their indexes. A batch never spans two segments. An empty batch writes nothing and
+    /// returns the empty range `next + 1..=next`.
     pub fn append_batch(
         &mut self,
         payloads: &[&[u8]],
@@ -692,7 +693,7 @@ impl Log {
         let first = self.next;
         if payloads.is_empty() {
             #[allow(clippy::reversed_empty_ranges)]
-            return Ok(first..=first.wrapping_sub(1));
+            return Ok(first + 1..=first);
         }
         let mut total = 0usize;
         for p in payloads {
