@@ -424,7 +424,9 @@ impl Log {
             if name.ends_with(TMP_SUFFIX) {
                 remove_path(&entry.path())?;
                 report.cleaned.push(entry.path());
-            } else if let Some(upto) = parse_ckpt_dir_name(&name) {
+            } else if let Some(upto) = parse_ckpt_dir_name(&name)
+                && entry.path().is_dir()
+            {
                 checkpoints.push((upto, entry.path()));
             }
         }
@@ -495,6 +497,26 @@ impl Log {
             }
         }
 
+        // Without a purge the log starts at 0; after one, at the purge point + 1. A first segment
+        // starting later means segments were lost: report it, keep what is there.
+        let expected_first = purged.map_or(0, |p| p + 1);
+        if let Some((first, path)) = files.first()
+            && *first > expected_first
+        {
+            let reason = format!(
+                "the log starts at index {first}, expected {expected_first}: the segments \
+                 holding records {expected_first}..{first} are missing"
+            );
+            tracing::error!(segment = %path.display(), %reason, "log corruption");
+            report.corruptions.push(CorruptionReport {
+                segment: path.clone(),
+                offset: 0,
+                reason,
+                first_lost_index: expected_first,
+                bytes_dropped: 0,
+                moved_to: Vec::new(),
+            });
+        }
         let mut segments: Vec<Segment> = Vec::new();
         let n = files.len();
         for (i, (first, path)) in files.iter().enumerate() {
