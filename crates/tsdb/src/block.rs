@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use tidemark_model::{Labels, Matcher, Sample};
 use tidemark_storage::{Querier, SampleIter, SelectHints, Series, SeriesSet};
 
-use crate::chunk::{self, ChunkEncoder, ChunkError, ChunkIter};
+use crate::chunk::{self, ChunkEncoder, ChunkError};
 use crate::chunks::{ChunkRef, ChunksError, SegmentReader, SegmentWriter};
 use crate::index::{ChunkMeta, IndexError, IndexReader, IndexWriter, SeriesEntry};
 use crate::postings::{Postings, PostingsSource, postings_for_matchers};
@@ -271,6 +271,7 @@ pub struct BlockWriter {
     parents: Vec<String>,
     resolution: i64,
     finished: bool,
+    scratch: Vec<Sample>,
 }
 
 impl BlockWriter {
@@ -305,6 +306,7 @@ impl BlockWriter {
             parents: Vec::new(),
             resolution: 0,
             finished: false,
+            scratch: Vec::new(),
         })
     }
 
@@ -340,27 +342,49 @@ impl BlockWriter {
         Ok(())
     }
 
-    /// Adds a series with already encoded chunks, sorted by time and non-overlapping. Every
-    /// chunk is decoded once to validate it and count its samples. A series without chunks is
-    /// skipped.
+    /// Adds a series with already encoded chunks sorted by `min_time`. Every chunk is decoded
+    /// once to validate it (its first and last timestamps must be the given min and max time)
+    /// and count its samples. Chunks that overlap in time (out-of-order data) are merged and
+    /// re-encoded, so that a block's chunks of one series never overlap. A series without
+    /// chunks is skipped.
     pub fn add_series(&mut self, labels: &Labels, chunks: &[EncodedChunk<'_>]) -> Result<()> {
         if chunks.is_empty() {
             return Ok(());
         }
+        let chunk_err = |dir: &Path, source| BlockError::Chunk {
+            dir: dir.to_path_buf(),
+            series: labels.clone(),
+            chunk_ref: 0,
+            source,
+        };
+        if chunks.windows(2).any(|w| w[1].0 <= w[0].1) {
+            let mut samples = Vec::new();
+            for &(_, _, _, data) in chunks {
+                chunk::decode_all(data, &mut samples).map_err(|e| chunk_err(&self.tmp, e))?;
+            }
+            // Stable sort: on equal timestamps the earlier chunk's sample stays.
+            samples.sort_by_key(|s| s.t);
+            samples.dedup_by_key(|s| s.t);
+            return self.add_samples(labels, &samples);
+        }
         let series_ref = self.index.num_series() as u64;
         let mut metas = Vec::with_capacity(chunks.len());
         let mut samples = 0u64;
+        let mut scratch = std::mem::take(&mut self.scratch);
         for &(mint, maxt, encoding, data) in chunks {
             self.check_range(labels, mint, maxt)?;
-            let n = ChunkIter::new(data)
-                .map_err(|source| BlockError::Chunk {
-                    dir: self.tmp.clone(),
-                    series: labels.clone(),
-                    chunk_ref: 0,
-                    source,
-                })?
-                .num_samples();
-            samples += n as u64;
+            scratch.clear();
+            chunk::decode_all(data, &mut scratch).map_err(|e| chunk_err(&self.tmp, e))?;
+            if scratch.first().map(|s| s.t) != Some(mint)
+                || scratch.last().map(|s| s.t) != Some(maxt)
+            {
+                return Err(BlockError::Invalid(format!(
+                    "series {labels}: chunk said to cover [{mint}, {maxt}] holds samples {:?}..{:?}",
+                    scratch.first().map(|s| s.t),
+                    scratch.last().map(|s| s.t)
+                )));
+            }
+            samples += scratch.len() as u64;
             let r = self.write_chunk(series_ref, mint, maxt, encoding, data)?;
             metas.push(ChunkMeta {
                 min_time: mint,
@@ -368,6 +392,7 @@ impl BlockWriter {
                 chunk_ref: r,
             });
         }
+        self.scratch = scratch;
         self.index.add_series(labels, metas)?;
         self.stats.num_series += 1;
         self.stats.num_samples += samples;
