@@ -7,6 +7,17 @@ pub mod block;
 pub mod chunk;
 pub mod chunks;
 pub mod compact;
+pub mod head;
+mod head_append;
+mod head_log;
+mod head_read;
 pub mod index;
+pub mod log;
 pub mod postings;
+pub mod record;
 pub mod retention;
+
+pub use head::{Head, HeadError, HeadOptions, HeadStats};
+pub use head_append::HeadAppender;
+pub use head_log::ReplayStats;
+pub use head_read::HeadQuerier;

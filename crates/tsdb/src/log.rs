@@ -1,0 +1,1221 @@
+//! The write-ahead log: a segmented, CRC-checked log of opaque byte records addressed by a
+//! monotonically increasing `u64` index.
+//!
+//! The engine encodes its own records (series, samples) on top of it, and the cluster uses the
+//! same log as a Raft log store (payload = raft entry). Byte layouts and the crash-safety argument
+//! of every operation are in `docs/format/log.md`.
+//!
+//! Directory layout:
+//! ```text
+//! dir/LOCK                          advisory lock (one writer process)
+//! dir/00000000000000000000          segment whose first record has index 0
+//! dir/00000000000000001234          segment whose first record has index 1234
+//! dir/checkpoint.00000000000000001000/00000000000000000000   checkpoint segments
+//! dir/purged                        purge point (records <= it are gone)
+//! dir/meta                          opaque metadata (raft vote / committed)
+//! dir/corrupted/                    data moved aside by recovery
+//! ```
+
+mod format;
+mod fsutil;
+mod segment;
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use format::{MAX_PAYLOAD, SEGMENT_HEADER_LEN, SegmentKind};
+pub use fsutil::failpoint;
+use fsutil::{io_err, read_small_file, sync_dir, unique_path, write_small_file};
+use segment::{RecordReader, Segment, Step, create_segment, parse_segment_name, scan_segment};
+
+/// Default maximum size of a segment file: 128 MiB.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 128 << 20;
+
+const META_FILE: &str = "meta";
+const META_MAGIC: &[u8; 8] = b"TIDEMETA";
+const PURGED_FILE: &str = "purged";
+const PURGED_MAGIC: &[u8; 8] = b"TIDEPURG";
+const CORRUPTED_DIR: &str = "corrupted";
+const CHECKPOINT_PREFIX: &str = "checkpoint.";
+const TMP_SUFFIX: &str = ".tmp";
+
+/// When appended records are fsynced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncPolicy {
+    /// fsync before `append`/`append_batch` returns, i.e. before the write is acknowledged.
+    #[default]
+    Always,
+    /// fsync on an append when at least this long has passed since the last fsync (and on
+    /// [`Log::sync`] and drop). A crash may lose the records of the last interval.
+    Interval(Duration),
+    /// Never fsync appended records (the OS writes them back); segments are still fsynced when
+    /// they are sealed, and truncation, purge and checkpoints are always durable.
+    Never,
+}
+
+/// Options of [`Log::open`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogOptions {
+    /// A new segment is started when a batch would take the current one past this size (a batch
+    /// larger than this gets a segment of its own). Default [`DEFAULT_SEGMENT_SIZE`].
+    pub segment_size: u64,
+    /// Default [`SyncPolicy::Always`].
+    pub sync: SyncPolicy,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        LogOptions {
+            segment_size: DEFAULT_SEGMENT_SIZE,
+            sync: SyncPolicy::Always,
+        }
+    }
+}
+
+/// Errors of the log.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("log I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Bytes on disk failed a check.
+    #[error("log corruption in {segment} at byte offset {offset}: {reason}")]
+    Corruption {
+        segment: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    /// The record was removed by `purge_upto` or a checkpoint.
+    #[error("log index {index} was purged (records up to {purged_upto} are gone)")]
+    Purged { index: u64, purged_upto: u64 },
+    /// The index was never written (or was truncated away).
+    #[error("log index {index} is out of range: the log holds [{first}, {next})")]
+    OutOfRange { index: u64, first: u64, next: u64 },
+    #[error("log record of {len} bytes exceeds the maximum of {max} bytes")]
+    RecordTooLarge { len: usize, max: usize },
+    /// `truncate_after` would remove purged records.
+    #[error("cannot truncate the log after {index}: records up to {purged_upto} were purged")]
+    BelowPurgePoint { index: u64, purged_upto: u64 },
+    #[error("checkpoint up to {upto} is not newer than the existing checkpoint up to {current}")]
+    StaleCheckpoint { upto: u64, current: u64 },
+    #[error("log directory {dir} is locked by another process")]
+    Locked { dir: PathBuf },
+    /// A write or fsync failed; the state of the file is unknown until the log is reopened.
+    #[error("log is unusable after a failed write or fsync ({reason}); reopen it")]
+    Poisoned { reason: String },
+    /// A test's failure point was reached (see [`failpoint`]).
+    #[error("injected failure at {0}")]
+    InjectedFailure(&'static str),
+}
+
+/// A torn (partially written) record at the end of the log, truncated by [`Log::open`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornTail {
+    pub segment: PathBuf,
+    /// Byte offset in `segment` where the file was cut.
+    pub offset: u64,
+    /// Bytes removed.
+    pub bytes: u64,
+    pub reason: String,
+}
+
+/// Corruption found by [`Log::open`]: everything from `offset` in `segment` on (and every later
+/// segment) was moved aside to `moved_to`, and the log continues with the records before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorruptionReport {
+    pub segment: PathBuf,
+    pub offset: u64,
+    pub reason: String,
+    /// Index of the first record lost (for a checkpoint: its ordinal inside the checkpoint).
+    pub first_lost_index: u64,
+    /// Bytes removed from the log (segment tail plus later segments).
+    pub bytes_dropped: u64,
+    /// Where the removed bytes went (under `dir/corrupted/`).
+    pub moved_to: Vec<PathBuf>,
+}
+
+/// What [`Log::open`] found and repaired.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenReport {
+    pub dir: PathBuf,
+    /// Segments of the log after recovery.
+    pub segments: usize,
+    pub first_index: Option<u64>,
+    pub last_index: Option<u64>,
+    /// `upto` of the checkpoint in use.
+    pub checkpoint: Option<u64>,
+    pub torn_tail: Option<TornTail>,
+    pub corruptions: Vec<CorruptionReport>,
+    /// Leftovers of interrupted operations that were completed or removed (temporary files,
+    /// segments of an interrupted purge, superseded checkpoints).
+    pub cleaned: Vec<PathBuf>,
+}
+
+impl OpenReport {
+    /// True when nothing was truncated or moved aside.
+    pub fn is_clean(&self) -> bool {
+        self.torn_tail.is_none() && self.corruptions.is_empty()
+    }
+}
+
+impl fmt::Display for OpenReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "log {}: {} segment(s)",
+            self.dir.display(),
+            self.segments
+        )?;
+        match (self.first_index, self.last_index) {
+            (Some(a), Some(b)) => write!(f, ", records {a}..={b}")?,
+            _ => write!(f, ", no records")?,
+        }
+        if let Some(c) = self.checkpoint {
+            write!(f, ", checkpoint up to {c}")?;
+        }
+        if let Some(t) = &self.torn_tail {
+            write!(
+                f,
+                "; torn tail truncated: {} bytes at offset {} of {} ({})",
+                t.bytes,
+                t.offset,
+                t.segment.display(),
+                t.reason
+            )?;
+        }
+        for c in &self.corruptions {
+            write!(
+                f,
+                "; CORRUPTION in {} at offset {}: {}; {} bytes from index {} moved aside to [",
+                c.segment.display(),
+                c.offset,
+                c.reason,
+                c.bytes_dropped,
+                c.first_lost_index
+            )?;
+            for (i, p) in c.moved_to.iter().enumerate() {
+                if i > 0 {
+                    write!(f, ", ")?;
+                }
+                write!(f, "{}", p.display())?;
+            }
+            write!(f, "]")?;
+        }
+        if !self.cleaned.is_empty() {
+            write!(f, "; cleaned {} leftover(s)", self.cleaned.len())?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct Checkpoint {
+    upto: u64,
+    segments: Vec<Segment>,
+}
+
+/// The log. Not internally synchronized: the engine wraps it in a mutex; readers
+/// ([`LogReader`]) are independent of it once created.
+#[derive(Debug)]
+pub struct Log {
+    dir: PathBuf,
+    opts: LogOptions,
+    _lock: File,
+    /// Never empty; the last one is the active segment.
+    segments: Vec<Segment>,
+    /// Index the next appended record gets.
+    next: u64,
+    purged: Option<u64>,
+    checkpoint: Option<Checkpoint>,
+    buf: Vec<u8>,
+    last_sync: Instant,
+    unsynced: bool,
+    poisoned: Option<String>,
+}
+
+fn ckpt_dir_name(upto: u64) -> String {
+    format!("{CHECKPOINT_PREFIX}{upto:020}")
+}
+
+fn parse_ckpt_dir_name(name: &str) -> Option<u64> {
+    name.strip_prefix(CHECKPOINT_PREFIX)
+        .and_then(parse_segment_name)
+}
+
+fn remove_path(path: &Path) -> Result<(), LogError> {
+    let r = if path.is_dir() {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    };
+    match r {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+/// The damaged file of a repair: cut at `offset` (> 0), its bytes `[offset, file_len)` saved.
+struct Cut<'a> {
+    path: &'a Path,
+    file: &'a File,
+    offset: u64,
+    file_len: u64,
+}
+
+/// Moves the tail of a damaged file (`cut`) and every file in `whole` into `dir/corrupted/`,
+/// then cuts the damaged file. Returns the new paths and the bytes moved.
+fn move_aside(
+    dir: &Path,
+    cut: Option<Cut<'_>>,
+    whole: &[PathBuf],
+    prefix: &str,
+) -> Result<(Vec<PathBuf>, u64), LogError> {
+    let cdir = dir.join(CORRUPTED_DIR);
+    fs::create_dir_all(&cdir).map_err(io_err(&cdir))?;
+    let file_name = |p: &Path| {
+        p.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    let mut moved = Vec::new();
+    let mut bytes = 0;
+    if let Some(c) = &cut
+        && c.offset < c.file_len
+    {
+        let name = file_name(c.path);
+        let dst = unique_path(&cdir, &format!("{prefix}{name}@{}", c.offset));
+        let mut data = vec![0u8; (c.file_len - c.offset) as usize];
+        c.file
+            .read_exact_at(&mut data, c.offset)
+            .map_err(io_err(c.path))?;
+        fs::write(&dst, &data).map_err(io_err(&dst))?;
+        File::open(&dst)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err(&dst))?;
+        bytes += data.len() as u64;
+        moved.push(dst);
+    }
+    // Whole files are moved last-first so that a crash leaves a contiguous prefix.
+    for p in whole.iter().rev() {
+        let dst = unique_path(&cdir, &format!("{prefix}{}", file_name(p)));
+        bytes += fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        fs::rename(p, &dst).map_err(io_err(p))?;
+        moved.push(dst);
+    }
+    moved.reverse();
+    sync_dir(&cdir)?;
+    if let Some(c) = &cut {
+        c.file.set_len(c.offset).map_err(io_err(c.path))?;
+        c.file.sync_all().map_err(io_err(c.path))?;
+    }
+    if let Some(parent) = whole.first().and_then(|p| p.parent()) {
+        sync_dir(parent)?;
+    }
+    Ok((moved, bytes))
+}
+
+/// Lists the numbered segment files of `dir`, sorted by first index.
+fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name();
+        if let Some(first) = name.to_str().and_then(parse_segment_name) {
+            out.push((first, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Loads the segments of a checkpoint directory, repairing (moving aside) damage.
+fn load_checkpoint(
+    dir: &Path,
+    cdir: &Path,
+    upto: u64,
+    report: &mut OpenReport,
+) -> Result<Checkpoint, LogError> {
+    let files = list_segments(cdir)?;
+    let mut segments: Vec<Segment> = Vec::new();
+    let mut expect = 0u64;
+    for (i, (first, path)) in files.iter().enumerate() {
+        let problem = if *first != expect {
+            Some((
+                None,
+                format!("checkpoint segment starts at record {first}, expected {expect}"),
+            ))
+        } else {
+            let scan = scan_segment(path, SegmentKind::Checkpoint, expect)?;
+            let bad = scan.bad.map(|b| (b.offset, b.reason));
+            let seg = scan.segment;
+            expect = seg.end();
+            match bad {
+                None => {
+                    segments.push(seg);
+                    None
+                }
+                Some((off, reason)) => Some((Some((seg, off, scan.file_len)), reason)),
+            }
+        };
+        if let Some((damaged, reason)) = problem {
+            let prefix = format!("{}-", ckpt_dir_name(upto));
+            let later: Vec<PathBuf> = files[i + 1..].iter().map(|(_, p)| p.clone()).collect();
+            let (offset, first_lost, moved) = match damaged {
+                Some((seg, off, len)) if off > 0 => {
+                    let lost = seg.end();
+                    let cut = Cut {
+                        path,
+                        file: &seg.file,
+                        offset: off,
+                        file_len: len,
+                    };
+                    let m = move_aside(dir, Some(cut), &later, &prefix)?;
+                    segments.push(seg);
+                    (off, lost, m)
+                }
+                _ => {
+                    let mut all = vec![path.clone()];
+                    all.extend(later);
+                    (0, expect, move_aside(dir, None, &all, &prefix)?)
+                }
+            };
+            tracing::error!(segment = %path.display(), offset, %reason, "log checkpoint corruption; moved the rest aside");
+            report.corruptions.push(CorruptionReport {
+                segment: path.clone(),
+                offset,
+                reason,
+                first_lost_index: first_lost,
+                bytes_dropped: moved.1,
+                moved_to: moved.0,
+            });
+            break;
+        }
+    }
+    Ok(Checkpoint { upto, segments })
+}
+
+impl Log {
+    /// Opens (creating if needed) the log in `dir`, completing interrupted operations and
+    /// repairing damage: a torn tail is truncated, corruption moves everything from the damaged
+    /// record on aside. Both are reported, and neither makes `open` fail.
+    pub fn open(dir: &Path, opts: LogOptions) -> Result<(Log, OpenReport), LogError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let lock = fsutil::lock_dir(dir)?;
+        let mut report = OpenReport {
+            dir: dir.to_path_buf(),
+            ..OpenReport::default()
+        };
+
+        // Leftovers of interrupted atomic writes and checkpoints.
+        let mut checkpoints = Vec::new();
+        for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+            let entry = entry.map_err(io_err(dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(TMP_SUFFIX) {
+                remove_path(&entry.path())?;
+                report.cleaned.push(entry.path());
+            } else if let Some(upto) = parse_ckpt_dir_name(&name) {
+                checkpoints.push((upto, entry.path()));
+            }
+        }
+        checkpoints.sort();
+        let mut checkpoint = None;
+        if let Some((upto, cdir)) = checkpoints.pop() {
+            for (_, old) in checkpoints {
+                remove_path(&old)?;
+                report.cleaned.push(old);
+            }
+            checkpoint = Some(load_checkpoint(dir, &cdir, upto, &mut report)?);
+        }
+
+        let mut purged = match read_small_file(&dir.join(PURGED_FILE), PURGED_MAGIC) {
+            Ok(Some(b)) if b.len() == 8 => {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(&b);
+                Some(u64::from_le_bytes(a))
+            }
+            Ok(None) => None,
+            Ok(Some(b)) => {
+                report.corruptions.push(CorruptionReport {
+                    segment: dir.join(PURGED_FILE),
+                    offset: 0,
+                    reason: format!("purge marker: expected 8 bytes, got {}", b.len()),
+                    first_lost_index: 0,
+                    bytes_dropped: 0,
+                    moved_to: Vec::new(),
+                });
+                None
+            }
+            Err(LogError::Corruption {
+                segment,
+                offset,
+                reason,
+            }) => {
+                report.corruptions.push(CorruptionReport {
+                    segment,
+                    offset,
+                    reason,
+                    first_lost_index: 0,
+                    bytes_dropped: 0,
+                    moved_to: Vec::new(),
+                });
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        // A checkpoint is written before the purge it implies: finish that purge.
+        if let Some(c) = &checkpoint
+            && purged.is_none_or(|p| p < c.upto)
+        {
+            write_small_file(dir, PURGED_FILE, PURGED_MAGIC, &c.upto.to_le_bytes())?;
+            purged = Some(c.upto);
+        }
+
+        let mut files = list_segments(dir)?;
+        // Finish an interrupted purge: drop segments whose successor starts at or below the
+        // purge point (all their records are purged).
+        if let Some(p) = purged {
+            let mut keep_from = 0;
+            while keep_from + 1 < files.len() && files[keep_from + 1].0 <= p + 1 {
+                keep_from += 1;
+            }
+            for (_, path) in files.drain(..keep_from) {
+                remove_path(&path)?;
+                report.cleaned.push(path);
+            }
+        }
+
+        let mut segments: Vec<Segment> = Vec::new();
+        let n = files.len();
+        for (i, (first, path)) in files.iter().enumerate() {
+            let last = i + 1 == n;
+            if let Some(prev) = segments.last()
+                && prev.end() != *first
+            {
+                // A gap or overlap: this segment and everything after it cannot be used.
+                let reason = format!(
+                    "segment starts at index {first}, expected {} (end of the previous segment)",
+                    prev.end()
+                );
+                let lost = prev.end();
+                let all: Vec<PathBuf> = files[i..].iter().map(|(_, p)| p.clone()).collect();
+                let (moved, bytes) = move_aside(dir, None, &all, "")?;
+                tracing::error!(segment = %path.display(), %reason, "log corruption; moved the rest aside");
+                report.corruptions.push(CorruptionReport {
+                    segment: path.clone(),
+                    offset: 0,
+                    reason,
+                    first_lost_index: lost,
+                    bytes_dropped: bytes,
+                    moved_to: moved,
+                });
+                break;
+            }
+            let scan = scan_segment(path, SegmentKind::Log, *first)?;
+            let Some(bad) = scan.bad else {
+                segments.push(scan.segment);
+                continue;
+            };
+            let seg = scan.segment;
+            if last && bad.at_end {
+                let bytes = scan.file_len - bad.offset;
+                tracing::warn!(segment = %path.display(), offset = bad.offset, bytes, reason = %bad.reason, "log: truncating torn tail");
+                if bad.offset == 0 {
+                    remove_path(path)?;
+                    sync_dir(dir)?;
+                } else {
+                    seg.file.set_len(bad.offset).map_err(io_err(path))?;
+                    seg.file.sync_all().map_err(io_err(path))?;
+                }
+                report.torn_tail = Some(TornTail {
+                    segment: path.clone(),
+                    offset: bad.offset,
+                    bytes,
+                    reason: bad.reason,
+                });
+                if bad.offset > 0 {
+                    segments.push(seg);
+                }
+                break;
+            }
+            let mut later: Vec<PathBuf> = files[i + 1..].iter().map(|(_, p)| p.clone()).collect();
+            let cut = if bad.offset > 0 {
+                Some(Cut {
+                    path,
+                    file: &seg.file,
+                    offset: bad.offset,
+                    file_len: scan.file_len,
+                })
+            } else {
+                later.insert(0, path.clone());
+                None
+            };
+            let (moved, bytes) = move_aside(dir, cut, &later, "")?;
+            tracing::error!(segment = %path.display(), offset = bad.offset, reason = %bad.reason, bytes, "log corruption; moved the rest aside");
+            report.corruptions.push(CorruptionReport {
+                segment: path.clone(),
+                offset: bad.offset,
+                reason: bad.reason,
+                first_lost_index: seg.end(),
+                bytes_dropped: bytes,
+                moved_to: moved,
+            });
+            if bad.offset > 0 {
+                segments.push(seg);
+            }
+            break;
+        }
+
+        // The next index: after the last record, and after the purge point.
+        let mut next = segments.last().map_or(0, Segment::end);
+        if let Some(p) = purged
+            && next <= p
+        {
+            // Everything is purged (an interrupted purge beyond the end): start afresh.
+            next = p + 1;
+            for s in segments.drain(..) {
+                remove_path(&s.path)?;
+                report.cleaned.push(s.path.clone());
+            }
+        }
+        if segments.is_empty() {
+            segments.push(create_segment(dir, SegmentKind::Log, next)?);
+        }
+
+        let log = Log {
+            dir: dir.to_path_buf(),
+            opts,
+            _lock: lock,
+            segments,
+            next,
+            purged,
+            checkpoint,
+            buf: Vec::new(),
+            last_sync: Instant::now(),
+            unsynced: false,
+            poisoned: None,
+        };
+        report.segments = log.segments.len();
+        report.first_index = log.first_index();
+        report.last_index = log.last_index();
+        report.checkpoint = log.checkpoint.as_ref().map(|c| c.upto);
+        if report.is_clean() {
+            tracing::info!(dir = %dir.display(), first = ?report.first_index, last = ?report.last_index, segments = report.segments, "log opened");
+        } else {
+            tracing::warn!(%report, "log opened after repair");
+        }
+        Ok((log, report))
+    }
+
+    /// The directory of the log.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The options the log was opened with.
+    pub fn options(&self) -> LogOptions {
+        self.opts
+    }
+
+    fn first_readable(&self) -> u64 {
+        let seg_first = self.segments.first().map_or(self.next, |s| s.first);
+        match self.purged {
+            Some(p) => seg_first.max(p + 1),
+            None => seg_first,
+        }
+    }
+
+    /// Index of the first readable record, `None` when the log holds no record.
+    pub fn first_index(&self) -> Option<u64> {
+        let f = self.first_readable();
+        (f < self.next).then_some(f)
+    }
+
+    /// Index of the last record, `None` when the log holds no record.
+    pub fn last_index(&self) -> Option<u64> {
+        let f = self.first_readable();
+        (f < self.next).then(|| self.next - 1)
+    }
+
+    /// Index the next appended record gets.
+    pub fn next_index(&self) -> u64 {
+        self.next
+    }
+
+    /// Records up to this index were purged (by `purge_upto` or a checkpoint).
+    pub fn purged_upto(&self) -> Option<u64> {
+        self.purged
+    }
+
+    /// `upto` of the current checkpoint.
+    pub fn checkpoint_upto(&self) -> Option<u64> {
+        self.checkpoint.as_ref().map(|c| c.upto)
+    }
+
+    fn check_poisoned(&self) -> Result<(), LogError> {
+        match &self.poisoned {
+            Some(reason) => Err(LogError::Poisoned {
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn active(&mut self) -> &mut Segment {
+        // `segments` is never empty (see `open`, `truncate_after`, `purge_upto`).
+        let n = self.segments.len();
+        &mut self.segments[n - 1]
+    }
+
+    /// Appends one record and returns its index.
+    pub fn append(&mut self, payload: &[u8]) -> Result<u64, LogError> {
+        Ok(*self.append_batch(&[payload])?.start())
+    }
+
+    /// Appends records with one write (and at most one fsync, per the sync policy); returns
+    /// their indexes. A batch never spans two segments. An empty batch returns an empty range
+    /// (`next..=next-1` style: `start > end`) and writes nothing.
+    pub fn append_batch(
+        &mut self,
+        payloads: &[&[u8]],
+    ) -> Result<std::ops::RangeInclusive<u64>, LogError> {
+        self.check_poisoned()?;
+        let first = self.next;
+        if payloads.is_empty() {
+            #[allow(clippy::reversed_empty_ranges)]
+            return Ok(first..=first.wrapping_sub(1));
+        }
+        let mut total = 0usize;
+        for p in payloads {
+            if p.len() > MAX_PAYLOAD {
+                return Err(LogError::RecordTooLarge {
+                    len: p.len(),
+                    max: MAX_PAYLOAD,
+                });
+            }
+            total += format::framed_len(p.len());
+        }
+        let active = &self.segments[self.segments.len() - 1];
+        if active.count > 0 && active.size + total as u64 > self.opts.segment_size {
+            self.roll()?;
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        buf.reserve(total);
+        for (i, p) in payloads.iter().enumerate() {
+            format::encode_record(&mut buf, first + i as u64, p);
+        }
+        let result = self.write_and_sync(&buf, payloads);
+        // Keep a modest buffer around for the next batch.
+        if buf.capacity() <= 4 << 20 {
+            self.buf = buf;
+        }
+        result?;
+        let last = first + payloads.len() as u64 - 1;
+        self.next = last + 1;
+        Ok(first..=last)
+    }
+
+    fn write_and_sync(&mut self, buf: &[u8], payloads: &[&[u8]]) -> Result<(), LogError> {
+        let seg = self.active();
+        let at = seg.size;
+        if let Err(e) = seg.file.write_all_at(buf, at) {
+            // Undo a partial write; if even that fails the file state is unknown.
+            let path = seg.path.clone();
+            if let Err(e2) = seg.file.set_len(at) {
+                self.poisoned = Some(format!("write failed ({e}), truncation failed ({e2})"));
+            }
+            return Err(LogError::Io { path, source: e });
+        }
+        for p in payloads {
+            seg.push(format::framed_len(p.len()) as u64);
+        }
+        self.unsynced = true;
+        match self.opts.sync {
+            SyncPolicy::Always => self.sync(),
+            SyncPolicy::Interval(d) if self.last_sync.elapsed() >= d => self.sync(),
+            _ => Ok(()),
+        }
+    }
+
+    /// fsyncs the active segment.
+    pub fn sync(&mut self) -> Result<(), LogError> {
+        self.check_poisoned()?;
+        if !self.unsynced {
+            return Ok(());
+        }
+        let seg = self.active();
+        if let Err(e) = seg.file.sync_data() {
+            let path = seg.path.clone();
+            // After a failed fsync the kernel may have dropped the dirty pages: never retry.
+            self.poisoned = Some(format!("fsync of {} failed: {e}", path.display()));
+            return Err(LogError::Io { path, source: e });
+        }
+        self.unsynced = false;
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    /// Seals the active segment (fsync) and starts a new one at `next`.
+    fn roll(&mut self) -> Result<(), LogError> {
+        self.unsynced = true;
+        self.sync()?;
+        let seg = create_segment(&self.dir, SegmentKind::Log, self.next)?;
+        self.segments.push(seg);
+        Ok(())
+    }
+
+    fn check_readable(&self, index: u64) -> Result<(), LogError> {
+        if let Some(p) = self.purged
+            && index <= p
+        {
+            return Err(LogError::Purged {
+                index,
+                purged_upto: p,
+            });
+        }
+        let first = self.first_readable();
+        if index < first || index > self.next {
+            return Err(LogError::OutOfRange {
+                index,
+                first,
+                next: self.next,
+            });
+        }
+        Ok(())
+    }
+
+    /// Position of the segment holding `index` (`index` may equal `next`: the active segment).
+    fn segment_of(&self, index: u64) -> usize {
+        self.segments
+            .partition_point(|s| s.first <= index)
+            .saturating_sub(1)
+    }
+
+    /// Reads one record.
+    pub fn read(&self, index: u64) -> Result<Vec<u8>, LogError> {
+        self.check_readable(index)?;
+        if index == self.next {
+            return Err(LogError::OutOfRange {
+                index,
+                first: self.first_readable(),
+                next: self.next,
+            });
+        }
+        let seg = &self.segments[self.segment_of(index)];
+        let off = seg.offset_of(index)?;
+        seg.read_at(index, off)
+    }
+
+    /// Reads the records `[start, end)`.
+    pub fn read_range(&self, start: u64, end: u64) -> Result<Vec<(u64, Vec<u8>)>, LogError> {
+        let mut out = Vec::with_capacity(end.saturating_sub(start).min(1 << 16) as usize);
+        if start >= end {
+            return Ok(out);
+        }
+        if end > self.next {
+            return Err(LogError::OutOfRange {
+                index: end - 1,
+                first: self.first_readable(),
+                next: self.next,
+            });
+        }
+        for r in self.reader_from(start)?.take((end - start) as usize) {
+            out.push(r?);
+        }
+        Ok(out)
+    }
+
+    /// A reader of every record from `index` to the current end. The reader is independent of
+    /// the log (it holds its own handles): records appended later are not seen, and a reader
+    /// racing with `truncate_after` may see either version of the truncated records.
+    pub fn reader_from(&self, index: u64) -> Result<LogReader, LogError> {
+        self.check_readable(index)?;
+        let mut segs = VecDeque::new();
+        if index < self.next {
+            let k = self.segment_of(index);
+            for (i, s) in self.segments[k..].iter().enumerate() {
+                let (start_index, start_off) = if i == 0 {
+                    (index, s.offset_of(index)?)
+                } else {
+                    (s.first, SEGMENT_HEADER_LEN as u64)
+                };
+                if s.count == 0 {
+                    continue;
+                }
+                segs.push_back(ReaderSegment {
+                    path: s.path.clone(),
+                    file: Arc::clone(&s.file),
+                    start_index,
+                    start_offset: start_off,
+                    end_offset: s.size,
+                });
+            }
+        }
+        Ok(LogReader {
+            segs,
+            cur: None,
+            next: index,
+            end: self.next,
+            fixed_index: None,
+            failed: false,
+        })
+    }
+
+    /// Everything the engine replays on start: the checkpoint's records (each with the
+    /// checkpoint's `upto` as index) and then the log's records after `upto`.
+    pub fn replay(&self) -> Result<Replay, LogError> {
+        let checkpoint = self.checkpoint.as_ref().map(|c| {
+            let segs = c
+                .segments
+                .iter()
+                .filter(|s| s.count > 0)
+                .map(|s| ReaderSegment {
+                    path: s.path.clone(),
+                    file: Arc::clone(&s.file),
+                    start_index: s.first,
+                    start_offset: SEGMENT_HEADER_LEN as u64,
+                    end_offset: s.size,
+                })
+                .collect();
+            LogReader {
+                segs,
+                cur: None,
+                next: 0,
+                end: c.segments.last().map_or(0, Segment::end),
+                fixed_index: Some(c.upto),
+                failed: false,
+            }
+        });
+        let from = self.first_readable();
+        let log = self.reader_from(from)?;
+        Ok(Replay {
+            checkpoint_upto: self.checkpoint.as_ref().map(|c| c.upto),
+            checkpoint,
+            log,
+        })
+    }
+
+    /// Drops every record with an index greater than `index` (Raft conflict resolution). Later
+    /// segments are removed last-first (each removal made durable before the next), then the
+    /// segment holding `index + 1` is cut and fsynced: a crash at any step leaves a prefix of the
+    /// old log that is at least as long as the requested one.
+    pub fn truncate_after(&mut self, index: u64) -> Result<(), LogError> {
+        self.check_poisoned()?;
+        if index.saturating_add(1) >= self.next {
+            return Ok(());
+        }
+        if let Some(p) = self.purged
+            && index < p
+        {
+            return Err(LogError::BelowPurgePoint {
+                index,
+                purged_upto: p,
+            });
+        }
+        let cut = index + 1;
+        let first_seg = self.segments.first().map_or(self.next, |s| s.first);
+        if cut < first_seg {
+            return Err(LogError::OutOfRange {
+                index: cut,
+                first: first_seg,
+                next: self.next,
+            });
+        }
+        let k = self.segment_of(cut);
+        while self.segments.len() > k + 1 {
+            let Some(seg) = self.segments.pop() else {
+                break;
+            };
+            fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
+            sync_dir(&self.dir)?;
+            self.next = seg.first;
+            failpoint::hit("truncate.after_unlink")?;
+        }
+        let seg = &mut self.segments[k];
+        let off = seg.offset_of(cut)?;
+        failpoint::hit("truncate.before_cut")?;
+        if let Err(e) = seg.file.set_len(off).and_then(|()| seg.file.sync_all()) {
+            let path = seg.path.clone();
+            self.poisoned = Some(format!("truncation of {} failed: {e}", path.display()));
+            return Err(LogError::Io { path, source: e });
+        }
+        seg.count = cut - seg.first;
+        seg.size = off;
+        seg.sparse
+            .truncate(seg.count.div_ceil(segment::SPARSE_EVERY) as usize);
+        self.next = cut;
+        self.unsynced = false;
+        Ok(())
+    }
+
+    /// Drops the records up to `index`: the purge point is recorded durably first, then every
+    /// segment holding only purged records is deleted (oldest first). Reads of purged indexes
+    /// fail with [`LogError::Purged`]. Purging beyond the last record empties the log and the
+    /// next append gets `index + 1` (Raft: a snapshot was installed).
+    pub fn purge_upto(&mut self, index: u64) -> Result<(), LogError> {
+        self.check_poisoned()?;
+        if self.purged.is_some_and(|p| p >= index) {
+            return Ok(());
+        }
+        write_small_file(&self.dir, PURGED_FILE, PURGED_MAGIC, &index.to_le_bytes())?;
+        self.purged = Some(index);
+        failpoint::hit("purge.after_marker")?;
+        if index >= self.next {
+            self.sync()?;
+            let seg = create_segment(&self.dir, SegmentKind::Log, index + 1)?;
+            self.segments.push(seg);
+            self.next = index + 1;
+            self.unsynced = false;
+        }
+        let mut removed = 0;
+        while self.segments.len() > 1 && self.segments[0].end() <= index + 1 {
+            let seg = self.segments.remove(0);
+            fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
+            removed += 1;
+            if removed == 1 {
+                failpoint::hit("purge.after_unlink")?;
+            }
+        }
+        if removed > 0 {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a checkpoint holding `records` (what the engine still needs from the records up to
+    /// `upto`) and then purges the log up to `upto`. The checkpoint is written to
+    /// `checkpoint.<upto>.tmp`, fsynced, and renamed into place before anything is purged.
+    pub fn write_checkpoint(
+        &mut self,
+        upto: u64,
+        records: &mut dyn Iterator<Item = Vec<u8>>,
+    ) -> Result<(), LogError> {
+        self.check_poisoned()?;
+        if let Some(c) = &self.checkpoint
+            && upto <= c.upto
+        {
+            return Err(LogError::StaleCheckpoint {
+                upto,
+                current: c.upto,
+            });
+        }
+        let name = ckpt_dir_name(upto);
+        let tmp = self.dir.join(format!("{name}{TMP_SUFFIX}"));
+        let dst = self.dir.join(&name);
+        remove_path(&tmp)?;
+        fs::create_dir(&tmp).map_err(io_err(&tmp))?;
+        let mut segments = vec![create_segment(&tmp, SegmentKind::Checkpoint, 0)?];
+        let mut buf = Vec::new();
+        let flush = |seg: &mut Segment, buf: &mut Vec<u8>| -> Result<(), LogError> {
+            seg.file
+                .write_all_at(buf, seg.size - buf.len() as u64)
+                .map_err(io_err(&seg.path))?;
+            buf.clear();
+            Ok(())
+        };
+        for (next, rec) in records.enumerate() {
+            let next = next as u64;
+            if rec.len() > MAX_PAYLOAD {
+                return Err(LogError::RecordTooLarge {
+                    len: rec.len(),
+                    max: MAX_PAYLOAD,
+                });
+            }
+            let framed = format::framed_len(rec.len()) as u64;
+            let n = segments.len();
+            let seg = &mut segments[n - 1];
+            if seg.count > 0 && seg.size + framed > self.opts.segment_size {
+                flush(seg, &mut buf)?;
+                seg.file.sync_data().map_err(io_err(&seg.path))?;
+                segments.push(create_segment(&tmp, SegmentKind::Checkpoint, next)?);
+            }
+            let n = segments.len();
+            let seg = &mut segments[n - 1];
+            format::encode_record(&mut buf, next, &rec);
+            seg.push(framed);
+            if buf.len() >= 1 << 20 {
+                flush(seg, &mut buf)?;
+            }
+        }
+        let n = segments.len();
+        let seg = &mut segments[n - 1];
+        flush(seg, &mut buf)?;
+        seg.file.sync_data().map_err(io_err(&seg.path))?;
+        sync_dir(&tmp)?;
+        failpoint::hit("checkpoint.before_rename")?;
+        fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
+        sync_dir(&self.dir)?;
+        for s in &mut segments {
+            s.path = dst.join(s.path.file_name().unwrap_or_default());
+        }
+        let old = self.checkpoint.replace(Checkpoint { upto, segments });
+        failpoint::hit("checkpoint.after_rename")?;
+        self.purge_upto(upto)?;
+        if let Some(old) = old {
+            let p = self.dir.join(ckpt_dir_name(old.upto));
+            remove_path(&p)?;
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Saves a small metadata blob atomically (temp file, fsync, rename, fsync directory).
+    pub fn save_meta(&self, bytes: &[u8]) -> Result<(), LogError> {
+        write_small_file(&self.dir, META_FILE, META_MAGIC, bytes)
+    }
+
+    /// Loads the blob of the last [`Log::save_meta`], `None` if none was saved.
+    pub fn load_meta(&self) -> Result<Option<Vec<u8>>, LogError> {
+        read_small_file(&self.dir.join(META_FILE), META_MAGIC)
+    }
+
+    /// Bytes on disk: segments plus the checkpoint.
+    pub fn size_bytes(&self) -> u64 {
+        let log: u64 = self.segments.iter().map(|s| s.size).sum();
+        let ck: u64 = self
+            .checkpoint
+            .as_ref()
+            .map_or(0, |c| c.segments.iter().map(|s| s.size).sum());
+        log + ck
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        if self.unsynced
+            && self.poisoned.is_none()
+            && let Err(e) = self.sync()
+        {
+            tracing::error!(error = %e, "log: fsync on close failed");
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ReaderSegment {
+    path: PathBuf,
+    file: Arc<File>,
+    start_index: u64,
+    start_offset: u64,
+    end_offset: u64,
+}
+
+/// A sequential reader of log records, from [`Log::reader_from`]. Yields `(index, payload)`;
+/// after an error it yields nothing more.
+#[derive(Debug)]
+pub struct LogReader {
+    segs: VecDeque<ReaderSegment>,
+    cur: Option<RecordReader>,
+    next: u64,
+    end: u64,
+    /// Checkpoint readers report every record with the checkpoint's `upto`.
+    fixed_index: Option<u64>,
+    failed: bool,
+}
+
+impl LogReader {
+    /// Like `Iterator::next` but lends the payload instead of allocating it (fast replay).
+    pub fn next_record(&mut self) -> Option<Result<(u64, &[u8]), LogError>> {
+        if self.failed || self.next >= self.end {
+            return None;
+        }
+        let idx = loop {
+            if self.cur.is_none() {
+                let Some(s) = self.segs.pop_front() else {
+                    self.failed = true;
+                    return Some(Err(LogError::OutOfRange {
+                        index: self.next,
+                        first: self.next,
+                        next: self.next,
+                    }));
+                };
+                self.cur = Some(RecordReader::new(
+                    s.file,
+                    s.path,
+                    s.start_offset,
+                    s.end_offset,
+                    s.start_index,
+                ));
+            }
+            let Some(cur) = self.cur.as_mut() else {
+                continue;
+            };
+            match cur.next_record() {
+                Ok(Step::End) => self.cur = None,
+                Ok(Step::Record { index, .. }) => {
+                    self.next = index + 1;
+                    break self.fixed_index.unwrap_or(index);
+                }
+                Ok(Step::Bad(b)) => {
+                    self.failed = true;
+                    return Some(Err(LogError::Corruption {
+                        segment: cur.path.clone(),
+                        offset: b.offset,
+                        reason: b.reason,
+                    }));
+                }
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
+            }
+        };
+        let cur = self.cur.as_ref()?;
+        Some(Ok((idx, cur.payload())))
+    }
+}
+
+impl Iterator for LogReader {
+    type Item = Result<(u64, Vec<u8>), LogError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_record().map(|r| r.map(|(i, p)| (i, p.to_vec())))
+    }
+}
+
+/// The records to replay on start, from [`Log::replay`]: the checkpoint's records (index =
+/// [`Replay::checkpoint_upto`]) and then the log's records.
+#[derive(Debug)]
+pub struct Replay {
+    checkpoint_upto: Option<u64>,
+    checkpoint: Option<LogReader>,
+    log: LogReader,
+}
+
+impl Replay {
+    /// `upto` of the checkpoint being replayed, if any.
+    pub fn checkpoint_upto(&self) -> Option<u64> {
+        self.checkpoint_upto
+    }
+
+    /// Like `Iterator::next` but lends the payload instead of allocating it.
+    pub fn next_record(&mut self) -> Option<Result<(u64, &[u8]), LogError>> {
+        let in_checkpoint = self
+            .checkpoint
+            .as_ref()
+            .is_some_and(|c| c.next < c.end && !c.failed);
+        if in_checkpoint {
+            return self.checkpoint.as_mut().and_then(LogReader::next_record);
+        }
+        self.checkpoint = None;
+        self.log.next_record()
+    }
+}
+
+impl Iterator for Replay {
+    type Item = Result<(u64, Vec<u8>), LogError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_record().map(|r| r.map(|(i, p)| (i, p.to_vec())))
+    }
+}
