@@ -16,6 +16,8 @@ pub mod log;
 pub mod postings;
 pub mod record;
 pub mod retention;
+#[doc(hidden)]
+pub mod testdata;
 
 pub use head::{Head, HeadError, HeadOptions, HeadStats};
 pub use head_append::HeadAppender;
