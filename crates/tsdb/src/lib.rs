@@ -16,6 +16,9 @@ pub mod index;
 pub mod postings;
 pub mod retention;
 pub mod record;
+pub mod retention;
+#[doc(hidden)]
+pub mod testdata;
 
 pub use head::{Head, HeadError, HeadOptions, HeadStats};
 pub use head_append::HeadAppender;
