@@ -7,6 +7,7 @@ pub mod block;
 pub mod chunk;
 pub mod chunks;
 pub mod compact;
+pub mod db;
 pub mod head;
 mod head_append;
 mod head_log;
@@ -17,6 +18,7 @@ pub mod postings;
 pub mod record;
 pub mod retention;
 
+pub use db::{Db, DbError, DbOptions, DbStats, OpenReport};
 pub use head::{Head, HeadError, HeadOptions, HeadStats};
 pub use head_append::HeadAppender;
 pub use head_log::ReplayStats;
