@@ -272,6 +272,9 @@ pub(crate) struct HeadChunks {
     reader: RwLock<SegmentReader>,
     /// Newest `max_time` of the chunks in each segment (to delete whole segments later).
     seg_max_time: Mutex<std::collections::BTreeMap<u32, i64>>,
+    /// Truncation point of the previous truncation: segments are deleted one truncation late,
+    /// so that a querier's snapshot taken just before a truncation can still read them.
+    prev_truncation: Mutex<Option<i64>>,
 }
 
 impl HeadChunks {
@@ -305,6 +308,7 @@ impl HeadChunks {
             writer: Mutex::new(writer),
             reader: RwLock::new(reader),
             seg_max_time: Mutex::new(std::collections::BTreeMap::new()),
+            prev_truncation: Mutex::new(None),
         })
     }
 
@@ -355,6 +359,9 @@ impl HeadChunks {
 
     /// Deletes the segments holding only chunks older than `t`.
     fn remove_before(&self, t: i64) -> Result<usize, HeadError> {
+        let Some(t) = self.prev_truncation.lock().replace(t) else {
+            return Ok(0);
+        };
         let mut upto = None;
         {
             let m = self.seg_max_time.lock();
@@ -418,6 +425,8 @@ pub struct Head {
     pub(crate) samples_appended: AtomicU64,
     pub(crate) chunks_written: AtomicU64,
     pub(crate) dropped_at_commit: AtomicU64,
+    /// Set by [`Head::close_log`]: commits fail from then on.
+    pub(crate) closed: AtomicBool,
 }
 
 impl Head {
@@ -444,6 +453,7 @@ impl Head {
             samples_appended: AtomicU64::new(0),
             chunks_written: AtomicU64::new(0),
             dropped_at_commit: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
         })
     }
 
@@ -714,6 +724,68 @@ impl Head {
             }
         }
         removed.len()
+    }
+
+    /// Raises the min valid time under the log lock: commits after this see it, and commits
+    /// before it are fully applied.
+    pub(crate) fn raise_min_valid_time_committed(&self, t: i64) {
+        let _log = self.log.lock();
+        self.set_min_valid_time(t);
+    }
+
+    /// Every series with its labels.
+    pub(crate) fn series_list(&self) -> Vec<(Arc<MemSeries>, Labels)> {
+        self.all_series()
+            .into_iter()
+            .map(|s| {
+                let l = s.labels.clone();
+                (s, l)
+            })
+            .collect()
+    }
+
+    /// Samples of `s` inside `[mint, maxt]`.
+    pub(crate) fn samples_of(
+        &self,
+        s: &MemSeries,
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<Sample>, HeadError> {
+        self.series_samples(s, mint, maxt)
+    }
+
+    /// Detaches and syncs the log; later commits fail with `Unavailable`.
+    pub fn close_log(&self) -> Result<(), HeadError> {
+        let mut g = self.log.lock();
+        self.closed.store(true, Ordering::Release);
+        if let Some(mut log) = g.take() {
+            log.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Bytes of the log (0 without one).
+    pub fn log_size_bytes(&self) -> u64 {
+        self.log.lock().as_ref().map_or(0, Log::size_bytes)
+    }
+
+    /// Writes a checkpoint of the head into the log (everything the head holds) and purges the
+    /// log records it covers. Commits wait meanwhile.
+    pub fn checkpoint_log(self: &Arc<Self>) -> Result<(), HeadError> {
+        let mut g = self.log.lock();
+        let Some(log) = g.as_mut() else {
+            return Ok(());
+        };
+        let Some(upto) = log.last_index() else {
+            return Ok(());
+        };
+        if log.checkpoint_upto().is_some_and(|c| c >= upto) {
+            return Ok(());
+        }
+        let mut records = self.checkpoint_records();
+        log.write_checkpoint(upto, &mut records)?;
+        tracing::info!(upto, "log checkpointed");
+        Ok(())
     }
 
     /// Syncs the head-chunk files (close).

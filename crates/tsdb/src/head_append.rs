@@ -207,6 +207,24 @@ impl Appender for HeadAppender {
         }
         let head = self.head.clone();
         let mut log = head.log.lock();
+        if head.closed.load(Ordering::Acquire) {
+            self.release();
+            return Err(Error::Unavailable("the database is closed".into()));
+        }
+        // Samples validated before a block was cut below them are now out of bounds.
+        let min_valid = head.min_valid_time();
+        if self.pending.iter().any(|p| p.1 < min_valid) {
+            let before = self.pending.len();
+            self.pending.retain(|(s, t, _)| {
+                let keep = *t >= min_valid;
+                if !keep {
+                    s.pending.fetch_sub(1, Ordering::AcqRel);
+                }
+                keep
+            });
+            head.dropped_at_commit
+                .fetch_add((before - self.pending.len()) as u64, Ordering::Relaxed);
+        }
         if let Some(log) = log.as_mut() {
             let mut series_rec = Vec::new();
             let mut new_series: Vec<&MemSeries> = Vec::new();
