@@ -32,6 +32,8 @@ pub struct FileReport {
     pub skipped: usize,
     /// One entry per failed case: `line N: <query>: <what went wrong>`.
     pub failures: Vec<String>,
+    /// One entry per skipped case: `line N: <eval line>: <why>`.
+    pub skips: Vec<String>,
 }
 
 /// The outcome of several files.
@@ -109,7 +111,7 @@ pub fn run_script(text: &str, opts: &RunOptions, report: &mut FileReport) {
     let engine = Engine::new(opts.engine.clone().unwrap_or_default());
     let storage = MemStorage::new();
     // Label sets of native-histogram series loaded since the last `clear`.
-    let mut histogram_series: Vec<Labels> = Vec::new();
+    let mut histogram_series: Vec<HistSeries> = Vec::new();
     let lines: Vec<&str> = text.lines().collect();
     let mut i = 0;
     while i < lines.len() {
@@ -151,10 +153,16 @@ pub fn run_script(text: &str, opts: &RunOptions, report: &mut FileReport) {
                 }
             }
             c if c.starts_with("eval") => {
-                let skip = block.iter().any(|(_, l)| l.contains("{{"))
-                    || reads_histograms(rest, &histogram_series);
-                if skip {
+                let why = if block.iter().any(|(_, l)| l.contains("{{")) {
+                    Some("expected result holds native histograms")
+                } else if reads_histograms(rest, &histogram_series) {
+                    Some("query selects native-histogram series")
+                } else {
+                    None
+                };
+                if let Some(why) = why {
                     report.skipped += 1;
+                    report.skips.push(format!("line {lineno}: {line}: {why}"));
                     continue;
                 }
                 match run_eval(&engine, &storage, cmd, rest, &block) {
@@ -207,18 +215,79 @@ fn parse_value(s: &str) -> Result<f64, String> {
     }
 }
 
+/// Splits a values text into tokens, keeping `{{...}}` histogram literals (which contain spaces)
+/// together with their `+{{...}}xN` suffixes.
+fn tokens(text: &str) -> Vec<&str> {
+    let b = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let start = i;
+        let mut depth = 0;
+        while i < b.len() {
+            if b[i] == b'{' {
+                depth += 1;
+            } else if b[i] == b'}' {
+                depth -= 1;
+            } else if b[i].is_ascii_whitespace() && depth <= 0 {
+                break;
+            }
+            i += 1;
+        }
+        if i > start {
+            out.push(&text[start..i]);
+        }
+    }
+    out
+}
+
+/// Number of slots a native-histogram token (`{{...}}`, `{{...}}x3`, `{{..}}+{{..}}x3`) covers.
+fn histogram_slots(tok: &str) -> usize {
+    let tail = tok.rsplit_once("}}").map_or("", |(_, t)| t);
+    match tail.strip_prefix('x').and_then(|n| n.parse::<usize>().ok()) {
+        Some(n) => n + 1,
+        None => 1,
+    }
+}
+
 /// Expands the series value notation into one optional value per slot (`None` = `_`).
 fn expand_values(text: &str) -> Result<Vec<Option<f64>>, String> {
-    let mut out = Vec::new();
-    for tok in text.split_whitespace() {
+    Ok(expand_slots(text)?
+        .into_iter()
+        .map(|s| s.unwrap_or(None))
+        .collect())
+}
+
+/// Like [`expand_values`], but native-histogram slots come out as `None` (outer).
+fn expand_slots(text: &str) -> Result<Vec<Option<Option<f64>>>, String> {
+    let mut out: Vec<Option<Option<f64>>> = Vec::new();
+    for tok in tokens(text) {
+        if tok.contains("{{") {
+            out.extend(std::iter::repeat_n(None, histogram_slots(tok)));
+            continue;
+        }
+        let before = out.len();
+        let mut vals: Vec<Option<f64>> = Vec::new();
+        expand_float_token(tok, &mut vals)?;
+        out.truncate(before);
+        out.extend(vals.into_iter().map(Some));
+    }
+    Ok(out)
+}
+
+fn expand_float_token(tok: &str, out: &mut Vec<Option<f64>>) -> Result<(), String> {
+    {
         if tok == "_" {
             out.push(None);
-            continue;
+            return Ok(());
         }
         if let Some(n) = tok.strip_prefix("_x") {
             let n: usize = n.parse().map_err(|e| format!("bad repeat {tok:?}: {e}"))?;
             out.extend(std::iter::repeat_n(None, n));
-            continue;
+            return Ok(());
         }
         if let Some((head, n)) = tok.rsplit_once('x')
             && !n.is_empty()
@@ -230,7 +299,7 @@ fn expand_values(text: &str) -> Result<Vec<Option<f64>>, String> {
             let (start, delta) = split_delta(head)?;
             if start == "stale" {
                 out.extend(std::iter::repeat_n(Some(stale_nan()), n + 1));
-                continue;
+                return Ok(());
             }
             let a = parse_value(start)?;
             let d = match delta {
@@ -243,11 +312,11 @@ fn expand_values(text: &str) -> Result<Vec<Option<f64>>, String> {
                 cur += d;
                 out.push(Some(cur));
             }
-            continue;
+            return Ok(());
         }
         out.push(Some(parse_value(tok)?));
     }
-    Ok(out)
+    Ok(())
 }
 
 fn split_delta(head: &str) -> Result<(&str, Option<&str>), String> {
@@ -311,10 +380,22 @@ fn parse_labels(s: &str) -> Result<Labels, String> {
 }
 
 /// Does the query of an `eval` line select any native-histogram series?
-fn reads_histograms(eval_rest: &str, histogram_series: &[Labels]) -> bool {
+fn reads_histograms(eval_rest: &str, histogram_series: &[HistSeries]) -> bool {
     if histogram_series.is_empty() {
         return false;
     }
+    let w: Vec<&str> = eval_rest.split_whitespace().collect();
+    let (qs, qe) = match w.as_slice() {
+        ["instant", "at", t, ..] => {
+            let t = parse_duration(t).unwrap_or(0);
+            (t, t)
+        }
+        ["range", "from", a, "to", b, ..] => (
+            parse_duration(a).unwrap_or(0),
+            parse_duration(b).unwrap_or(0),
+        ),
+        _ => (i64::MIN / 4, i64::MAX / 4),
+    };
     let expr = eval_rest
         .split_once(" at ")
         .map(|(_, r)| r)
@@ -324,20 +405,72 @@ fn reads_histograms(eval_rest: &str, histogram_series: &[Labels]) -> bool {
     let Ok(ast) = promql_parser::parser::parse(expr) else {
         return false;
     };
+    // A generous window of the data the query may read: lookback, every range and subquery
+    // range, offsets; any `@` disables the time check.
+    let text = ast.to_string();
+    let (lo, hi) = if text.contains('@') {
+        (i64::MIN / 4, i64::MAX / 4)
+    } else {
+        let mut back = 5 * 60 * 1000;
+        let mut fwd = 0;
+        add_ranges(&ast, &mut back, &mut fwd);
+        (qs - back, qe + fwd)
+    };
     let mut found = false;
     visit_selectors(&ast, &mut |vs| {
         if let Ok(sets) = crate::eval::convert_matchers(&vs.name, &vs.matchers) {
             for ms in &sets {
-                if histogram_series
-                    .iter()
-                    .any(|l| tidemark_storage::memory::matches_all(l, ms))
-                {
+                if histogram_series.iter().any(|h| {
+                    tidemark_storage::memory::matches_all(&h.labels, ms)
+                        && h.times.iter().any(|t| *t >= lo && *t <= hi)
+                }) {
                     found = true;
                 }
             }
         }
     });
     found
+}
+
+/// A native-histogram series of the loaded data: labels and sample times.
+#[derive(Debug, Clone)]
+struct HistSeries {
+    labels: Labels,
+    times: Vec<i64>,
+}
+
+fn add_ranges(e: &Expr, back: &mut i64, fwd: &mut i64) {
+    use promql_parser::parser::Offset;
+    let off = |o: &Option<Offset>, back: &mut i64, fwd: &mut i64| match o {
+        Some(Offset::Pos(d)) => *back += d.as_millis() as i64,
+        Some(Offset::Neg(d)) => *fwd += d.as_millis() as i64,
+        None => {}
+    };
+    match e {
+        Expr::VectorSelector(vs) => off(&vs.offset, back, fwd),
+        Expr::MatrixSelector(ms) => {
+            *back += ms.range.as_millis() as i64;
+            off(&ms.vs.offset, back, fwd);
+        }
+        Expr::Subquery(s) => {
+            *back += s.range.as_millis() as i64 + s.step.map_or(60_000, |d| d.as_millis() as i64);
+            off(&s.offset, back, fwd);
+            add_ranges(&s.expr, back, fwd);
+        }
+        Expr::Aggregate(a) => add_ranges(&a.expr, back, fwd),
+        Expr::Unary(u) => add_ranges(&u.expr, back, fwd),
+        Expr::Binary(b) => {
+            add_ranges(&b.lhs, back, fwd);
+            add_ranges(&b.rhs, back, fwd);
+        }
+        Expr::Paren(p) => add_ranges(&p.expr, back, fwd),
+        Expr::Call(c) => {
+            for a in &c.args.args {
+                add_ranges(a, back, fwd);
+            }
+        }
+        _ => {}
+    }
 }
 
 fn visit_selectors(e: &Expr, f: &mut impl FnMut(&promql_parser::parser::VectorSelector)) {
@@ -373,15 +506,31 @@ fn load(
     interval: &str,
     block: &[(usize, &str)],
     nhcb: bool,
-) -> Result<Vec<Labels>, String> {
+) -> Result<Vec<HistSeries>, String> {
     let step = parse_duration(interval)?;
     let mut histograms = Vec::new();
     for (_, line) in block {
         let (series, values) = split_series(line);
         let labels = parse_labels(series)?;
-        if line.contains("{{") {
-            histograms.push(labels);
-            continue;
+        let slots = expand_slots(values)?;
+        let mut htimes = Vec::new();
+        let mut ftimes = Vec::new();
+        for (i, slot) in slots.into_iter().enumerate() {
+            let t = i as i64 * step;
+            match slot {
+                None => htimes.push(t),
+                Some(Some(v)) => {
+                    ftimes.push(t);
+                    storage.insert(labels.clone(), t, v);
+                }
+                Some(None) => {}
+            }
+        }
+        if !htimes.is_empty() {
+            histograms.push(HistSeries {
+                labels: labels.clone(),
+                times: htimes,
+            });
         }
         if nhcb
             && labels.has("le")
@@ -390,12 +539,10 @@ fn load(
             let mut b = labels.to_builder();
             b.del("le");
             b.set(tidemark_model::METRIC_NAME, base);
-            histograms.push(b.build());
-        }
-        for (i, v) in expand_values(values)?.into_iter().enumerate() {
-            if let Some(v) = v {
-                storage.insert(labels.clone(), i as i64 * step, v);
-            }
+            histograms.push(HistSeries {
+                labels: b.build(),
+                times: ftimes,
+            });
         }
     }
     Ok(histograms)

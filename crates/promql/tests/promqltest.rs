@@ -44,3 +44,20 @@ fn prometheus_and_own_promqltest_files_pass() {
     assert!(summary.passed() > 0, "nothing passed");
     assert_eq!(summary.failed(), 0, "{summary}");
 }
+
+/// Lists the skipped cases (run with `--ignored --nocapture` to review the skip rule).
+#[test]
+#[ignore]
+fn list_skipped_cases() {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shared = manifest
+        .ancestors()
+        .map(|a| a.join("shared/promql-testdata"))
+        .find(|p| p.is_dir());
+    let files = shared.map(|d| test_files(&d)).unwrap_or_default();
+    for r in run_test_files(&files).files {
+        for s in r.skips {
+            println!("{}: {s}", r.path.display());
+        }
+    }
+}
