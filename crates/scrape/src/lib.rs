@@ -7,3 +7,5 @@ pub mod parse;
 pub mod relabel;
 
 pub use config::{ConfigError, PrometheusConfig, ScrapeConfig, load_config, parse_config};
+mod scrape;
+pub mod target;
