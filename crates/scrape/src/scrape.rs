@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::io::Read;
 
-use tidemark_model::{Labels, LabelsBuilder, METRIC_NAME, Metadata, MetricType, stale_nan};
+use tidemark_model::{Labels, LabelsBuilder, METRIC_NAME, Metadata, stale_nan};
 use tidemark_storage::{Appender, SeriesRef};
 use xxhash_rust::xxh3::Xxh3DefaultBuilder;
 
@@ -192,11 +192,6 @@ impl ScrapeCache {
             return Err(format!("body size limit exceeded (limit: {limit} bytes)"));
         }
         Ok(out)
-    }
-
-    /// Number of cached series.
-    pub(crate) fn len(&self) -> usize {
-        self.entries.len()
     }
 
     /// Metadata of the families seen in recent scrapes.
@@ -461,41 +456,10 @@ impl ScrapeCache {
     }
 }
 
-/// Metadata of the synthetic series (as Prometheus reports them in the metadata API).
-pub(crate) fn report_metadata() -> [(&'static str, Metadata); 5] {
-    let g = |help: &str| Metadata {
-        kind: MetricType::Gauge,
-        help: help.to_string(),
-        unit: String::new(),
-    };
-    [
-        (
-            "up",
-            g("Health of the scrape target. 1 if the target is up, 0 otherwise."),
-        ),
-        (
-            "scrape_duration_seconds",
-            g("Duration of the scrape in seconds."),
-        ),
-        (
-            "scrape_samples_scraped",
-            g("The number of samples the target exposed."),
-        ),
-        (
-            "scrape_samples_post_metric_relabeling",
-            g("The number of samples remaining after metric relabeling was applied."),
-        ),
-        (
-            "scrape_series_added",
-            g("The approximate number of new series in this scrape."),
-        ),
-    ]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tidemark_model::{Matcher, is_stale_nan};
+    use tidemark_model::{Matcher, MetricType, is_stale_nan};
     use tidemark_storage::memory::MemStorage;
     use tidemark_storage::{Appendable, Queryable};
 
