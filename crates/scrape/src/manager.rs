@@ -191,7 +191,19 @@ impl std::fmt::Debug for PoolShared {
 #[derive(Debug)]
 struct Pool {
     shared: Arc<PoolShared>,
+    /// The full config, discovery sections included (the pool's own copy may be older in them).
+    cfg: Arc<ScrapeConfig>,
     discovery: JoinHandle<()>,
+}
+
+/// Equal apart from discovery (static_configs, file_sd_configs).
+fn same_scrape_part(a: &ScrapeConfig, b: &ScrapeConfig) -> bool {
+    let strip = |c: &ScrapeConfig| ScrapeConfig {
+        static_configs: Vec::new(),
+        file_sd_configs: Vec::new(),
+        ..c.clone()
+    };
+    strip(a) == strip(b)
 }
 
 #[derive(Debug, Default)]
@@ -298,17 +310,26 @@ impl ScrapeManager {
         let mut handover: HashMap<String, Handover> = HashMap::new();
         let existing: Vec<String> = st.pools.keys().cloned().collect();
         for job in existing {
-            let keep = wanted
-                .get(job.as_str())
-                .is_some_and(|c| st.pools.get(&job).is_some_and(|p| **c == *p.shared.cfg));
-            if keep {
-                continue;
+            let new = wanted.get(job.as_str()).copied();
+            if let (Some(new), Some(pool)) = (new, st.pools.get_mut(&job)) {
+                if *new == *pool.cfg {
+                    continue;
+                }
+                if same_scrape_part(new, &pool.cfg) {
+                    // Only discovery changed: running targets stay as they are and the new
+                    // discovery result is reconciled against them.
+                    pool.discovery.abort();
+                    pool.cfg = Arc::new(new.clone());
+                    pool.discovery =
+                        handle.spawn(run_discovery(pool.shared.clone(), pool.cfg.clone()));
+                    continue;
+                }
             }
             let Some(pool) = st.pools.remove(&job) else {
                 continue;
             };
             pool.discovery.abort();
-            let replaced = wanted.contains_key(job.as_str());
+            let replaced = new.is_some();
             let mut t = pool.shared.targets.lock();
             let mut h = Handover::new();
             for (_, mut a) in std::mem::take(&mut t.active) {
@@ -343,9 +364,16 @@ impl ScrapeManager {
                 forced_error: Mutex::new(None),
                 inherited: Mutex::new(inherited),
             });
-            let discovery = handle.spawn(run_discovery(shared.clone()));
-            st.pools
-                .insert(sc.job_name.clone(), Pool { shared, discovery });
+            let cfg = Arc::new(sc.clone());
+            let discovery = handle.spawn(run_discovery(shared.clone(), cfg.clone()));
+            st.pools.insert(
+                sc.job_name.clone(),
+                Pool {
+                    shared,
+                    cfg,
+                    discovery,
+                },
+            );
         }
         st.order = cfg
             .scrape_configs
@@ -464,10 +492,9 @@ impl ScrapeManager {
     }
 }
 
-async fn run_discovery(shared: Arc<PoolShared>) {
-    let statics = static_groups(&shared.cfg.static_configs);
-    let mut files: Vec<FileSd> = shared
-        .cfg
+async fn run_discovery(shared: Arc<PoolShared>, cfg: Arc<ScrapeConfig>) {
+    let statics = static_groups(&cfg.static_configs);
+    let mut files: Vec<FileSd> = cfg
         .file_sd_configs
         .iter()
         .cloned()
