@@ -17,17 +17,21 @@ const BIN: &str = "/usr/bin/prometheus-node-exporter";
 /// Last sample of every series named `name`.
 fn last(s: &MemStorage, name: &str) -> Vec<f64> {
     let q = s.querier(i64::MIN, i64::MAX).unwrap();
-    q.select(true, None, &[Matcher::new(MatchType::Equal, "__name__", name).unwrap()])
-        .map(|r| {
-            let s = r.unwrap();
-            let mut it = s.iter();
-            let mut v = f64::NAN;
-            while it.next() {
-                v = it.at().v;
-            }
-            v
-        })
-        .collect()
+    q.select(
+        true,
+        None,
+        &[Matcher::new(MatchType::Equal, "__name__", name).unwrap()],
+    )
+    .map(|r| {
+        let s = r.unwrap();
+        let mut it = s.iter();
+        let mut v = f64::NAN;
+        while it.next() {
+            v = it.at().v;
+        }
+        v
+    })
+    .collect()
 }
 
 async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
@@ -46,7 +50,11 @@ async fn node_exporter_up_then_stale() {
         println!("SKIPPED: {BIN} is not installed");
         return;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut child = Command::new(BIN)
         .arg(format!("--web.listen-address=127.0.0.1:{port}"))
         .stdout(Stdio::null())
@@ -64,21 +72,34 @@ async fn node_exporter_up_then_stale() {
     ))
     .unwrap();
     let store = MemStorage::new();
-    let opts = ScrapeOptions { spread_offsets: false, ..Default::default() };
+    let opts = ScrapeOptions {
+        spread_offsets: false,
+        ..Default::default()
+    };
     let m = ScrapeManager::new(Arc::new(store.clone()), opts);
     m.apply_config(&cfg).unwrap();
     wait_for("node up", || last(&store, "up") == vec![1.0]).await;
     let cpu = last(&store, "node_cpu_seconds_total");
-    assert!(!cpu.is_empty() && cpu.iter().all(|v| v.is_finite()), "{cpu:?}");
+    assert!(
+        !cpu.is_empty() && cpu.iter().all(|v| v.is_finite()),
+        "{cpu:?}"
+    );
     let t = &m.targets().active_targets[0];
     assert_eq!((t.health, t.labels.get("job")), (Health::Up, Some("node")));
-    assert!(m.metadata().iter().any(|x| x.metric == "node_cpu_seconds_total" && x.kind.as_str() == "counter"));
+    assert!(
+        m.metadata()
+            .iter()
+            .any(|x| x.metric == "node_cpu_seconds_total" && x.kind.as_str() == "counter")
+    );
 
     child.kill().unwrap();
     child.wait().unwrap();
     wait_for("node down", || last(&store, "up") == vec![0.0]).await;
     let cpu = last(&store, "node_cpu_seconds_total");
-    assert!(cpu.iter().all(|v| is_stale_nan(*v)), "node_cpu_seconds_total went stale");
+    assert!(
+        cpu.iter().all(|v| is_stale_nan(*v)),
+        "node_cpu_seconds_total went stale"
+    );
     let t = &m.targets().active_targets[0];
     assert_eq!(t.health, Health::Down);
     assert!(t.last_error.contains("refused"), "{}", t.last_error);
