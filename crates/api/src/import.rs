@@ -4,22 +4,60 @@
 //! now). `# TYPE`/`# HELP`/`# UNIT` land in the metadata store. Answers 204 like remote write; a
 //! parse error is a 400 that names the line; refused samples are reported as in remote write.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use tidemark_model::Labels;
+use tidemark_model::{Labels, Metadata};
 
 use crate::body::read_body;
 use crate::params::Params;
-use crate::providers::ImportEntry;
+use crate::providers::{ExpositionParser, ImportEntry};
 use crate::remote_write::{
     Batch, LabelLimits, Proto, SeriesIn, apply, outcome_response, validate_labels,
 };
 use crate::state::AppState;
+
+/// The default [`ExpositionParser`]: tidemark-scrape's text/OpenMetrics parser.
+#[derive(Debug, Default)]
+pub(crate) struct ScrapeParser;
+
+impl ExpositionParser for ScrapeParser {
+    fn parse(&self, body: &[u8], content_type: &str) -> Result<Vec<ImportEntry>, String> {
+        use tidemark_scrape::parse::Entry;
+        let mut out = Vec::new();
+        let mut meta: BTreeMap<String, Metadata> = BTreeMap::new();
+        for e in tidemark_scrape::parse::parse(body, content_type, 0) {
+            match e.map_err(|e| e.to_string())? {
+                Entry::Sample {
+                    labels,
+                    t,
+                    timestamped,
+                    v,
+                    exemplar,
+                } => {
+                    out.push(ImportEntry::Sample {
+                        labels,
+                        t: timestamped.then_some(t),
+                        v,
+                        exemplar,
+                    });
+                }
+                Entry::Help { metric, help } => meta.entry(metric).or_default().help = help,
+                Entry::Type { metric, kind } => meta.entry(metric).or_default().kind = kind,
+                Entry::Unit { metric, unit } => meta.entry(metric).or_default().unit = unit,
+            }
+        }
+        out.extend(
+            meta.into_iter()
+                .map(|(metric, metadata)| ImportEntry::Metadata { metric, metadata }),
+        );
+        Ok(out)
+    }
+}
 
 /// Groups parsed entries into a batch, validating labels with the remote write limits.
 pub(crate) fn to_batch(entries: Vec<ImportEntry>, default_t: i64, lim: LabelLimits) -> Batch {

@@ -147,7 +147,7 @@ impl Api {
             targets: None,
             rules: None,
             reloader: None,
-            parser: None,
+            parser: Some(Arc::new(import::ScrapeParser)),
             metrics_sources: Vec::new(),
             config_text: None,
             flags: Arc::new(BTreeMap::new()),
@@ -189,7 +189,7 @@ impl Api {
         self.reloader = Some(r);
         self
     }
-    /// The exposition parser behind `/api/v1/import`.
+    /// The exposition parser behind `/api/v1/import` (default: tidemark-scrape's parser).
     pub fn with_parser(mut self, p: Arc<dyn ExpositionParser>) -> Api {
         self.parser = Some(p);
         self
