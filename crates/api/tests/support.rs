@@ -1,6 +1,6 @@
 //! Shared helpers of the integration tests: an in-process server on 127.0.0.1:0 over
 //! `MemStorage`, and a tiny HTTP client. Included with `#[path = "support.rs"] mod support;`.
-#![allow(dead_code, unreachable_pub, unused_imports)]
+#![allow(dead_code, unreachable_pub, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
