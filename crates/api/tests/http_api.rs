@@ -1,7 +1,7 @@
 //! The Prometheus API v1 endpoints over an in-process server and `MemStorage`: JSON shapes
 //! (compared whole), status codes, error texts, the Grafana datasource's request sequence.
 
-#[path = "support.rs"]
+#[path = "support/server.rs"]
 mod support;
 
 use std::sync::Arc;
@@ -132,7 +132,7 @@ async fn parameter_errors_are_bad_data() {
             "at least one non-empty matcher",
         ),
         (
-            format!("/api/v1/series?match[]=up&start=yesterday"),
+            "/api/v1/series?match[]=up&start=yesterday".to_string(),
             r#"invalid parameter "start": cannot parse "yesterday" to a valid timestamp"#,
         ),
         (

@@ -1,6 +1,12 @@
 //! Shared helpers of the integration tests: an in-process server on 127.0.0.1:0 over
-//! `MemStorage`, and a tiny HTTP client. Included with `#[path = "support.rs"] mod support;`.
-#![allow(dead_code, unreachable_pub, unused_imports, clippy::unwrap_used, clippy::expect_used)]
+//! `MemStorage`, and a tiny HTTP client. Included with `#[path = "support/server.rs"] mod support;`.
+#![allow(
+    dead_code,
+    unreachable_pub,
+    unused_imports,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +25,7 @@ use tidemark_promql::{Engine, EngineOptions};
 use tidemark_storage::memory::MemStorage;
 use tidemark_storage::{Appendable, Queryable};
 
+#[derive(Debug)]
 pub struct Server {
     pub addr: SocketAddr,
     pub storage: MemStorage,
@@ -80,6 +87,7 @@ pub fn client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
+#[derive(Debug)]
 pub struct Resp {
     pub status: StatusCode,
     pub headers: HeaderMap,
