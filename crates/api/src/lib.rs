@@ -60,3 +60,49 @@ pub use providers::{
 pub use server::{ServeError, ServeOptions, serve, serve_with};
 pub use state::{Api, ApiOptions};
 pub use web_config::{WebConfig, WebConfigError, load_web_config, parse_web_config};
+
+/// Entry points over the decoders of untrusted bytes, for the cargo-fuzz targets in `fuzz/`
+/// and the random/mutated-bytes test that CI runs. None of them may panic, whatever the input.
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::remote_write::{LabelLimits, decode_v1, decode_v2, decompress};
+
+    const LIMITS: LabelLimits = LabelLimits {
+        max_labels: 256,
+        max_name: 1024,
+        max_value: 16 * 1024,
+    };
+
+    /// A snappy-compressed remote write body, decoded as 1.0 and as 2.0. Returns how many
+    /// series decoded.
+    pub fn remote_write(body: &[u8]) -> usize {
+        match decompress(body, 16 << 20) {
+            Ok(b) => remote_write_decompressed(&b),
+            Err(_) => 0,
+        }
+    }
+
+    /// An uncompressed remote write protobuf, decoded as 1.0 and as 2.0.
+    pub fn remote_write_decompressed(b: &[u8]) -> usize {
+        let v1 = decode_v1(b, LIMITS).map(|x| x.series.len()).unwrap_or(0);
+        let v2 = decode_v2(b, LIMITS).map(|x| x.series.len()).unwrap_or(0);
+        v1 + v2
+    }
+
+    /// A snappy-compressed remote read request.
+    pub fn read_request(body: &[u8]) -> bool {
+        use prost::Message;
+        decompress(body, 16 << 20)
+            .is_ok_and(|b| crate::proto::prometheus::ReadRequest::decode(&b[..]).is_ok())
+    }
+
+    /// A Prometheus XOR chunk.
+    pub fn xor_chunk(body: &[u8]) -> usize {
+        crate::xor::decode(body).map(|s| s.len()).unwrap_or(0)
+    }
+
+    /// A web config file.
+    pub fn web_config(text: &str) -> bool {
+        crate::web_config::parse_web_config(text, std::path::Path::new("/nonexistent")).is_ok()
+    }
+}

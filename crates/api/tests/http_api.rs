@@ -1,5 +1,6 @@
 //! The Prometheus API v1 endpoints over an in-process server and `MemStorage`: JSON shapes
 //! (compared whole), status codes, error texts, the Grafana datasource's request sequence.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "support/server.rs"]
 mod support;
