@@ -5,8 +5,13 @@
 //! Parsing uses the promql-parser crate; see docs/promql.md for the workarounds applied before
 //! parsing and the decisions taken where Prometheus' behaviour is not specified.
 
+mod aggregate;
+mod binary;
 mod engine;
 mod error;
+mod eval;
+mod functions;
+mod histogram;
 mod value;
 
 pub mod promqltest;
