@@ -3,7 +3,6 @@
 //! (the segmented write-ahead log), `head` (in-memory recent window), `index` (block index),
 //! `block`, `compact`, `retention`, and `db` which ties them together.
 
-pub mod log;
 pub mod block;
 pub mod chunk;
 pub mod chunks;
@@ -14,8 +13,8 @@ mod head_append;
 mod head_log;
 mod head_read;
 pub mod index;
+pub mod log;
 pub mod postings;
-pub mod retention;
 pub mod record;
 pub mod retention;
 #[doc(hidden)]
@@ -26,5 +25,3 @@ pub use head::{Head, HeadError, HeadOptions, HeadStats};
 pub use head_append::HeadAppender;
 pub use head_log::ReplayStats;
 pub use head_read::HeadQuerier;
-#[doc(hidden)]
-pub mod testdata;
