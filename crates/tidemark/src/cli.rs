@@ -10,7 +10,11 @@ use clap::{Args, Parser, Subcommand};
 pub(crate) const DEFAULT_LISTEN: &str = "0.0.0.0:9190";
 
 #[derive(Debug, Parser)]
-#[command(name = "tidemark", version, about = "A clustered, Prometheus-compatible time-series database")]
+#[command(
+    name = "tidemark",
+    version,
+    about = "A clustered, Prometheus-compatible time-series database"
+)]
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,
@@ -73,15 +77,25 @@ pub(crate) struct ServerArgs {
     pub(crate) config_file: Option<PathBuf>,
 
     /// Data directory.
-    #[arg(long = "storage.path", visible_alias = "storage.tsdb.path", default_value = "data/")]
+    #[arg(
+        long = "storage.path",
+        visible_alias = "storage.tsdb.path",
+        default_value = "data/"
+    )]
     pub(crate) storage_path: PathBuf,
 
     /// How long to keep samples (Prometheus duration). Default 15d.
-    #[arg(long = "storage.retention.time", visible_alias = "storage.tsdb.retention.time")]
+    #[arg(
+        long = "storage.retention.time",
+        visible_alias = "storage.tsdb.retention.time"
+    )]
     pub(crate) retention_time: Option<String>,
 
     /// Maximum bytes of blocks to keep (e.g. 512MB, 10GB); oldest blocks go first. 0 = off.
-    #[arg(long = "storage.retention.size", visible_alias = "storage.tsdb.retention.size")]
+    #[arg(
+        long = "storage.retention.size",
+        visible_alias = "storage.tsdb.retention.size"
+    )]
     pub(crate) retention_size: Option<String>,
 
     /// Address to listen on for the HTTP API.

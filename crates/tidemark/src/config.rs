@@ -80,24 +80,32 @@ pub(crate) fn parse(text: &str, dir: Option<&Path>) -> anyhow::Result<Config> {
     let only: OnlyTidemark = serde_yaml_ng::from_str(text).context("tidemark section")?;
     let tidemark = only.tidemark.unwrap_or_default();
     validate(&tidemark)?;
-    Ok(Config { prometheus, tidemark })
+    Ok(Config {
+        prometheus,
+        tidemark,
+    })
 }
 
 /// Loads and validates a configuration file.
 pub(crate) fn load(path: &Path) -> anyhow::Result<Config> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     parse(&text, path.parent()).with_context(|| format!("loading {}", path.display()))
 }
 
 fn validate(t: &TidemarkSection) -> anyhow::Result<()> {
     let d = |what: &str, v: &Option<String>| -> anyhow::Result<()> {
         if let Some(s) = v {
-            tidemark_model::time::parse_duration_millis(s).with_context(|| format!("tidemark.{what}"))?;
+            tidemark_model::time::parse_duration_millis(s)
+                .with_context(|| format!("tidemark.{what}"))?;
         }
         Ok(())
     };
     d("storage.retention.time", &t.storage.retention.time)?;
-    d("storage.out_of_order_time_window", &t.storage.out_of_order_time_window)?;
+    d(
+        "storage.out_of_order_time_window",
+        &t.storage.out_of_order_time_window,
+    )?;
     d("storage.block_range", &t.storage.block_range)?;
     d("query.lookback_delta", &t.query.lookback_delta)?;
     d("query.timeout", &t.query.timeout)?;
@@ -130,7 +138,8 @@ pub(crate) fn parse_bytes(s: &str) -> anyhow::Result<u64> {
         "EB" | "EIB" => 1 << 60,
         _ => anyhow::bail!("invalid size unit in {s:?} (use B, KB, MB, GB, TB, PB, EB)"),
     };
-    n.checked_mul(mul).with_context(|| format!("size {s:?} too large"))
+    n.checked_mul(mul)
+        .with_context(|| format!("size {s:?} too large"))
 }
 
 /// The configuration used when no file is given: scrape Tidemark itself every 15s.

@@ -35,21 +35,33 @@ fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
         cli::Command::Promqltest { files } => {
             let summary = tidemark_promql::promqltest::run_test_files(&files);
             println!("{summary}");
-            Ok(if summary.failed() == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if summary.failed() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         cli::Command::Check { command } => match command {
             cli::CheckCommand::Config { files } => {
                 let mut ok = true;
                 for f in files {
                     match config::load(&f) {
-                        Ok(c) => println!("SUCCESS: {} is valid ({} scrape configs)", f.display(), c.scrape_jobs()),
+                        Ok(c) => println!(
+                            "SUCCESS: {} is valid ({} scrape configs)",
+                            f.display(),
+                            c.scrape_jobs()
+                        ),
                         Err(e) => {
                             ok = false;
                             println!("FAILED: {}: {e:#}", f.display());
                         }
                     }
                 }
-                Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+                Ok(if ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                })
             }
         },
     }

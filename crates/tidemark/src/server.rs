@@ -42,7 +42,9 @@ fn db_options(args: &ServerArgs, cfg: &Config) -> anyhow::Result<DbOptions> {
         o.log_sync = match s.as_str() {
             "always" => SyncPolicy::Always,
             "never" => SyncPolicy::Never,
-            d => SyncPolicy::Interval(Duration::from_millis(parse_duration_millis(d)?.max(1) as u64)),
+            d => SyncPolicy::Interval(Duration::from_millis(
+                parse_duration_millis(d)?.max(1) as u64
+            )),
         };
     }
     Ok(o)
@@ -51,10 +53,12 @@ fn db_options(args: &ServerArgs, cfg: &Config) -> anyhow::Result<DbOptions> {
 fn engine_options(args: &ServerArgs, cfg: &Config) -> anyhow::Result<EngineOptions> {
     let q = &cfg.tidemark.query;
     let mut o = EngineOptions::default();
-    o.lookback_delta_ms = parse_duration_millis(q.lookback_delta.as_deref().unwrap_or(&args.lookback_delta))
-        .context("--query.lookback-delta")?;
+    o.lookback_delta_ms =
+        parse_duration_millis(q.lookback_delta.as_deref().unwrap_or(&args.lookback_delta))
+            .context("--query.lookback-delta")?;
     o.max_samples = q.max_samples.unwrap_or(args.max_samples);
-    let t = parse_duration_millis(q.timeout.as_deref().unwrap_or(&args.query_timeout)).context("--query.timeout")?;
+    let t = parse_duration_millis(q.timeout.as_deref().unwrap_or(&args.query_timeout))
+        .context("--query.timeout")?;
     o.timeout = Duration::from_millis(t.max(1) as u64);
     Ok(o)
 }
@@ -76,12 +80,16 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
     let dbo = db_options(&args, &cfg)?;
     let engine = Engine::new(engine_options(&args, &cfg)?);
     let web_config = match &args.web_config_file {
-        Some(p) => Some(tidemark_api::load_web_config(p).with_context(|| format!("--web.config.file {}", p.display()))?),
+        Some(p) => Some(
+            tidemark_api::load_web_config(p)
+                .with_context(|| format!("--web.config.file {}", p.display()))?,
+        ),
         None => None,
     };
 
     info!(path = %storage_path.display(), retention_ms = dbo.retention_time_ms, "opening storage");
-    let db = Db::open(&storage_path, dbo.clone()).with_context(|| format!("opening {}", storage_path.display()))?;
+    let db = Db::open(&storage_path, dbo.clone())
+        .with_context(|| format!("opening {}", storage_path.display()))?;
     let report = db.open_report();
     if report.is_clean() {
         info!(report = %report, "storage opened");
@@ -90,8 +98,19 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     info!(series = db.stats().head_series, "storage ready");
 
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("tidemark").build()?;
-    let result = rt.block_on(serve(args, cfg, db.clone(), engine, web_config, storage_path, dbo));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("tidemark")
+        .build()?;
+    let result = rt.block_on(serve(
+        args,
+        cfg,
+        db.clone(),
+        engine,
+        web_config,
+        storage_path,
+        dbo,
+    ));
     info!("closing storage");
     if let Err(e) = db.close() {
         error!(error = %e, "closing storage failed");
@@ -112,21 +131,47 @@ async fn serve(
     let appendable: Arc<dyn Appendable> = Arc::new(db.clone());
     let queryable: Arc<dyn Queryable> = Arc::new(db.clone());
     let scrape = ScrapeManager::new(appendable.clone(), ScrapeOptions::default());
-    scrape.apply_config(&cfg.prometheus).context("applying scrape configuration")?;
+    scrape
+        .apply_config(&cfg.prometheus)
+        .context("applying scrape configuration")?;
     let cfg = Arc::new(Mutex::new(cfg));
 
     let mut flags = BTreeMap::new();
-    flags.insert("storage.tsdb.path".to_string(), storage_path.display().to_string());
-    flags.insert("storage.tsdb.retention.time".to_string(), tidemark_model::time::format_duration_millis(dbo.retention_time_ms));
-    flags.insert("storage.tsdb.retention.size".to_string(), dbo.retention_size_bytes.to_string());
-    flags.insert("web.listen-address".to_string(), args.listen_address.clone());
-    flags.insert("web.enable-admin-api".to_string(), args.enable_admin_api.to_string());
-    flags.insert("query.lookback-delta".to_string(), args.lookback_delta.clone());
-    flags.insert("query.max-samples".to_string(), args.max_samples.to_string());
+    flags.insert(
+        "storage.tsdb.path".to_string(),
+        storage_path.display().to_string(),
+    );
+    flags.insert(
+        "storage.tsdb.retention.time".to_string(),
+        tidemark_model::time::format_duration_millis(dbo.retention_time_ms),
+    );
+    flags.insert(
+        "storage.tsdb.retention.size".to_string(),
+        dbo.retention_size_bytes.to_string(),
+    );
+    flags.insert(
+        "web.listen-address".to_string(),
+        args.listen_address.clone(),
+    );
+    flags.insert(
+        "web.enable-admin-api".to_string(),
+        args.enable_admin_api.to_string(),
+    );
+    flags.insert(
+        "query.lookback-delta".to_string(),
+        args.lookback_delta.clone(),
+    );
+    flags.insert(
+        "query.max-samples".to_string(),
+        args.max_samples.to_string(),
+    );
     flags.insert("query.timeout".to_string(), args.query_timeout.clone());
     flags.insert(
         "config.file".to_string(),
-        args.config_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+        args.config_file
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
     );
 
     let opts = ApiOptions {
@@ -135,11 +180,20 @@ async fn serve(
         storage_retention: tidemark_model::time::format_duration_millis(dbo.retention_time_ms),
         ..ApiOptions::default()
     };
-    let reloader = Arc::new(ConfigReloader { args: args.clone(), cfg: cfg.clone(), scrape: scrape.clone() });
+    let reloader = Arc::new(ConfigReloader {
+        args: args.clone(),
+        cfg: cfg.clone(),
+        scrape: scrape.clone(),
+    });
     let cfg_for_text = cfg.clone();
     let api = Api::new(queryable, appendable, engine, opts)
-        .with_admin(Arc::new(DbAdmin { db: db.clone(), dir: storage_path.clone() }))
-        .with_targets(Arc::new(ScrapeTargets { scrape: scrape.clone() }))
+        .with_admin(Arc::new(DbAdmin {
+            db: db.clone(),
+            dir: storage_path.clone(),
+        }))
+        .with_targets(Arc::new(ScrapeTargets {
+            scrape: scrape.clone(),
+        }))
         .with_config_text(move || cfg_for_text.lock().prometheus.to_yaml())
         .with_flags(flags)
         .with_reload(reloader.clone())
@@ -164,9 +218,11 @@ async fn serve(
 
 async fn signals(reloader: Arc<ConfigReloader>, stop: tokio::sync::oneshot::Sender<()>) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut hup), Ok(mut int), Ok(mut term)) =
-        (signal(SignalKind::hangup()), signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
-    else {
+    let (Ok(mut hup), Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
         error!("cannot install signal handlers");
         return;
     };
@@ -196,7 +252,9 @@ struct ConfigReloader {
 impl Reloader for ConfigReloader {
     fn reload(&self) -> Result<(), String> {
         let new = load_config(&self.args).map_err(|e| format!("{e:#}"))?;
-        self.scrape.apply_config(&new.prometheus).map_err(|e| e.to_string())?;
+        self.scrape
+            .apply_config(&new.prometheus)
+            .map_err(|e| e.to_string())?;
         *self.cfg.lock() = new;
         Ok(())
     }
@@ -222,7 +280,12 @@ impl TargetsProvider for ScrapeTargets {
         serde_json::to_value(&snap).unwrap_or(serde_json::Value::Null)
     }
 
-    fn targets_metadata(&self, match_target: Option<&str>, metric: Option<&str>, limit: usize) -> serde_json::Value {
+    fn targets_metadata(
+        &self,
+        match_target: Option<&str>,
+        metric: Option<&str>,
+        limit: usize,
+    ) -> serde_json::Value {
         let matchers: Vec<Matcher> = match match_target {
             Some(s) if !s.is_empty() => match tidemark_promql::parse_series_selector(s) {
                 Ok(m) => m,
@@ -235,7 +298,10 @@ impl TargetsProvider for ScrapeTargets {
             if metric.is_some_and(|x| x != m.metric) {
                 continue;
             }
-            if !matchers.iter().all(|x| x.matches(m.target.get_or_empty(&x.name))) {
+            if !matchers
+                .iter()
+                .all(|x| x.matches(m.target.get_or_empty(&x.name)))
+            {
                 continue;
             }
             out.push(m);
@@ -249,8 +315,11 @@ impl TargetsProvider for ScrapeTargets {
     fn metadata(&self) -> Vec<(String, Metadata)> {
         let mut seen = BTreeMap::new();
         for m in self.scrape.metadata() {
-            seen.entry(m.metric.clone())
-                .or_insert_with(|| Metadata { kind: m.kind, help: m.help.clone(), unit: m.unit.clone() });
+            seen.entry(m.metric.clone()).or_insert_with(|| Metadata {
+                kind: m.kind,
+                help: m.help.clone(),
+                unit: m.unit.clone(),
+            });
         }
         seen.into_iter().collect()
     }
@@ -267,9 +336,15 @@ impl TsdbAdmin for DbAdmin {
         crate::status::tsdb_status(&self.db, limit)
     }
 
-    fn delete_series(&self, _m: &[Vec<Matcher>], _mint: i64, _maxt: i64) -> Result<(), tidemark_storage::Error> {
+    fn delete_series(
+        &self,
+        _m: &[Vec<Matcher>],
+        _mint: i64,
+        _maxt: i64,
+    ) -> Result<(), tidemark_storage::Error> {
         Err(tidemark_storage::Error::Other(
-            "delete_series is not supported yet: the engine has no tombstones (see docs/api.md)".into(),
+            "delete_series is not supported yet: the engine has no tombstones (see docs/api.md)"
+                .into(),
         ))
     }
 

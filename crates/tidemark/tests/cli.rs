@@ -9,7 +9,11 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_tidemark");
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Server {
@@ -43,7 +47,12 @@ impl Server {
     }
 
     /// A minimal HTTP/1.1 request; returns status and body.
-    fn request(&self, method: &str, path: &str, body: Option<&str>) -> std::io::Result<(u16, String)> {
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> std::io::Result<(u16, String)> {
         let mut c = TcpStream::connect(("127.0.0.1", self.port))?;
         c.set_read_timeout(Some(Duration::from_secs(20)))?;
         let body = body.unwrap_or("");
@@ -55,9 +64,20 @@ impl Server {
         let mut out = Vec::new();
         c.read_to_end(&mut out)?;
         let text = String::from_utf8_lossy(&out).to_string();
-        let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
         let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let rest = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(rest) } else { rest.to_string() };
+        let rest = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            dechunk(rest)
+        } else {
+            rest.to_string()
+        };
         Ok((status, rest))
     }
 
@@ -80,7 +100,10 @@ impl Server {
                 }
                 return (st, err);
             }
-            assert!(Instant::now() < deadline, "server did not exit after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -94,7 +117,11 @@ impl Drop for Server {
 }
 
 fn unsafe_kill(pid: u32, sig: i32) {
-    let st = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap();
+    let st = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
     assert!(st.success());
 }
 
@@ -115,7 +142,9 @@ fn dechunk(s: &str) -> String {
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -131,7 +160,9 @@ fn result(v: &serde_json::Value) -> &Vec<serde_json::Value> {
 fn server_without_config_scrapes_itself() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path(), &[]);
-    let (st, body) = s.request("GET", "/api/v1/query?query=1%2B1&time=4", None).unwrap();
+    let (st, body) = s
+        .request("GET", "/api/v1/query?query=1%2B1&time=4", None)
+        .unwrap();
     assert_eq!(st, 200);
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&body).unwrap()["data"],
@@ -154,13 +185,19 @@ fn server_without_config_scrapes_itself() {
     assert_eq!(t["data"]["activeTargets"][0]["labels"]["job"], "tidemark");
     assert_eq!(t["data"]["activeTargets"][0]["health"], "up");
     let v = s.query("tidemark_tsdb_head_series");
-    assert!(!result(&v).is_empty(), "own engine metrics are scraped: {v}");
+    assert!(
+        !result(&v).is_empty(),
+        "own engine metrics are scraped: {v}"
+    );
     let (status, stderr) = s.stop();
     assert!(status.success(), "exit status {status}; stderr: {stderr}");
     // Structured JSON logs.
     let first = stderr.lines().next().unwrap();
     let j: serde_json::Value = serde_json::from_str(first).unwrap();
-    assert!(j["level"].is_string() && j["message"].is_string(), "{first}");
+    assert!(
+        j["level"].is_string() && j["message"].is_string(),
+        "{first}"
+    );
 }
 
 /// Samples written through the API survive a SIGTERM and a restart (log replay).
@@ -168,10 +205,16 @@ fn server_without_config_scrapes_itself() {
 fn imported_samples_survive_restart() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(dir.path(), &["--config.file", "/dev/null"]);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     let mut text = String::new();
     for i in 0..100 {
-        text.push_str(&format!("e2e_metric{{k=\"v\"}} {i} {}\n", now - 100_000 + i * 1000));
+        text.push_str(&format!(
+            "e2e_metric{{k=\"v\"}} {i} {}\n",
+            now - 100_000 + i * 1000
+        ));
     }
     let (st, body) = s.request("POST", "/api/v1/import", Some(&text)).unwrap();
     assert!(st == 200 || st == 204, "import: {st} {body}");
@@ -180,7 +223,11 @@ fn imported_samples_survive_restart() {
     let (status, _) = s.stop();
     assert!(status.success());
     let s = Server::start(dir.path(), &["--config.file", "/dev/null"]);
-    assert_eq!(result(&s.query(q))[0]["value"][1], "100", "all samples after restart");
+    assert_eq!(
+        result(&s.query(q))[0]["value"][1],
+        "100",
+        "all samples after restart"
+    );
     assert_eq!(result(&s.query("e2e_metric"))[0]["value"][1], "99");
 }
 
@@ -189,14 +236,29 @@ fn check_config_names_unknown_key_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("bad.yml");
     std::fs::write(&p, "global:\n  scrape_interval: 15s\nscrape_configs:\n  - job_name: a\n    scrape_intervall: 5s\n").unwrap();
-    let out = Command::new(BIN).args(["check", "config"]).arg(&p).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "config"])
+        .arg(&p)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("scrape_intervall") && text.contains("line 5"), "{text}");
+    assert!(
+        text.contains("scrape_intervall") && text.contains("line 5"),
+        "{text}"
+    );
     let good = dir.path().join("good.yml");
     std::fs::write(&good, "scrape_configs:\n  - job_name: a\n    static_configs:\n      - targets: ['localhost:1']\ntidemark:\n  storage:\n    retention:\n      time: 30d\n").unwrap();
-    let out = Command::new(BIN).args(["check", "config"]).arg(&good).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = Command::new(BIN)
+        .args(["check", "config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]
@@ -204,8 +266,15 @@ fn promqltest_prints_summary_line() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("t.test");
     std::fs::write(&f, "load 1m\n  m{a=\"1\"} 1 2 3\n\neval instant at 2m m\n  m{a=\"1\"} 3\n\neval instant at 2m m\n  m{a=\"1\"} 4\n").unwrap();
-    let out = Command::new(BIN).arg("promqltest").arg(&f).output().unwrap();
+    let out = Command::new(BIN)
+        .arg("promqltest")
+        .arg(&f)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.trim_end().ends_with("1 passed, 1 failed, 0 skipped"), "{text}");
+    assert!(
+        text.trim_end().ends_with("1 passed, 1 failed, 0 skipped"),
+        "{text}"
+    );
     assert!(!out.status.success(), "a failed case fails the command");
 }
