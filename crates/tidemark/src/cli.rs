@@ -23,7 +23,7 @@ pub(crate) struct Cli {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Run the server: storage, scraping, PromQL and the Prometheus HTTP API.
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Offline tools for a data directory.
     Tsdb {
         #[command(subcommand)]

@@ -28,7 +28,7 @@ fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
     match args.command {
         cli::Command::Server(s) => {
             logging::init(&s.log_level, &s.log_format);
-            server::run(s)?;
+            server::run(*s)?;
             Ok(ExitCode::SUCCESS)
         }
         cli::Command::Tsdb { command } => tsdb_cmd::run(command),

@@ -52,14 +52,15 @@ fn db_options(args: &ServerArgs, cfg: &Config) -> anyhow::Result<DbOptions> {
 
 fn engine_options(args: &ServerArgs, cfg: &Config) -> anyhow::Result<EngineOptions> {
     let q = &cfg.tidemark.query;
-    let mut o = EngineOptions::default();
-    o.lookback_delta_ms =
-        parse_duration_millis(q.lookback_delta.as_deref().unwrap_or(&args.lookback_delta))
-            .context("--query.lookback-delta")?;
-    o.max_samples = q.max_samples.unwrap_or(args.max_samples);
-    let t = parse_duration_millis(q.timeout.as_deref().unwrap_or(&args.query_timeout))
-        .context("--query.timeout")?;
-    o.timeout = Duration::from_millis(t.max(1) as u64);
+    let lookback = q.lookback_delta.as_deref().unwrap_or(&args.lookback_delta);
+    let timeout = q.timeout.as_deref().unwrap_or(&args.query_timeout);
+    let timeout_ms = parse_duration_millis(timeout).context("--query.timeout")?;
+    let o = EngineOptions {
+        lookback_delta_ms: parse_duration_millis(lookback).context("--query.lookback-delta")?,
+        max_samples: q.max_samples.unwrap_or(args.max_samples),
+        timeout: Duration::from_millis(timeout_ms.max(1) as u64),
+        ..EngineOptions::default()
+    };
     Ok(o)
 }
 

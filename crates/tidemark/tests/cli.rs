@@ -1,4 +1,5 @@
 //! End-to-end tests of the `tidemark` binary: real processes on 127.0.0.1 ports.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
