@@ -19,6 +19,7 @@
 mod format;
 mod fsutil;
 mod segment;
+mod sync;
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -240,8 +241,8 @@ pub struct Log {
     checkpoint: Option<Checkpoint>,
     buf: Vec<u8>,
     last_sync: Instant,
-    unsynced: bool,
-    poisoned: Option<String>,
+    /// Durability state shared with [`LogSyncer`]s.
+    shared: Arc<sync::Shared>,
 }
 
 fn ckpt_dir_name(upto: u64) -> String {
@@ -619,6 +620,17 @@ impl Log {
             segments.push(create_segment(dir, SegmentKind::Log, next)?);
         }
 
+        // Records of the active segment may not be durable yet (a process crash under a lax
+        // sync policy); sealed segments were fsynced when they were sealed.
+        let shared = {
+            let active = &segments[segments.len() - 1];
+            sync::Shared::new(
+                Arc::clone(&active.file),
+                active.path.clone(),
+                next,
+                active.first,
+            )
+        };
         let log = Log {
             dir: dir.to_path_buf(),
             opts,
@@ -630,8 +642,7 @@ impl Log {
             checkpoint,
             buf: Vec::new(),
             last_sync: Instant::now(),
-            unsynced: false,
-            poisoned: None,
+            shared,
         };
         report.segments = log.segments.len();
         report.first_index = log.first_index();
@@ -697,18 +708,28 @@ impl Log {
     }
 
     fn check_poisoned(&self) -> Result<(), LogError> {
-        match &self.poisoned {
-            Some(reason) => Err(LogError::Poisoned {
-                reason: reason.clone(),
-            }),
-            None => Ok(()),
-        }
+        self.shared.check_poisoned()
     }
 
-    fn active(&mut self) -> &mut Segment {
-        // `segments` is never empty (see `open`, `truncate_after`, `purge_upto`).
-        let n = self.segments.len();
-        &mut self.segments[n - 1]
+    /// Tells the shared durability state that the active segment changed.
+    fn publish_active(&self, synced: Option<u64>) {
+        let active = &self.segments[self.segments.len() - 1];
+        self.shared.reset(
+            Arc::clone(&active.file),
+            active.path.clone(),
+            self.next,
+            synced,
+        );
+    }
+
+    /// A handle that makes appended records durable without holding the log: group commit.
+    /// Open the log with [`SyncPolicy::Never`], append under the engine's lock, release it, and
+    /// call [`LogSyncer::sync_upto`] with the batch's last index before acknowledging. Callers
+    /// that wait while another fsync runs usually find their records covered by it.
+    pub fn syncer(&self) -> LogSyncer {
+        LogSyncer {
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// Appends one record and returns its index.
@@ -749,7 +770,7 @@ impl Log {
         for (i, p) in payloads.iter().enumerate() {
             format::encode_record(&mut buf, first + i as u64, p);
         }
-        let result = self.write_and_sync(&buf, payloads);
+        let result = self.write_and_sync(&buf, payloads, first + payloads.len() as u64);
         // Keep a modest buffer around for the next batch.
         if buf.capacity() <= 4 << 20 {
             self.buf = buf;
@@ -760,21 +781,28 @@ impl Log {
         Ok(first..=last)
     }
 
-    fn write_and_sync(&mut self, buf: &[u8], payloads: &[&[u8]]) -> Result<(), LogError> {
-        let seg = self.active();
+    fn write_and_sync(
+        &mut self,
+        buf: &[u8],
+        payloads: &[&[u8]],
+        new_next: u64,
+    ) -> Result<(), LogError> {
+        let n = self.segments.len();
+        let seg = &mut self.segments[n - 1];
         let at = seg.size;
         if let Err(e) = seg.file.write_all_at(buf, at) {
             // Undo a partial write; if even that fails the file state is unknown.
             let path = seg.path.clone();
             if let Err(e2) = seg.file.set_len(at) {
-                self.poisoned = Some(format!("write failed ({e}), truncation failed ({e2})"));
+                self.shared
+                    .poison(format!("write failed ({e}), truncation failed ({e2})"));
             }
             return Err(LogError::Io { path, source: e });
         }
         for p in payloads {
             seg.push(format::framed_len(p.len()) as u64);
         }
-        self.unsynced = true;
+        self.shared.set_written(new_next);
         match self.opts.sync {
             SyncPolicy::Always => self.sync(),
             SyncPolicy::Interval(d) if self.last_sync.elapsed() >= d => self.sync(),
@@ -782,30 +810,19 @@ impl Log {
         }
     }
 
-    /// fsyncs the active segment.
+    /// fsyncs the active segment if it holds records not yet durable.
     pub fn sync(&mut self) -> Result<(), LogError> {
-        self.check_poisoned()?;
-        if !self.unsynced {
-            return Ok(());
-        }
-        let seg = self.active();
-        if let Err(e) = seg.file.sync_data() {
-            let path = seg.path.clone();
-            // After a failed fsync the kernel may have dropped the dirty pages: never retry.
-            self.poisoned = Some(format!("fsync of {} failed: {e}", path.display()));
-            return Err(LogError::Io { path, source: e });
-        }
-        self.unsynced = false;
+        self.shared.sync(None)?;
         self.last_sync = Instant::now();
         Ok(())
     }
 
     /// Seals the active segment (fsync) and starts a new one at `next`.
     fn roll(&mut self) -> Result<(), LogError> {
-        self.unsynced = true;
         self.sync()?;
         let seg = create_segment(&self.dir, SegmentKind::Log, self.next)?;
         self.segments.push(seg);
+        self.publish_active(Some(self.next));
         Ok(())
     }
 
@@ -976,9 +993,10 @@ impl Log {
             let Some(seg) = self.segments.pop() else {
                 break;
             };
+            self.next = seg.first;
+            self.publish_active(None);
             fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
             sync_dir(&self.dir)?;
-            self.next = seg.first;
             failpoint::hit("truncate.after_unlink")?;
         }
         let seg = &mut self.segments[k];
@@ -986,7 +1004,8 @@ impl Log {
         failpoint::hit("truncate.before_cut")?;
         if let Err(e) = seg.file.set_len(off).and_then(|()| seg.file.sync_all()) {
             let path = seg.path.clone();
-            self.poisoned = Some(format!("truncation of {} failed: {e}", path.display()));
+            self.shared
+                .poison(format!("truncation of {} failed: {e}", path.display()));
             return Err(LogError::Io { path, source: e });
         }
         seg.count = cut - seg.first;
@@ -994,7 +1013,7 @@ impl Log {
         seg.sparse
             .truncate(seg.count.div_ceil(segment::SPARSE_EVERY) as usize);
         self.next = cut;
-        self.unsynced = false;
+        self.publish_active(Some(cut));
         Ok(())
     }
 
@@ -1033,7 +1052,7 @@ impl Log {
             let seg = create_segment(&self.dir, SegmentKind::Log, index + 1)?;
             self.segments.push(seg);
             self.next = index + 1;
-            self.unsynced = false;
+            self.publish_active(Some(self.next));
         }
         let mut removed = 0;
         while self.segments.len() > 1 && self.segments[0].end() <= index + 1 {
@@ -1214,12 +1233,37 @@ pub fn inspect_segment(data: &[u8]) -> SegmentInspection {
 
 impl Drop for Log {
     fn drop(&mut self) {
-        if self.unsynced
-            && self.poisoned.is_none()
+        if self.shared.has_unsynced()
+            && !self.shared.is_poisoned()
             && let Err(e) = self.sync()
         {
             tracing::error!(error = %e, "log: fsync on close failed");
         }
+    }
+}
+
+/// Makes a log's appended records durable from any thread, without the log; see
+/// [`Log::syncer`]. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct LogSyncer {
+    shared: Arc<sync::Shared>,
+}
+
+impl LogSyncer {
+    /// Returns once every record up to `index` is durable (fsyncing the active segment unless
+    /// an earlier fsync already covered it). A record truncated away meanwhile counts as done.
+    pub fn sync_upto(&self, index: u64) -> Result<(), LogError> {
+        self.shared.sync(Some(index))
+    }
+
+    /// Every index below this is durable.
+    pub fn durable_next(&self) -> u64 {
+        self.shared.durable_next()
+    }
+
+    /// fsyncs done through the shared state so far (the log's own and the syncers').
+    pub fn fsync_count(&self) -> u64 {
+        self.shared.fsyncs()
     }
 }
 
