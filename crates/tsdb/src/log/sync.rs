@@ -127,3 +127,28 @@ impl Shared {
         }
     }
 }
+
+/// Makes a log's appended records durable from any thread, without the log; see
+/// [`Log::syncer`]. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct LogSyncer {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl LogSyncer {
+    /// Returns once every record up to `index` is durable (fsyncing the active segment unless
+    /// an earlier fsync already covered it). A record truncated away meanwhile counts as done.
+    pub fn sync_upto(&self, index: u64) -> Result<(), LogError> {
+        self.shared.sync(Some(index))
+    }
+
+    /// Every index below this is durable.
+    pub fn durable_next(&self) -> u64 {
+        self.shared.durable_next()
+    }
+
+    /// fsyncs done through the shared state so far (the log's own and the syncers').
+    pub fn fsync_count(&self) -> u64 {
+        self.shared.fsyncs()
+    }
+}
