@@ -956,10 +956,10 @@ impl SampleIter for ChunkIter<'_> {
         }
         let prev = self.cur.t;
         let s = self.d.next_sample();
-        if self.d.vs.error.is_some() || self.d.ts.r.overrun() || self.d.vs.r.overrun() {
-            if let Err(e) = self.d.check() {
-                return self.fail(e);
-            }
+        if (self.d.vs.error.is_some() || self.d.ts.r.overrun() || self.d.vs.r.overrun())
+            && let Err(e) = self.d.check()
+        {
+            return self.fail(e);
         }
         if self.d.i > 1 && s.t <= prev {
             return self.fail(ChunkError::NotIncreasing {

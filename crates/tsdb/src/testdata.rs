@@ -599,7 +599,7 @@ pub fn node_exporter(targets: usize, samples: usize, seed: u64, start_ms: i64) -
                 10.0,
                 f64::INFINITY,
             ];
-            let mut rows: Vec<Vec<Sample>> = vec![Vec::with_capacity(samples); 14];
+            let mut rows: Vec<Vec<Sample>> = (0..14).map(|_| Vec::with_capacity(samples)).collect();
             for &t in &ts {
                 let n = (rate * (1.0 + 0.5 * rng.normal())).max(0.0).round() as u64
                     + u64::from(h == 0 && rng.chance(0.5));
