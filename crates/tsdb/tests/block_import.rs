@@ -47,7 +47,7 @@ proptest! {
 
     #[test]
     fn import_matches_model(input in proptest::collection::vec((0u8..5, -3000i64..3000, -50i32..50), 0..300),
-                            range in prop_oneof![Just(1000i64), Just(700), Just(7200_000)], budget in 1usize..100) {
+                            range in prop_oneof![Just(1000i64), Just(700), Just(7_200_000)], budget in 1usize..100) {
         let dir = tempfile::tempdir().unwrap();
         // Model: the last value given for a (series, t) wins.
         let mut model: BTreeMap<Labels, BTreeMap<i64, u64>> = BTreeMap::new();
