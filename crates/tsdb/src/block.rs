@@ -909,6 +909,15 @@ impl SampleIter for BlockSampleIter<'_> {
         }
         if self.valid {
             self.pos += 1;
+            // Fast path: the next sample of the decoded chunk is still inside the range.
+            if let Some(x) = self.buf.get(self.pos) {
+                if x.t <= self.series.maxt {
+                    return true;
+                }
+                self.valid = false;
+                self.done = true;
+                return false;
+            }
         }
         self.advance_to(i64::MIN)
     }
