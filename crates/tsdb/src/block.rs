@@ -909,6 +909,15 @@ impl SampleIter for BlockSampleIter<'_> {
         }
         if self.valid {
             self.pos += 1;
+            // Fast path: the next sample of the decoded chunk is still inside the range.
+            if let Some(x) = self.buf.get(self.pos) {
+                if x.t <= self.series.maxt {
+                    return true;
+                }
+                self.valid = false;
+                self.done = true;
+                return false;
+            }
         }
         self.advance_to(i64::MIN)
     }
@@ -984,7 +993,10 @@ pub fn open_blocks(data_dir: &Path) -> Result<(Vec<Block>, Vec<String>)> {
         let Some(name) = e.file_name().to_str().map(str::to_string) else {
             continue;
         };
-        if name.ends_with(TMP_CREATION_SUFFIX) || name.ends_with(TMP_DELETION_SUFFIX) {
+        if name.ends_with(TMP_CREATION_SUFFIX)
+            || name.ends_with(TMP_DELETION_SUFFIX)
+            || name.ends_with(crate::import::TMP_IMPORT_SUFFIX)
+        {
             fs::remove_dir_all(e.path()).map_err(io_err(&e.path(), "remove leftover"))?;
             tracing::warn!(dir = %e.path().display(), "removed leftover of an interrupted block write or deletion");
             problems.push(format!("removed leftover directory {}", e.path().display()));

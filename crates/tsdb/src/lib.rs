@@ -3,6 +3,7 @@
 //! (the segmented write-ahead log), `head` (in-memory recent window), `index` (block index),
 //! `block`, `compact`, `retention`, and `db` which ties them together.
 
+pub mod analyze;
 pub mod block;
 pub mod chunk;
 pub mod chunks;
@@ -12,6 +13,7 @@ pub mod head;
 mod head_append;
 mod head_log;
 mod head_read;
+pub mod import;
 pub mod index;
 pub mod log;
 pub mod postings;
