@@ -35,14 +35,18 @@ const RICE_LIMIT: u32 = 16;
 const RICE_CAP: u64 = 1 << 56;
 /// Mode code: values are XOR coded (sticky for the rest of the chunk).
 const MODE_FLOAT: u32 = 31;
+/// Mode code (first in the value stream only): every sample has the value that follows.
+const MODE_CONST: u32 = 30;
 /// Largest decimal exponent (10^22 is the largest power of ten exact in f64).
 const MAX_EXP: u32 = 22;
 /// Value escape sub-codes.
 const ESC_BIG_DELTA: u64 = 0;
 const ESC_EXCEPTION: u64 = 1;
 const ESC_SWITCH: u64 = 2;
-/// Initial state of the timestamp Rice parameter (k = 1).
-const TS_RICE_INIT: u64 = 8;
+/// Initial state of the timestamp Rice parameter (k = 0: unary, right for scrape jitter).
+const TS_RICE_INIT: u64 = 4;
+/// Residuals of at most this magnitude are Rice coded; larger ones are escapes.
+const TS_SMALL: i64 = 1 << 40;
 
 const POW10: [f64; 23] = [
     1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
@@ -109,15 +113,54 @@ fn unzigzag(z: u64) -> i64 {
     ((z >> 1) as i64) ^ -((z & 1) as i64)
 }
 
-/// Rice parameter from the adaptive state (about 4x the running mean).
+/// Maps a small timestamp residual to a code number, favouring late samples: 0, 1, 2 -> 0, 1, 2;
+/// -1 -> 3; 3, 4, 5 -> 4, 5, 6; -2 -> 7; ... (every fourth code is an early sample).
 #[inline(always)]
-fn rice_k(s: u64) -> u32 {
-    63 - ((s >> 2) | 1).leading_zeros()
+fn ts_map(r: i64) -> u64 {
+    if r >= 0 {
+        r as u64 + r as u64 / 3
+    } else {
+        (!r as u64) * 4 + 3
+    }
 }
 
 #[inline(always)]
-fn rice_update(s: u64, zz: u64) -> u64 {
-    s - (s >> 2) + zz.min(RICE_CAP)
+fn ts_unmap(z: u64) -> i64 {
+    if z & 3 == 3 {
+        !((z >> 2) as i64)
+    } else {
+        (z - (z >> 2)) as i64
+    }
+}
+
+/// Adaptive Rice parameter. The parameter used for a sample comes from the state two samples
+/// back, which keeps the state update off the decoder's critical path.
+#[derive(Debug, Clone, Copy)]
+struct Rice {
+    k: u32,
+    /// About 4x the running mean of the coded numbers.
+    s: u64,
+}
+
+impl Rice {
+    #[inline(always)]
+    fn new(s: u64) -> Self {
+        Rice {
+            k: Self::k_of(s),
+            s,
+        }
+    }
+
+    #[inline(always)]
+    fn k_of(s: u64) -> u32 {
+        ((s >> 2) | 1).ilog2()
+    }
+
+    #[inline(always)]
+    fn update(&mut self, zz: u64) {
+        self.k = Self::k_of(self.s);
+        self.s = self.s - (self.s >> 2) + zz.min(RICE_CAP);
+    }
 }
 
 /// Writes `zz` Rice-coded with parameter `k`; false (and nothing written) when it needs an escape.
@@ -136,7 +179,9 @@ fn write_rice(w: &mut BitWriter, zz: u64, k: u32) -> bool {
 #[inline(always)]
 fn read_rice(r: &mut BitReader<'_>, k: u32) -> Option<u64> {
     let w = r.peek();
-    let q = w.leading_zeros();
+    // The low bit is never part of a prefix shorter than RICE_LIMIT; setting it lets the compiler
+    // use a plain bit scan.
+    let q = (w | 1).leading_zeros();
     if q >= RICE_LIMIT {
         r.skip(RICE_LIMIT);
         return None;
@@ -194,15 +239,21 @@ pub struct ChunkEncoder {
     t_last: i64,
     grid: i64,
     delta: i64,
-    ts_rice: u64,
+    ts_rice: Rice,
     /// Decimal exponent, or [`MODE_FLOAT`].
     mode: u32,
     m: i64,
     vbits: u64,
     lead: u32,
     trail: u32,
-    v_rice: u64,
+    v_rice: Rice,
     last_exception: bool,
+    /// Bits of the value stream taken by the first sample.
+    v_first_bits: u32,
+    /// Every value so far has the bits of the first.
+    all_same: bool,
+    /// Bits of the first value.
+    first: u64,
 }
 
 impl Default for ChunkEncoder {
@@ -215,14 +266,17 @@ impl Default for ChunkEncoder {
             t_last: 0,
             grid: 0,
             delta: 0,
-            ts_rice: TS_RICE_INIT,
+            ts_rice: Rice::new(TS_RICE_INIT),
             mode: 0,
             m: 0,
             vbits: 0,
             lead: 64,
             trail: 0,
-            v_rice: 0,
+            v_rice: Rice::new(0),
             last_exception: false,
+            v_first_bits: 0,
+            all_same: true,
+            first: 0,
         }
     }
 }
@@ -245,13 +299,22 @@ impl ChunkEncoder {
             return Err(ChunkError::Full { max: MAX_SAMPLES });
         }
         self.append_t(t);
-        self.append_v(v);
         if self.n == 0 {
+            self.first_v(v);
             self.t_first = t;
+        } else {
+            self.all_same &= v.to_bits() == self.first_bits();
+            self.append_v(v);
         }
         self.t_last = t;
         self.n += 1;
         Ok(())
+    }
+
+    /// Bits of the first value (only meaningful while `all_same`).
+    #[inline(always)]
+    fn first_bits(&self) -> u64 {
+        self.first
     }
 
     #[inline(always)]
@@ -276,46 +339,59 @@ impl ChunkEncoder {
             _ => {}
         }
         let pred = self.grid.wrapping_add(self.delta);
-        let zz = zigzag(t.wrapping_sub(pred));
-        if write_rice(&mut self.ts, zz, rice_k(self.ts_rice)) {
-            self.grid = pred;
-            self.ts_rice = rice_update(self.ts_rice, zz);
-        } else {
-            self.ts.write(0, RICE_LIMIT);
-            self.ts.write_varbits(zz);
-            self.grid = t;
+        let r = t.wrapping_sub(pred);
+        if (-TS_SMALL..=TS_SMALL).contains(&r) {
+            let zz = ts_map(r);
+            if write_rice(&mut self.ts, zz, self.ts_rice.k) {
+                self.ts_rice.update(zz);
+                self.grid = pred.wrapping_add(r.min(0));
+                return;
+            }
         }
+        self.ts.write(0, RICE_LIMIT);
+        self.ts.write_varbits(zigzag(r));
+        self.grid = t;
+    }
+
+    #[cold]
+    fn first_v(&mut self, v: f64) {
+        let bits = v.to_bits();
+        self.first = bits;
+        if let Some((e, m)) = find_decimal(v, 0) {
+            self.vs.write(u64::from(e), 5);
+            self.vs.write_varbits(zigzag(m));
+            self.mode = e;
+            self.m = m;
+        } else {
+            self.vs.write(u64::from(MODE_FLOAT), 5);
+            self.vs.write_long(bits, 64);
+            self.mode = MODE_FLOAT;
+            self.vbits = bits;
+        }
+        self.v_first_bits = self.vs.bit_len() as u32;
     }
 
     #[inline(always)]
     fn append_v(&mut self, v: f64) {
-        let bits = v.to_bits();
-        if self.n == 0 {
-            if let Some((e, m)) = find_decimal(v, 0) {
-                self.vs.write(u64::from(e), 5);
-                self.vs.write_varbits(zigzag(m));
-                self.mode = e;
-                self.m = m;
-            } else {
-                self.vs.write(u64::from(MODE_FLOAT), 5);
-                self.vs.write_long(bits, 64);
-                self.mode = MODE_FLOAT;
-                self.vbits = bits;
-            }
-            return;
-        }
         if self.mode == MODE_FLOAT {
-            self.append_xor(bits);
+            self.append_xor(v.to_bits());
             return;
         }
         if let Some(m) = decimal_at(v, self.mode) {
             let zz = zigzag(m.wrapping_sub(self.m));
-            if !write_rice(&mut self.vs, zz, rice_k(self.v_rice)) {
-                self.vs.write(0, RICE_LIMIT);
-                self.vs.write(ESC_BIG_DELTA, 2);
+            if self.n == 1 {
+                // The first delta is written whole and sets the Rice parameter.
+                self.vs.write(1, 1);
                 self.vs.write_varbits(zz);
+                self.v_rice = Rice::new(zz.min(RICE_CAP) * 4);
+            } else {
+                if !write_rice(&mut self.vs, zz, self.v_rice.k) {
+                    self.vs.write(0, RICE_LIMIT);
+                    self.vs.write(ESC_BIG_DELTA, 2);
+                    self.vs.write_varbits(zz);
+                }
+                self.v_rice.update(zz);
             }
-            self.v_rice = rice_update(self.v_rice, zz);
             self.m = m;
             self.last_exception = false;
             return;
@@ -326,7 +402,11 @@ impl ChunkEncoder {
     #[cold]
     fn append_v_slow(&mut self, v: f64) {
         let bits = v.to_bits();
-        self.vs.write(0, RICE_LIMIT);
+        if self.n == 1 {
+            self.vs.write(0, 1);
+        } else {
+            self.vs.write(0, RICE_LIMIT);
+        }
         if let Some((e, m)) = find_decimal(v, self.mode + 1) {
             self.vs.write(ESC_SWITCH, 2);
             self.vs.write(u64::from(e), 5);
@@ -384,12 +464,25 @@ impl ChunkEncoder {
         (self.n > 0).then_some(self.t_last)
     }
 
+    /// True when the value stream is written in its constant form (all values bit-identical).
+    fn constant(&self) -> bool {
+        self.n >= 2 && self.all_same
+    }
+
+    fn value_bytes(&self) -> usize {
+        if self.constant() {
+            (5 + self.v_first_bits as usize).div_ceil(8)
+        } else {
+            self.vs.byte_len()
+        }
+    }
+
     /// Size of [`ChunkEncoder::bytes`] right now.
     pub fn size_bytes(&self) -> usize {
         let ts = self.ts.byte_len();
         let mut size = 1 + uvarint_len(u64::from(self.n));
         if self.n > 0 {
-            size += uvarint_len(ts as u64) + ts + self.vs.byte_len();
+            size += uvarint_len(ts as u64) + ts + self.value_bytes();
         }
         size
     }
@@ -407,14 +500,29 @@ impl ChunkEncoder {
         if self.n > 0 {
             put_uvarint(&mut out, self.ts.byte_len() as u64);
             out.extend_from_slice(self.ts.bytes());
-            out.extend_from_slice(self.vs.bytes());
+            if self.constant() {
+                let mut w = BitWriter::default();
+                w.write(u64::from(MODE_CONST), 5);
+                let mut r = BitReader::new(self.vs.bytes());
+                let mut left = self.v_first_bits;
+                while left > 0 {
+                    let n = left.min(32);
+                    w.write(r.read(n), n);
+                    left -= n;
+                }
+                out.extend_from_slice(w.bytes());
+            } else {
+                out.extend_from_slice(self.vs.bytes());
+            }
         }
         out
     }
 
     /// Iterates the samples appended so far, without copying.
     pub fn iter(&self) -> ChunkIter<'_> {
-        ChunkIter::from_parts(self.ts.bytes(), self.vs.bytes(), self.n as usize)
+        let ts = BitReader::with_padding(self.ts.padded(), self.ts.byte_len());
+        let vs = BitReader::with_padding(self.vs.padded(), self.vs.byte_len());
+        ChunkIter::with_decoder(Decoder::new(ts, vs, self.n as usize))
     }
 }
 
@@ -463,41 +571,228 @@ fn get_uvarint(data: &[u8], pos: &mut usize, what: &'static str) -> Result<u64, 
     })
 }
 
-/// Decoding state over the two streams of one chunk.
+/// Timestamp decoding state.
 #[derive(Debug, Clone)]
-struct Decoder<'a> {
-    ts: BitReader<'a>,
-    vs: BitReader<'a>,
-    /// Index of the next sample to decode.
-    i: usize,
-    n: usize,
+struct TsDecoder<'a> {
+    r: BitReader<'a>,
     grid: i64,
     delta: i64,
-    ts_rice: u64,
+    rice: Rice,
+}
+
+impl TsDecoder<'_> {
+    /// The first timestamp (i = 0) or the second (i = 1).
+    #[cold]
+    fn first(&mut self, i: usize) -> i64 {
+        if i == 0 {
+            self.grid = unzigzag(self.r.read_varbits());
+            return self.grid;
+        }
+        self.delta = self.r.read_varbits() as i64;
+        self.next()
+    }
+
+    #[inline(always)]
+    fn next(&mut self) -> i64 {
+        let pred = self.grid.wrapping_add(self.delta);
+        match read_rice(&mut self.r, self.rice.k) {
+            Some(zz) => {
+                self.rice.update(zz);
+                let res = ts_unmap(zz);
+                self.grid = pred.wrapping_add(res.min(0));
+                pred.wrapping_add(res)
+            }
+            None => self.escape(pred),
+        }
+    }
+
+    #[cold]
+    fn escape(&mut self, pred: i64) -> i64 {
+        let t = pred.wrapping_add(unzigzag(self.r.read_varbits()));
+        self.grid = t;
+        t
+    }
+}
+
+/// Value decoding state.
+#[derive(Debug, Clone)]
+struct ValDecoder<'a> {
+    r: BitReader<'a>,
+    /// Decimal exponent, [`MODE_FLOAT`] or [`MODE_CONST`].
     mode: u32,
+    /// 10^mode in decimal mode.
+    p: f64,
     m: i64,
     vbits: u64,
     lead: u32,
     trail: u32,
-    v_rice: u64,
+    rice: Rice,
+    /// Set when the stream holds an invalid code (decoding then yields garbage until the end).
+    error: Option<(&'static str, &'static str, u64)>,
+}
+
+impl ValDecoder<'_> {
+    #[cold]
+    fn first(&mut self) -> f64 {
+        let mode = self.r.read(5) as u32;
+        if mode == MODE_CONST {
+            let inner = self.r.read(5) as u32;
+            let v = if inner == MODE_CONST {
+                self.invalid_mode(inner)
+            } else {
+                self.set_mode(inner)
+            };
+            self.mode = MODE_CONST;
+            self.vbits = v.to_bits();
+            return v;
+        }
+        self.set_mode(mode)
+    }
+
+    fn invalid_mode(&mut self, mode: u32) -> f64 {
+        self.error.get_or_insert((
+            "value mode",
+            "a decimal exponent 0..=22, 30 (constant, first only) or 31 (float)",
+            u64::from(mode),
+        ));
+        self.mode = MODE_FLOAT;
+        f64::NAN
+    }
+
+    /// Reads the payload of a mode code (the first sample or a switch).
+    fn set_mode(&mut self, mode: u32) -> f64 {
+        if mode == MODE_FLOAT {
+            self.mode = MODE_FLOAT;
+            self.vbits = self.r.read_long(64);
+            return f64::from_bits(self.vbits);
+        }
+        let Some(&p) = POW10.get(mode as usize) else {
+            return self.invalid_mode(mode);
+        };
+        self.mode = mode;
+        self.p = p;
+        self.m = unzigzag(self.r.read_varbits());
+        self.m as f64 / p
+    }
+
+    /// The second value: in decimal mode a flag bit, then the whole first delta (which sets the
+    /// Rice parameter) or an escape code.
+    #[cold]
+    fn second(&mut self) -> f64 {
+        if self.mode == MODE_FLOAT || self.mode == MODE_CONST {
+            return self.next();
+        }
+        if self.r.read(1) == 0 {
+            return self.escape();
+        }
+        let zz = self.r.read_varbits();
+        self.rice = Rice::new(zz.min(RICE_CAP) * 4);
+        self.m = self.m.wrapping_add(unzigzag(zz));
+        self.m as f64 / self.p
+    }
+
+    #[inline(always)]
+    fn next(&mut self) -> f64 {
+        match self.mode {
+            MODE_FLOAT => self.next_xor(),
+            MODE_CONST => f64::from_bits(self.vbits),
+            _ => match read_rice(&mut self.r, self.rice.k) {
+                Some(zz) => {
+                    self.rice.update(zz);
+                    self.m = self.m.wrapping_add(unzigzag(zz));
+                    self.m as f64 / self.p
+                }
+                None => self.escape(),
+            },
+        }
+    }
+
+    #[cold]
+    fn escape(&mut self) -> f64 {
+        match self.r.read(2) {
+            ESC_BIG_DELTA => {
+                let zz = self.r.read_varbits();
+                self.rice.update(zz);
+                self.m = self.m.wrapping_add(unzigzag(zz));
+                self.m as f64 / self.p
+            }
+            ESC_EXCEPTION => f64::from_bits(self.r.read_long(64)),
+            ESC_SWITCH => {
+                let mode = self.r.read(5) as u32;
+                if mode == MODE_CONST {
+                    self.invalid_mode(mode)
+                } else {
+                    self.set_mode(mode)
+                }
+            }
+            other => {
+                self.error.get_or_insert((
+                    "value escape code",
+                    "0 (big delta), 1 (exception) or 2 (switch)",
+                    other,
+                ));
+                self.mode = MODE_FLOAT;
+                f64::NAN
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn next_xor(&mut self) -> f64 {
+        let w = self.r.peek();
+        if w >> 63 == 0 {
+            self.r.skip(1);
+        } else if w >> 62 == 0b10 {
+            self.r.skip(2);
+            let sig = 64u32.saturating_sub(self.lead + self.trail);
+            let x = self.r.read_long(sig);
+            self.vbits ^= x << self.trail.min(63);
+        } else {
+            self.r.skip(2);
+            let lead = self.r.read(6) as u32;
+            let sig = self.r.read(6) as u32 + 1;
+            let trail = 64u32.saturating_sub(lead + sig);
+            let x = self.r.read_long(sig);
+            self.vbits ^= x << trail.min(63);
+            self.lead = lead;
+            self.trail = trail;
+        }
+        f64::from_bits(self.vbits)
+    }
+}
+
+/// Decoding state over the two streams of one chunk.
+#[derive(Debug, Clone)]
+struct Decoder<'a> {
+    ts: TsDecoder<'a>,
+    vs: ValDecoder<'a>,
+    /// Index of the next sample to decode.
+    i: usize,
+    n: usize,
 }
 
 impl<'a> Decoder<'a> {
-    fn new(ts: &'a [u8], vs: &'a [u8], n: usize) -> Self {
+    fn new(ts: BitReader<'a>, vs: BitReader<'a>, n: usize) -> Self {
         Decoder {
-            ts: BitReader::new(ts),
-            vs: BitReader::new(vs),
+            ts: TsDecoder {
+                r: ts,
+                grid: 0,
+                delta: 0,
+                rice: Rice::new(TS_RICE_INIT),
+            },
+            vs: ValDecoder {
+                r: vs,
+                mode: 0,
+                p: 1.0,
+                m: 0,
+                vbits: 0,
+                lead: 64,
+                trail: 0,
+                rice: Rice::new(0),
+                error: None,
+            },
             i: 0,
             n,
-            grid: 0,
-            delta: 0,
-            ts_rice: TS_RICE_INIT,
-            mode: 0,
-            m: 0,
-            vbits: 0,
-            lead: 64,
-            trail: 0,
-            v_rice: 0,
         }
     }
 
@@ -515,7 +810,7 @@ impl<'a> Decoder<'a> {
         let mut pos = 1;
         let n = get_uvarint(data, &mut pos, "sample count")?;
         if n == 0 {
-            return Ok(Decoder::new(&[], &[], 0));
+            return Ok(Decoder::new(BitReader::new(&[]), BitReader::new(&[]), 0));
         }
         if n > MAX_SAMPLES as u64 {
             return Err(ChunkError::Header {
@@ -533,157 +828,53 @@ impl<'a> Decoder<'a> {
                 found: format!("{ts_len} bytes but only {rest} remain"),
             });
         }
-        let (ts, vs) = data[pos..].split_at(ts_len as usize);
-        // Every sample after the first takes at least one bit in each stream.
-        for (stream, s) in [("timestamp", ts), ("value", vs)] {
-            if n - 1 > s.len() as u64 * 8 {
-                return Err(ChunkError::TooManySamples {
-                    samples: n,
-                    stream,
-                    bits: s.len() * 8,
-                });
-            }
-        }
-        Ok(Decoder::new(ts, vs, n as usize))
-    }
-
-    #[inline(always)]
-    fn next_t(&mut self) -> i64 {
-        if self.i < 2 {
-            return self.first_t();
-        }
-        self.residual_t()
-    }
-
-    #[cold]
-    fn first_t(&mut self) -> i64 {
-        if self.i == 0 {
-            self.grid = unzigzag(self.ts.read_varbits());
-            return self.grid;
-        }
-        self.delta = self.ts.read_varbits() as i64;
-        self.residual_t()
-    }
-
-    #[inline(always)]
-    fn residual_t(&mut self) -> i64 {
-        let pred = self.grid.wrapping_add(self.delta);
-        match read_rice(&mut self.ts, rice_k(self.ts_rice)) {
-            Some(zz) => {
-                self.grid = pred;
-                self.ts_rice = rice_update(self.ts_rice, zz);
-                pred.wrapping_add(unzigzag(zz))
-            }
-            None => {
-                let t = pred.wrapping_add(unzigzag(self.ts.read_varbits()));
-                self.grid = t;
-                t
-            }
-        }
-    }
-
-    #[inline(always)]
-    fn next_v(&mut self) -> Result<f64, ChunkError> {
-        if self.i == 0 {
-            return self.first_v();
-        }
-        if self.mode == MODE_FLOAT {
-            return Ok(self.next_xor());
-        }
-        match read_rice(&mut self.vs, rice_k(self.v_rice)) {
-            Some(zz) => {
-                self.v_rice = rice_update(self.v_rice, zz);
-                self.m = self.m.wrapping_add(unzigzag(zz));
-                Ok(self.m as f64 / POW10[self.mode as usize])
-            }
-            None => self.escape_v(),
-        }
-    }
-
-    #[cold]
-    fn first_v(&mut self) -> Result<f64, ChunkError> {
-        let mode = self.vs.read(5) as u32;
-        self.set_mode(mode)
-    }
-
-    /// Reads the payload of a mode code (the first sample or a switch).
-    fn set_mode(&mut self, mode: u32) -> Result<f64, ChunkError> {
-        if mode == MODE_FLOAT {
-            self.mode = MODE_FLOAT;
-            self.vbits = self.vs.read_long(64);
-            return Ok(f64::from_bits(self.vbits));
-        }
-        if mode > MAX_EXP {
-            return Err(ChunkError::Invalid {
-                what: "value mode",
-                index: self.i,
-                expected: "a decimal exponent 0..=22 or 31 (float)",
-                found: u64::from(mode),
+        let streams = &data[pos..];
+        let ts_len = ts_len as usize;
+        // Every sample after the first takes at least one bit of the timestamp stream.
+        if n - 1 > ts_len as u64 * 8 {
+            return Err(ChunkError::TooManySamples {
+                samples: n,
+                stream: "timestamp",
+                bits: ts_len * 8,
             });
         }
-        self.mode = mode;
-        self.m = unzigzag(self.vs.read_varbits());
-        Ok(self.m as f64 / POW10[mode as usize])
-    }
-
-    #[cold]
-    fn escape_v(&mut self) -> Result<f64, ChunkError> {
-        match self.vs.read(2) {
-            ESC_BIG_DELTA => {
-                let zz = self.vs.read_varbits();
-                self.v_rice = rice_update(self.v_rice, zz);
-                self.m = self.m.wrapping_add(unzigzag(zz));
-                Ok(self.m as f64 / POW10[self.mode as usize])
-            }
-            ESC_EXCEPTION => Ok(f64::from_bits(self.vs.read_long(64))),
-            ESC_SWITCH => {
-                let mode = self.vs.read(5) as u32;
-                self.set_mode(mode)
-            }
-            other => Err(ChunkError::Invalid {
-                what: "value escape code",
-                index: self.i,
-                expected: "0 (big delta), 1 (exception) or 2 (switch)",
-                found: other,
-            }),
-        }
-    }
-
-    #[inline(always)]
-    fn next_xor(&mut self) -> f64 {
-        let w = self.vs.peek();
-        if w >> 63 == 0 {
-            self.vs.skip(1);
-        } else if w >> 62 == 0b10 {
-            self.vs.skip(2);
-            let sig = 64u32.saturating_sub(self.lead + self.trail);
-            let x = self.vs.read_long(sig);
-            self.vbits ^= x << self.trail.min(63);
-        } else {
-            self.vs.skip(2);
-            let lead = self.vs.read(6) as u32;
-            let sig = self.vs.read(6) as u32 + 1;
-            let trail = 64u32.saturating_sub(lead + sig);
-            let x = self.vs.read_long(sig);
-            self.vbits ^= x << trail.min(63);
-            self.lead = lead;
-            self.trail = trail;
-        }
-        f64::from_bits(self.vbits)
+        let ts = BitReader::with_padding(streams, ts_len);
+        let vs = BitReader::new(&streams[ts_len..]);
+        Ok(Decoder::new(ts, vs, n as usize))
     }
 
     /// Decodes the next sample (the caller checks `i < n`).
     #[inline(always)]
-    fn next_sample(&mut self) -> Result<Sample, ChunkError> {
-        let t = self.next_t();
-        let v = self.next_v()?;
+    fn next_sample(&mut self) -> Sample {
+        let s = if self.i >= 2 {
+            Sample {
+                t: self.ts.next(),
+                v: self.vs.next(),
+            }
+        } else {
+            let t = self.ts.first(self.i);
+            let v = if self.i == 0 {
+                self.vs.first()
+            } else {
+                self.vs.second()
+            };
+            Sample { t, v }
+        };
         self.i += 1;
-        Ok(Sample { t, v })
+        s
     }
 
-    /// Error for streams read past their end.
-    fn check_overrun(&self) -> Result<(), ChunkError> {
-        for (stream, r) in [("timestamp", &self.ts), ("value", &self.vs)] {
+    /// Error for streams read past their end or invalid codes.
+    fn check(&self) -> Result<(), ChunkError> {
+        if let Some((what, expected, found)) = self.vs.error {
+            return Err(ChunkError::Invalid {
+                what,
+                index: self.i.saturating_sub(1),
+                expected,
+                found,
+            });
+        }
+        for (stream, r) in [("timestamp", &self.ts.r), ("value", &self.vs.r)] {
             if r.overrun() {
                 return Err(ChunkError::Truncated {
                     stream,
@@ -697,21 +888,29 @@ impl<'a> Decoder<'a> {
     }
 }
 
-/// Decodes every sample of `data` (a whole chunk) and appends them to `out`.
+/// Decodes every sample of `data` (a whole chunk) and appends them to `out`. On error `out` is
+/// left as it was.
 pub fn decode_all(data: &[u8], out: &mut Vec<Sample>) -> Result<(), ChunkError> {
     let mut d = Decoder::parse(data)?;
     let n = d.n;
     let start = out.len();
     out.reserve(n);
-    let mut prev = i64::MIN;
-    let mut increasing = true;
-    for _ in 0..n {
-        let s = d.next_sample()?;
-        increasing &= s.t > prev || d.i == 1;
-        prev = s.t;
+    let head = n.min(2);
+    for _ in 0..head {
+        let s = d.next_sample();
         out.push(s);
     }
-    if let Err(e) = d.check_overrun() {
+    let mut increasing = n < 2 || out[start + 1].t > out[start].t;
+    let mut prev = out.last().map_or(i64::MIN, |s| s.t);
+    for _ in head..n {
+        let t = d.ts.next();
+        let v = d.vs.next();
+        increasing &= t > prev;
+        prev = t;
+        out.push(Sample { t, v });
+    }
+    d.i = n;
+    if let Err(e) = d.check() {
         out.truncate(start);
         return Err(e);
     }
@@ -744,10 +943,6 @@ impl<'a> ChunkIter<'a> {
         Ok(Self::with_decoder(Decoder::parse(data)?))
     }
 
-    fn from_parts(ts: &'a [u8], vs: &'a [u8], n: usize) -> Self {
-        Self::with_decoder(Decoder::new(ts, vs, n))
-    }
-
     fn with_decoder(d: Decoder<'a>) -> Self {
         ChunkIter {
             d,
@@ -770,6 +965,7 @@ impl<'a> ChunkIter<'a> {
         self.err.as_ref()
     }
 
+    #[cold]
     fn fail(&mut self, e: ChunkError) -> bool {
         self.err = Some(e);
         self.valid = false;
@@ -786,11 +982,10 @@ impl SampleIter for ChunkIter<'_> {
             return false;
         }
         let prev = self.cur.t;
-        let s = match self.d.next_sample() {
-            Ok(s) => s,
-            Err(e) => return self.fail(e),
-        };
-        if let Err(e) = self.d.check_overrun() {
+        let s = self.d.next_sample();
+        if (self.d.vs.error.is_some() || self.d.ts.r.overrun() || self.d.vs.r.overrun())
+            && let Err(e) = self.d.check()
+        {
             return self.fail(e);
         }
         if self.d.i > 1 && s.t <= prev {

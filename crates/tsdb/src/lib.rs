@@ -23,3 +23,5 @@ pub use head::{Head, HeadError, HeadOptions, HeadStats};
 pub use head_append::HeadAppender;
 pub use head_log::ReplayStats;
 pub use head_read::HeadQuerier;
+#[doc(hidden)]
+pub mod testdata;

@@ -57,7 +57,7 @@ impl BitWriter {
     }
 
     /// Number of bits written.
-    #[cfg(test)]
+    #[inline]
     pub(crate) fn bit_len(&self) -> usize {
         self.bits
     }
@@ -74,24 +74,50 @@ impl BitWriter {
         self.buf.get(..self.byte_len()).unwrap_or(&[])
     }
 
+    /// The written bits followed by at least 8 zero bytes (for [`BitReader::with_padding`]).
+    #[inline]
+    pub(crate) fn padded(&self) -> &[u8] {
+        &self.buf
+    }
+
     /// Heap bytes held.
     pub(crate) fn capacity(&self) -> usize {
         self.buf.capacity()
     }
 }
 
-/// Reads bit fields written by [`BitWriter`]. Reading past the end yields zero bits; callers
-/// check [`BitReader::overrun`] before trusting what they decoded.
+/// Reads bit fields written by [`BitWriter`]. Reading past the end yields zero bits (or bytes
+/// of whatever follows the stream in `data`); callers check [`BitReader::overrun`] before
+/// trusting what they decoded.
 #[derive(Debug, Clone)]
 pub(crate) struct BitReader<'a> {
+    /// The stream, possibly followed by unrelated bytes (read only as padding).
     data: &'a [u8],
+    /// Length of the stream itself, in bits.
+    limit: usize,
     pos: usize,
 }
 
 impl<'a> BitReader<'a> {
+    /// A reader of all of `data`.
     #[inline]
     pub(crate) fn new(data: &'a [u8]) -> Self {
-        BitReader { data, pos: 0 }
+        BitReader {
+            data,
+            limit: data.len() * 8,
+            pos: 0,
+        }
+    }
+
+    /// A reader of the first `len` bytes of `data`; the rest of `data` is only read as padding,
+    /// which lets 64-bit loads near the end of the stream stay on the fast path.
+    #[inline]
+    pub(crate) fn with_padding(data: &'a [u8], len: usize) -> Self {
+        BitReader {
+            data,
+            limit: len.min(data.len()) * 8,
+            pos: 0,
+        }
     }
 
     /// The next 64 bits (at least 57 of them from the stream, the rest zero) without consuming.
@@ -100,20 +126,30 @@ impl<'a> BitReader<'a> {
         let byte = self.pos >> 3;
         let w = match self.data.get(byte..).and_then(|s| s.first_chunk::<8>()) {
             Some(b) => u64::from_be_bytes(*b),
-            None => self.peek_slow(byte),
+            None => self.peek_tail(byte),
         };
         w << (self.pos & 7)
     }
 
-    #[cold]
+    /// The last 8 bytes of the data shifted to start at `byte` (zeros after the end).
     #[inline(never)]
-    fn peek_slow(&self, byte: usize) -> u64 {
-        let mut b = [0u8; 8];
-        if let Some(rest) = self.data.get(byte..) {
-            let n = rest.len().min(8);
-            b[..n].copy_from_slice(&rest[..n]);
+    fn peek_tail(&self, byte: usize) -> u64 {
+        let len = self.data.len();
+        match self
+            .data
+            .get(len.wrapping_sub(8)..)
+            .and_then(|s| s.first_chunk::<8>())
+        {
+            Some(b) if byte < len => u64::from_be_bytes(*b) << (8 * (byte + 8 - len)),
+            _ => {
+                let mut b = [0u8; 8];
+                if let Some(rest) = self.data.get(byte..) {
+                    let n = rest.len().min(8);
+                    b[..n].copy_from_slice(&rest[..n]);
+                }
+                u64::from_be_bytes(b)
+            }
         }
-        u64::from_be_bytes(b)
     }
 
     #[inline(always)]
@@ -153,16 +189,16 @@ impl<'a> BitReader<'a> {
         self.pos
     }
 
-    /// Total bits available.
+    /// Total bits in the stream.
     #[inline]
     pub(crate) fn bit_len(&self) -> usize {
-        self.data.len() * 8
+        self.limit
     }
 
     /// True when more bits were consumed than the stream holds.
     #[inline]
     pub(crate) fn overrun(&self) -> bool {
-        self.pos > self.data.len() * 8
+        self.pos > self.limit
     }
 }
 
