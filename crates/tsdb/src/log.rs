@@ -23,6 +23,7 @@ mod segment;
 use std::collections::VecDeque;
 use std::fmt;
 use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -101,8 +102,8 @@ pub enum LogError {
     OutOfRange { index: u64, first: u64, next: u64 },
     #[error("log record of {len} bytes exceeds the maximum of {max} bytes")]
     RecordTooLarge { len: usize, max: usize },
-    /// `truncate_after` would remove purged records.
-    #[error("cannot truncate the log after {index}: records up to {purged_upto} were purged")]
+    /// `truncate_from(index)` / `truncate_after(index - 1)` would remove purged records.
+    #[error("cannot truncate the log from index {index}: records up to {purged_upto} were purged")]
     BelowPurgePoint { index: u64, purged_upto: u64 },
     #[error("checkpoint up to {upto} is not newer than the existing checkpoint up to {current}")]
     StaleCheckpoint { upto: u64, current: u64 },
@@ -234,6 +235,8 @@ pub struct Log {
     /// Index the next appended record gets.
     next: u64,
     purged: Option<u64>,
+    /// Opaque bytes saved with the purge point (see [`Log::purge_upto_tagged`]).
+    purge_tag: Vec<u8>,
     checkpoint: Option<Checkpoint>,
     buf: Vec<u8>,
     last_sync: Instant,
@@ -293,25 +296,25 @@ fn move_aside(
     {
         let name = file_name(c.path);
         let dst = unique_path(&cdir, &format!("{prefix}{name}@{}", c.offset));
-        let mut data = vec![0u8; (c.file_len - c.offset) as usize];
-        c.file
-            .read_exact_at(&mut data, c.offset)
+        let mut src = c.file.try_clone().map_err(io_err(c.path))?;
+        src.seek(SeekFrom::Start(c.offset))
             .map_err(io_err(c.path))?;
-        fs::write(&dst, &data).map_err(io_err(&dst))?;
-        File::open(&dst)
-            .and_then(|f| f.sync_all())
-            .map_err(io_err(&dst))?;
-        bytes += data.len() as u64;
+        let mut out = File::create(&dst).map_err(io_err(&dst))?;
+        bytes +=
+            std::io::copy(&mut src.take(c.file_len - c.offset), &mut out).map_err(io_err(&dst))?;
+        out.sync_all().map_err(io_err(&dst))?;
         moved.push(dst);
     }
     // Whole files are moved last-first so that a crash leaves a contiguous prefix.
+    let mut whole_moved = Vec::new();
     for p in whole.iter().rev() {
         let dst = unique_path(&cdir, &format!("{prefix}{}", file_name(p)));
         bytes += fs::metadata(p).map(|m| m.len()).unwrap_or(0);
         fs::rename(p, &dst).map_err(io_err(p))?;
-        moved.push(dst);
+        whole_moved.push(dst);
     }
-    moved.reverse();
+    whole_moved.reverse();
+    moved.extend(whole_moved);
     sync_dir(&cdir)?;
     if let Some(c) = &cut {
         c.file.set_len(c.offset).map_err(io_err(c.path))?;
@@ -423,7 +426,9 @@ impl Log {
             if name.ends_with(TMP_SUFFIX) {
                 remove_path(&entry.path())?;
                 report.cleaned.push(entry.path());
-            } else if let Some(upto) = parse_ckpt_dir_name(&name) {
+            } else if let Some(upto) = parse_ckpt_dir_name(&name)
+                && entry.path().is_dir()
+            {
                 checkpoints.push((upto, entry.path()));
             }
         }
@@ -437,10 +442,12 @@ impl Log {
             checkpoint = Some(load_checkpoint(dir, &cdir, upto, &mut report)?);
         }
 
+        let mut purge_tag = Vec::new();
         let mut purged = match read_small_file(&dir.join(PURGED_FILE), PURGED_MAGIC) {
-            Ok(Some(b)) if b.len() == 8 => {
+            Ok(Some(b)) if b.len() >= 8 => {
                 let mut a = [0u8; 8];
-                a.copy_from_slice(&b);
+                a.copy_from_slice(&b[..8]);
+                purge_tag = b[8..].to_vec();
                 Some(u64::from_le_bytes(a))
             }
             Ok(None) => None,
@@ -448,7 +455,7 @@ impl Log {
                 report.corruptions.push(CorruptionReport {
                     segment: dir.join(PURGED_FILE),
                     offset: 0,
-                    reason: format!("purge marker: expected 8 bytes, got {}", b.len()),
+                    reason: format!("purge marker: expected at least 8 bytes, got {}", b.len()),
                     first_lost_index: 0,
                     bytes_dropped: 0,
                     moved_to: Vec::new(),
@@ -478,6 +485,7 @@ impl Log {
         {
             write_small_file(dir, PURGED_FILE, PURGED_MAGIC, &c.upto.to_le_bytes())?;
             purged = Some(c.upto);
+            purge_tag.clear();
         }
 
         let mut files = list_segments(dir)?;
@@ -494,6 +502,26 @@ impl Log {
             }
         }
 
+        // Without a purge the log starts at 0; after one, at the purge point + 1. A first segment
+        // starting later means segments were lost: report it, keep what is there.
+        let expected_first = purged.map_or(0, |p| p + 1);
+        if let Some((first, path)) = files.first()
+            && *first > expected_first
+        {
+            let reason = format!(
+                "the log starts at index {first}, expected {expected_first}: the segments \
+                 holding records {expected_first}..{first} are missing"
+            );
+            tracing::error!(segment = %path.display(), %reason, "log corruption");
+            report.corruptions.push(CorruptionReport {
+                segment: path.clone(),
+                offset: 0,
+                reason,
+                first_lost_index: expected_first,
+                bytes_dropped: 0,
+                moved_to: Vec::new(),
+            });
+        }
         let mut segments: Vec<Segment> = Vec::new();
         let n = files.len();
         for (i, (first, path)) in files.iter().enumerate() {
@@ -598,6 +626,7 @@ impl Log {
             segments,
             next,
             purged,
+            purge_tag,
             checkpoint,
             buf: Vec::new(),
             last_sync: Instant::now(),
@@ -656,6 +685,12 @@ impl Log {
         self.purged
     }
 
+    /// The tag saved by the last [`Log::purge_upto_tagged`] (empty after a plain purge or a
+    /// checkpoint).
+    pub fn purge_tag(&self) -> &[u8] {
+        &self.purge_tag
+    }
+
     /// `upto` of the current checkpoint.
     pub fn checkpoint_upto(&self) -> Option<u64> {
         self.checkpoint.as_ref().map(|c| c.upto)
@@ -682,8 +717,8 @@ impl Log {
     }
 
     /// Appends records with one write (and at most one fsync, per the sync policy); returns
-    /// their indexes. A batch never spans two segments. An empty batch returns an empty range
-    /// (`next..=next-1` style: `start > end`) and writes nothing.
+    /// their indexes. A batch never spans two segments. An empty batch writes nothing and
+    /// returns the empty range `next + 1..=next`.
     pub fn append_batch(
         &mut self,
         payloads: &[&[u8]],
@@ -692,7 +727,7 @@ impl Log {
         let first = self.next;
         if payloads.is_empty() {
             #[allow(clippy::reversed_empty_ranges)]
-            return Ok(first..=first.wrapping_sub(1));
+            return Ok(first + 1..=first);
         }
         let mut total = 0usize;
         for p in payloads {
@@ -905,24 +940,29 @@ impl Log {
         })
     }
 
-    /// Drops every record with an index greater than `index` (Raft conflict resolution). Later
-    /// segments are removed last-first (each removal made durable before the next), then the
-    /// segment holding `index + 1` is cut and fsynced: a crash at any step leaves a prefix of the
-    /// old log that is at least as long as the requested one.
+    /// Drops every record with an index greater than `index` (Raft conflict resolution). See
+    /// [`Log::truncate_from`].
     pub fn truncate_after(&mut self, index: u64) -> Result<(), LogError> {
+        self.truncate_from(index.saturating_add(1))
+    }
+
+    /// Drops every record with an index `>= cut` (openraft's `truncate(log_id)`); the next
+    /// append gets `cut`. Later segments are removed last-first (each removal made durable before
+    /// the next), then the segment holding `cut` is cut and fsynced: a crash at any step leaves a
+    /// prefix of the old log that is at least as long as the requested one.
+    pub fn truncate_from(&mut self, cut: u64) -> Result<(), LogError> {
         self.check_poisoned()?;
-        if index.saturating_add(1) >= self.next {
+        if cut >= self.next {
             return Ok(());
         }
         if let Some(p) = self.purged
-            && index < p
+            && cut <= p
         {
             return Err(LogError::BelowPurgePoint {
-                index,
+                index: cut,
                 purged_upto: p,
             });
         }
-        let cut = index + 1;
         let first_seg = self.segments.first().map_or(self.next, |s| s.first);
         if cut < first_seg {
             return Err(LogError::OutOfRange {
@@ -963,12 +1003,30 @@ impl Log {
     /// fail with [`LogError::Purged`]. Purging beyond the last record empties the log and the
     /// next append gets `index + 1` (Raft: a snapshot was installed).
     pub fn purge_upto(&mut self, index: u64) -> Result<(), LogError> {
+        self.purge_upto_tagged(index, &[])
+    }
+
+    /// [`Log::purge_upto`] that saves `tag` atomically with the purge point (Raft: the purged
+    /// entry's log id, which `get_log_state` must report); read it back with
+    /// [`Log::purge_tag`]. A purge to an index not above the current purge point changes
+    /// nothing, the tag included.
+    pub fn purge_upto_tagged(&mut self, index: u64, tag: &[u8]) -> Result<(), LogError> {
         self.check_poisoned()?;
+        if index >= i64::MAX as u64 {
+            return Err(LogError::OutOfRange {
+                index,
+                first: self.first_readable(),
+                next: self.next,
+            });
+        }
         if self.purged.is_some_and(|p| p >= index) {
             return Ok(());
         }
-        write_small_file(&self.dir, PURGED_FILE, PURGED_MAGIC, &index.to_le_bytes())?;
+        let mut marker = index.to_le_bytes().to_vec();
+        marker.extend_from_slice(tag);
+        write_small_file(&self.dir, PURGED_FILE, PURGED_MAGIC, &marker)?;
         self.purged = Some(index);
+        self.purge_tag = tag.to_vec();
         failpoint::hit("purge.after_marker")?;
         if index >= self.next {
             self.sync()?;
@@ -1088,6 +1146,70 @@ impl Log {
             .map_or(0, |c| c.segments.iter().map(|s| s.size).sum());
         log + ck
     }
+}
+
+/// What [`inspect_segment`] found in the bytes of one segment file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentInspection {
+    /// Index of the first record (0 for a checkpoint segment); `None` if the header is bad.
+    pub first_index: Option<u64>,
+    /// The header says this is a checkpoint segment.
+    pub checkpoint: bool,
+    /// Valid records: index and the payload's byte range in the input.
+    pub records: Vec<(u64, std::ops::Range<usize>)>,
+    /// Bytes up to the end of the last valid record.
+    pub valid_len: usize,
+    /// Where and why decoding stopped before the end of the input.
+    pub error: Option<(u64, String)>,
+}
+
+/// Decodes the bytes of one segment file (header and records) without any I/O: the entry point
+/// of the `log_read` fuzz target, and handy for debugging tools.
+pub fn inspect_segment(data: &[u8]) -> SegmentInspection {
+    let mut out = SegmentInspection {
+        first_index: None,
+        checkpoint: false,
+        records: Vec::new(),
+        valid_len: 0,
+        error: None,
+    };
+    let header = match format::decode_segment_header(data) {
+        Ok(h) => h,
+        Err(reason) => {
+            out.error = Some((0, reason));
+            return out;
+        }
+    };
+    out.first_index = Some(header.first_index);
+    out.checkpoint = header.kind == SegmentKind::Checkpoint;
+    let mut pos = SEGMENT_HEADER_LEN;
+    let mut index = header.first_index;
+    while pos < data.len() {
+        match format::decode_record(&data[pos..], index) {
+            format::Decoded::Record { len } => {
+                let start = pos + format::RECORD_HEADER_LEN;
+                out.records.push((index, start..start + len));
+                pos = start + len;
+                index = index.wrapping_add(1);
+            }
+            format::Decoded::Incomplete { needed } => {
+                out.error = Some((
+                    pos as u64,
+                    format!(
+                        "record {index}: expected {needed} bytes, got {}",
+                        data.len() - pos
+                    ),
+                ));
+                break;
+            }
+            format::Decoded::Invalid { reason, .. } => {
+                out.error = Some((pos as u64, reason));
+                break;
+            }
+        }
+    }
+    out.valid_len = pos;
+    out
 }
 
 impl Drop for Log {

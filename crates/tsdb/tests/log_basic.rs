@@ -289,3 +289,37 @@ fn sync_policies_work() {
         assert_eq!(log.last_index(), Some(49));
     }
 }
+
+#[test]
+fn empty_batch_and_thread_safety() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Log>();
+    send_sync::<tidemark_tsdb::log::LogReader>();
+    send_sync::<tidemark_tsdb::log::Replay>();
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open(tmp.path(), LogOptions::default()).unwrap();
+    let r = log.append_batch(&[]).unwrap();
+    assert!(r.is_empty());
+    assert_eq!(log.next_index(), 0);
+    assert_eq!(log.append(b"x").unwrap(), 0);
+    assert!(log.append_batch(&[]).unwrap().is_empty());
+    assert!(matches!(
+        log.append(&vec![0u8; (1 << 30) + 1]),
+        Err(LogError::RecordTooLarge { .. })
+    ));
+}
+
+/// A reader keeps working on its snapshot while the log is purged under it.
+#[test]
+fn reader_survives_purge() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open(tmp.path(), opts(128)).unwrap();
+    for i in 0..100u64 {
+        log.append(&payload(i)).unwrap();
+    }
+    let reader = log.reader_from(0).unwrap();
+    log.purge_upto(90).unwrap();
+    let got: Vec<u64> = reader.map(|r| r.unwrap().0).collect();
+    assert_eq!(got, (0..100).collect::<Vec<_>>());
+    assert!(matches!(log.reader_from(0), Err(LogError::Purged { .. })));
+}

@@ -21,10 +21,11 @@ pub(crate) fn segment_name(first: u64) -> String {
     format!("{first:020}")
 }
 
-/// Parses a segment file name (exactly 20 decimal digits).
+/// Parses a segment file name (exactly 20 decimal digits). Indexes above `i64::MAX` are
+/// refused so that index arithmetic can never overflow.
 pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
     if name.len() == 20 && name.bytes().all(|b| b.is_ascii_digit()) {
-        name.parse().ok()
+        name.parse().ok().filter(|&i| i <= i64::MAX as u64)
     } else {
         None
     }
@@ -257,10 +258,43 @@ pub(crate) fn scan_segment(
             Step::Bad(b) => break Some(b),
         }
     };
+    // A record whose length field runs past the end looks torn; but if a valid record follows
+    // it, the length was damaged in the middle of the file: that is corruption.
+    let bad = match bad {
+        Some(mut b) if b.at_end && b.offset < file_len => {
+            let mut rest = vec![0u8; (file_len - b.offset) as usize];
+            reader
+                .file
+                .read_exact_at(&mut rest, b.offset)
+                .map_err(io_err(path))?;
+            let next = segment.first + segment.count + 1;
+            if let Some(pos) = find_record(&rest[1..], next) {
+                b.at_end = false;
+                b.reason = format!(
+                    "{}; a valid record {next} follows at offset {}",
+                    b.reason,
+                    b.offset + 1 + pos as u64
+                );
+            }
+            Some(b)
+        }
+        other => other,
+    };
     Ok(Scan {
         segment,
         file_len,
         bad,
+    })
+}
+
+/// Position of the first valid record numbered `index` in `data`, if any.
+pub(crate) fn find_record(data: &[u8], index: u64) -> Option<usize> {
+    (0..data.len().saturating_sub(RECORD_HEADER_LEN - 1)).find(|&p| {
+        data[p + 4] == format::RECORD_FULL
+            && matches!(
+                format::decode_record(&data[p..], index),
+                Decoded::Record { .. }
+            )
     })
 }
 
