@@ -984,7 +984,10 @@ pub fn open_blocks(data_dir: &Path) -> Result<(Vec<Block>, Vec<String>)> {
         let Some(name) = e.file_name().to_str().map(str::to_string) else {
             continue;
         };
-        if name.ends_with(TMP_CREATION_SUFFIX) || name.ends_with(TMP_DELETION_SUFFIX) {
+        if name.ends_with(TMP_CREATION_SUFFIX)
+            || name.ends_with(TMP_DELETION_SUFFIX)
+            || name.ends_with(crate::import::TMP_IMPORT_SUFFIX)
+        {
             fs::remove_dir_all(e.path()).map_err(io_err(&e.path(), "remove leftover"))?;
             tracing::warn!(dir = %e.path().display(), "removed leftover of an interrupted block write or deletion");
             problems.push(format!("removed leftover directory {}", e.path().display()));

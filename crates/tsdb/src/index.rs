@@ -1048,6 +1048,108 @@ impl IndexReader {
     pub fn all_postings(&self) -> Vec<u64> {
         (0..self.num_series).collect()
     }
+
+    /// Reads the whole index and cross-checks it: every series entry decodes with its labels in
+    /// order and ascending, every postings list decodes, and each series is listed under exactly
+    /// its own label pairs. Returns the number of postings entries checked.
+    pub fn verify(&self) -> Result<u64> {
+        let mut entry = SeriesEntry {
+            labels: Labels::empty(),
+            chunks: Vec::new(),
+        };
+        let mut prev: Option<Labels> = None;
+        let mut label_refs = 0u64;
+        for id in 0..self.num_series {
+            self.series_into(id, &mut entry, true)?;
+            if prev.as_ref().is_some_and(|p| *p >= entry.labels) {
+                return Err(self.corrupt(
+                    self.sections[SEC_SERIES].start,
+                    format!(
+                        "series {id} {} is not after the previous series",
+                        entry.labels
+                    ),
+                ));
+            }
+            label_refs += entry.labels.len() as u64;
+            prev = Some(entry.labels.clone());
+        }
+        let mut listed = 0u64;
+        for n in &self.label_names {
+            for i in n.entries.clone() {
+                let (v, range) = self.table_entry(i)?;
+                let value = self.symbol(v)?;
+                let at = range.start;
+                for id in self.decode_postings(range)? {
+                    if self.series_labels(id)?.get(&n.name) != Some(value) {
+                        return Err(self.corrupt(
+                            at,
+                            format!(
+                                "postings of {}={value:?} list series {id}, which lacks that label",
+                                n.name
+                            ),
+                        ));
+                    }
+                    listed += 1;
+                }
+            }
+        }
+        if listed != label_refs {
+            return Err(self.corrupt(
+                self.sections[SEC_POSTINGS].start,
+                format!("postings hold {listed} entries, the series {label_refs} labels"),
+            ));
+        }
+        Ok(listed)
+    }
+}
+
+/// Opens `bytes` as an index and, if that succeeds, calls every reader method on it. Never
+/// panics, whatever the bytes; used by the fuzz target and the mutation tests.
+#[doc(hidden)]
+pub fn exercise_reader(bytes: &[u8]) -> Result<()> {
+    let r = IndexReader::from_vec(Path::new("fuzz"), bytes.to_vec())?;
+    let _ = r.verify();
+    for id in 0..r.num_series().min(10_000) {
+        let _ = r.series(id);
+    }
+    for name in r.label_names() {
+        for v in r.label_values(&name).unwrap_or_default() {
+            let _ = r.postings(&name, &v);
+        }
+        let _ = r.postings(&name, "");
+    }
+    let _ = r.label_pairs();
+    for i in 0..r.num_symbols().min(10_000) {
+        if let Ok(s) = r.symbol(i).map(str::to_string) {
+            let _ = r.lookup_symbol(&s);
+        }
+    }
+    Ok(())
+}
+
+/// Recomputes every section CRC and the TOC CRC of an index image in place (tests use it to
+/// get mutated bytes past the checksums into the decoders). Does nothing when the image is too
+/// short or its TOC points outside it.
+#[doc(hidden)]
+pub fn reseal(bytes: &mut [u8]) {
+    if bytes.len() < HEADER_LEN + TOC_LEN {
+        return;
+    }
+    let toc_start = bytes.len() - TOC_LEN;
+    for i in 0..NUM_SECTIONS {
+        let at = toc_start + i * TOC_ENTRY_LEN;
+        let (Some(off), Some(len)) = (le_u64(bytes, at), le_u64(bytes, at + 8)) else {
+            return;
+        };
+        let Some(end) = off.checked_add(len).filter(|&e| e <= toc_start as u64) else {
+            return;
+        };
+        let crc = crc32fast::hash(&bytes[off as usize..end as usize]);
+        bytes[at + 16..at + 20].copy_from_slice(&crc.to_le_bytes());
+    }
+    let crc = crc32fast::hash(&bytes[toc_start..bytes.len() - 4]);
+    let n = bytes.len();
+    bytes[n - 4..].copy_from_slice(&crc.to_le_bytes());
 }
 
 fn read_str<'a>(d: &mut Decoder<'a>) -> Option<&'a str> {
@@ -1114,6 +1216,7 @@ mod tests {
         assert_eq!(r.lookup_symbol("zzz"), None);
         assert_eq!(r.lookup_symbol(""), None);
         assert!(r.series(40).is_err());
+        assert_eq!(r.verify().unwrap(), 120);
     }
 
     #[test]
