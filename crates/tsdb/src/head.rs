@@ -104,7 +104,7 @@ pub(crate) enum ChunkLoc {
 #[derive(Debug, Default)]
 pub(crate) struct SeriesData {
     pub(crate) full: Vec<ChunkMeta>,
-    pub(crate) open: Option<Box<ChunkEncoder>>,
+    pub(crate) open: Option<ChunkEncoder>,
     /// Newest in-order sample (`i64::MIN` when none).
     pub(crate) last_t: i64,
     pub(crate) last_v: f64,
@@ -139,12 +139,44 @@ impl MemSeries {
     }
 }
 
+/// A hasher for `u64` keys (series references, label hashes): a 64-bit finalizer, much cheaper
+/// than SipHash, well mixed in every bit (keys of one stripe share their low bits).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct U64Hasher(u64);
+
+impl std::hash::Hasher for U64Hasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    #[inline]
+    fn write_u64(&mut self, x: u64) {
+        let mut h = x ^ self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^= h >> 33;
+        self.0 = h;
+    }
+}
+
+/// A map keyed by `u64` with [`U64Hasher`].
+pub(crate) type U64Map<V> = HashMap<u64, V, std::hash::BuildHasherDefault<U64Hasher>>;
+
 #[derive(Debug, Default)]
 struct Stripe {
-    by_hash: HashMap<u64, Arc<MemSeries>>,
+    by_hash: U64Map<Arc<MemSeries>>,
     /// Series whose label hash collides with the one in `by_hash` (practically never used).
-    conflicts: HashMap<u64, Vec<Arc<MemSeries>>>,
-    by_ref: HashMap<u64, Arc<MemSeries>>,
+    conflicts: U64Map<Vec<Arc<MemSeries>>>,
+    by_ref: U64Map<Arc<MemSeries>>,
 }
 
 /// The inverted index: label name -> value -> sorted series references.
@@ -586,13 +618,18 @@ impl Head {
         out
     }
 
-    pub(crate) fn note_time(&self, t: i64) {
-        if t < self.min_time.load(Ordering::Relaxed) {
-            self.min_time.fetch_min(t, Ordering::AcqRel);
+    /// Records that samples in `[mint, maxt]` were added (`n` of them).
+    pub(crate) fn note_added(&self, mint: i64, maxt: i64, n: u64) {
+        if n == 0 {
+            return;
         }
-        if t > self.max_time.load(Ordering::Relaxed) {
-            self.max_time.fetch_max(t, Ordering::AcqRel);
+        if mint < self.min_time.load(Ordering::Relaxed) {
+            self.min_time.fetch_min(mint, Ordering::AcqRel);
         }
+        if maxt > self.max_time.load(Ordering::Relaxed) {
+            self.max_time.fetch_max(maxt, Ordering::AcqRel);
+        }
+        self.samples_appended.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Writes a full chunk to the head-chunk files (or keeps it in memory without them).
