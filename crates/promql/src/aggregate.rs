@@ -8,7 +8,9 @@ use rayon::prelude::*;
 use tidemark_model::{Labels, METRIC_NAME};
 
 use crate::error::QueryError;
-use crate::eval::{Collector, Ctx, Elem, Result, Series, Span, Val, for_each_step, tok};
+use crate::eval::{
+    Collector, Ctx, Elem, Result, Series, Span, Val, for_each_step, for_each_step_in, tok,
+};
 
 /// Neumaier-compensated summation step (Prometheus' `kahanSumInc`).
 #[inline]
@@ -433,6 +435,9 @@ pub(crate) fn format_value_label(v: f64) -> String {
     }
 }
 
+/// The elements chosen at one step (timestamp, elements in output order).
+type StepChoice = (i64, Vec<Elem>);
+
 #[allow(clippy::too_many_arguments)]
 fn k_aggregate(
     ctx: &Ctx<'_>,
@@ -444,82 +449,107 @@ fn k_aggregate(
     span: Span,
     param_text: &str,
 ) -> Result<Vec<Series>> {
+    let n = span.len();
+    // Where each series falls in [0, 1) for limit_ratio.
+    let offsets: Vec<f64> = if op == "limit_ratio" {
+        input
+            .iter()
+            .map(|s| s.labels.stable_hash() as f64 / u64::MAX as f64)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let chunk = n.div_ceil(2 * rayon::current_num_threads()).max(8);
+    let nchunks = n.div_ceil(chunk);
+    // Per chunk: the chosen elements of every step, in output order.
+    let parts: Vec<Result<Vec<StepChoice>>> = (0..nchunks)
+        .into_par_iter()
+        .map(|c| {
+            let lo = c * chunk;
+            let hi = (lo + chunk).min(n);
+            let mut per_group: Vec<Vec<Elem>> = vec![Vec::new(); ngroups];
+            let mut order: Vec<usize> = Vec::new();
+            let mut res = Vec::with_capacity(hi - lo);
+            for_each_step_in(input, span, lo, hi, |step, t, elems| {
+                let p = params.get(step).copied().unwrap_or(f64::NAN);
+                let mut chosen: Vec<Elem> = Vec::new();
+                if op == "limit_ratio" {
+                    if p.is_nan() {
+                        return Err(QueryError::execution("Ratio value is NaN"));
+                    }
+                    let ratio = if !(-1.0..=1.0).contains(&p) {
+                        let capped = p.clamp(-1.0, 1.0);
+                        ctx.warn(format!(
+                            "PromQL warning: ratio value should be between -1 and 1, got {}, capping to {} {}",
+                            crate::eval::format_float_go(p, 21),
+                            crate::eval::format_float_go(capped, 21),
+                            ctx.pos_of(param_text, "limit_ratio")
+                        ));
+                        capped
+                    } else {
+                        p
+                    };
+                    if ratio == 0.0 {
+                        return Ok(());
+                    }
+                    for e in elems {
+                        let off = offsets[e.s];
+                        if (ratio >= 0.0 && off < ratio) || (ratio < 0.0 && off >= 1.0 + ratio) {
+                            chosen.push(*e);
+                        }
+                    }
+                } else {
+                    if p.is_nan() {
+                        return Err(QueryError::execution("Parameter value is NaN"));
+                    }
+                    let k = if p >= i64::MAX as f64 { i64::MAX } else { p as i64 };
+                    if k < 1 {
+                        return Ok(());
+                    }
+                    let k = k.min(elems.len() as i64) as usize;
+                    order.clear();
+                    for e in elems {
+                        let g = group_of[e.s];
+                        if per_group[g].is_empty() {
+                            order.push(g);
+                        }
+                        per_group[g].push(*e);
+                    }
+                    for &g in &order {
+                        let v = &mut per_group[g];
+                        match op {
+                            "limitk" => v.truncate(k),
+                            "topk" => top_k(v, k, |a, b| cmp_desc_nan_last(a.v, b.v)),
+                            _ => top_k(v, k, |a, b| cmp_asc_nan_last(a.v, b.v)),
+                        }
+                        chosen.append(v);
+                    }
+                }
+                if !chosen.is_empty() {
+                    res.push((t, chosen));
+                }
+                Ok(())
+            })?;
+            Ok(res)
+        })
+        .collect();
     let mut out = Collector::new();
     let mut slots: Vec<Option<usize>> = vec![None; input.len()];
-    let mut per_group: Vec<Vec<Elem>> = vec![Vec::new(); ngroups];
-    let mut order: Vec<usize> = Vec::new();
-    for_each_step(input, span, |step, t, elems| {
-        let p = params.get(step).copied().unwrap_or(f64::NAN);
-        let mut chosen: Vec<Elem> = Vec::new();
-        if op == "limit_ratio" {
-            if p.is_nan() {
-                return Err(QueryError::execution("Ratio value is NaN"));
-            }
-            let ratio = if !(-1.0..=1.0).contains(&p) {
-                let capped = p.clamp(-1.0, 1.0);
-                ctx.warn(format!(
-                    "PromQL warning: ratio value should be between -1 and 1, got {}, capping to {} {}",
-                    crate::eval::format_float_go(p, 21),
-                    crate::eval::format_float_go(capped, 21),
-                    ctx.pos_of(param_text, "limit_ratio")
-                ));
-                capped
-            } else {
-                p
-            };
-            if ratio == 0.0 {
-                return Ok(());
-            }
-            for e in elems {
-                let off = input[e.s].labels.stable_hash() as f64 / u64::MAX as f64;
-                if (ratio >= 0.0 && off < ratio) || (ratio < 0.0 && off >= 1.0 + ratio) {
-                    chosen.push(*e);
-                }
-            }
-        } else {
-            if p.is_nan() {
-                return Err(QueryError::execution("Parameter value is NaN"));
-            }
-            let k = if p >= i64::MAX as f64 {
-                i64::MAX
-            } else {
-                p as i64
-            };
-            if k < 1 {
-                return Ok(());
-            }
-            let k = k.min(elems.len() as i64) as usize;
-            order.clear();
-            for e in elems {
-                let g = group_of[e.s];
-                if per_group[g].is_empty() {
-                    order.push(g);
-                }
-                per_group[g].push(*e);
-            }
-            for &g in &order {
-                let v = &mut per_group[g];
-                match op {
-                    "limitk" => v.truncate(k),
-                    "topk" => top_k(v, k, |a, b| cmp_desc_nan_last(a.v, b.v)),
-                    _ => top_k(v, k, |a, b| cmp_asc_nan_last(a.v, b.v)),
-                }
-                chosen.append(v);
+    for part in parts {
+        for (t, chosen) in part? {
+            for e in chosen {
+                let slot = match slots[e.s] {
+                    Some(s) => s,
+                    None => {
+                        let s = out.slot(&input[e.s].labels, input[e.s].drop_name);
+                        slots[e.s] = Some(s);
+                        s
+                    }
+                };
+                out.push_slot(slot, t, e.v)?;
             }
         }
-        for e in chosen {
-            let slot = match slots[e.s] {
-                Some(s) => s,
-                None => {
-                    let s = out.slot(&input[e.s].labels, input[e.s].drop_name);
-                    slots[e.s] = Some(s);
-                    s
-                }
-            };
-            out.push_slot(slot, t, e.v)?;
-        }
-        Ok(())
-    })?;
+    }
     Ok(out.finish())
 }
 

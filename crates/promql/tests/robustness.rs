@@ -267,7 +267,7 @@ fn check_no_panic(e: &Engine, s: &MemStorage, q: &str) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
 
     #[test]
     fn generated_queries_never_panic(q in expr()) {
