@@ -316,11 +316,19 @@ fn simple_aggregate(
                 for (si, s) in input.iter().enumerate() {
                     let base = group_of[si] * len;
                     let start = s.points.partition_point(|p| p.t < tlo);
+                    // Step index of each point; consecutive steps avoid the division.
+                    let (mut prev_t, mut k) = (i64::MIN, 0usize);
                     for p in &s.points[start..] {
                         if p.t > thi {
                             break;
                         }
-                        acc_add(op, &mut acc[base + span.index(p.t) - lo], p.v);
+                        k = if prev_t != i64::MIN && p.t == prev_t + span.step {
+                            k + 1
+                        } else {
+                            span.index(p.t) - lo
+                        };
+                        prev_t = p.t;
+                        acc_add(op, &mut acc[base + k], p.v);
                     }
                 }
                 (0..ng)
