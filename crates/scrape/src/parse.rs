@@ -690,7 +690,7 @@ impl<'a> Parser<'a> {
     }
 
     /// Line number of the current entry.
-    pub fn line(&self) -> usize {
+    pub fn entry_line(&self) -> usize {
         self.entry_line
     }
 
@@ -704,7 +704,7 @@ impl<'a> Parser<'a> {
             let n = self.span_str(l.name);
             if n.is_empty() {
                 return Err(ParseError {
-                    line: self.line(),
+                    line: self.entry_line(),
                     offset: l.name.start,
                     msg: "empty label name".into(),
                 });
@@ -715,7 +715,7 @@ impl<'a> Parser<'a> {
         for w in pairs.windows(2) {
             if w[0].0 == w[1].0 {
                 return Err(ParseError {
-                    line: self.line(),
+                    line: self.entry_line(),
                     offset: self.series.start,
                     msg: format!("duplicate label name {:?} in {}", w[0].0, self.series()),
                 });
