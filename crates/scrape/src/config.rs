@@ -1003,6 +1003,30 @@ impl PrometheusConfig {
         }
     }
 
+    /// The configuration `tidemark server` runs without a config file: it scrapes itself
+    /// (`job="tidemark"`) at `listen_addr` (`host:port`) every 15s, so a fresh instance has data.
+    pub fn self_scrape(listen_addr: &str) -> PrometheusConfig {
+        let mut cfg = PrometheusConfig {
+            global: GlobalConfig {
+                scrape_interval: Duration::from_secs(15),
+                evaluation_interval: Duration::from_secs(15),
+                ..GlobalConfig::default()
+            },
+            scrape_configs: vec![ScrapeConfig {
+                job_name: "tidemark".to_string(),
+                static_configs: vec![StaticConfig {
+                    targets: vec![listen_addr.to_string()],
+                    labels: BTreeMap::new(),
+                }],
+                ..ScrapeConfig::default()
+            }],
+            ..PrometheusConfig::default()
+        };
+        // Fills interval/timeout/limits; cannot fail for this config.
+        let _ = cfg.validate();
+        cfg
+    }
+
     /// The configuration as YAML (secrets shown as `<secret>`), for `/api/v1/status/config`.
     pub fn to_yaml(&self) -> String {
         serde_yaml_ng::to_string(self).unwrap_or_default()
@@ -1204,6 +1228,18 @@ scrape_configs:
             load_config(dir.path().join("missing.yml")),
             Err(ConfigError::Io { .. })
         ));
+    }
+
+    #[test]
+    fn self_scrape_default() {
+        let c = PrometheusConfig::self_scrape("127.0.0.1:9090");
+        assert_eq!(c.scrape_configs[0].job_name, "tidemark");
+        assert_eq!(c.scrape_configs[0].interval(), Duration(15_000));
+        assert_eq!(
+            c.scrape_configs[0].static_configs[0].targets,
+            vec!["127.0.0.1:9090"]
+        );
+        assert_eq!(parse_config(&c.to_yaml()).unwrap(), c);
     }
 
     #[test]
