@@ -119,6 +119,24 @@ pub struct TargetsSnapshot {
     pub dropped_target_counts: BTreeMap<String, usize>,
 }
 
+impl TargetsSnapshot {
+    /// Applies `/api/v1/targets`' query parameters: `state` (`active`, `dropped`, `any` or
+    /// absent) and `scrapePool`.
+    pub fn filtered(mut self, state: Option<&str>, scrape_pool: Option<&str>) -> TargetsSnapshot {
+        match state.map(str::to_ascii_lowercase).as_deref() {
+            Some("active") => self.dropped_targets.clear(),
+            Some("dropped") => self.active_targets.clear(),
+            _ => {}
+        }
+        if let Some(pool) = scrape_pool {
+            self.active_targets.retain(|t| t.scrape_pool == pool);
+            self.dropped_targets.retain(|t| t.scrape_pool == pool);
+            self.dropped_target_counts.retain(|k, _| k == pool);
+        }
+        self
+    }
+}
+
 /// One entry of `/api/v1/targets/metadata`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TargetMetadata {

@@ -188,6 +188,14 @@ async fn healthy_and_broken_targets() {
     assert_eq!(t0["scrapeInterval"], "1s");
     assert!(json["droppedTargets"][0]["discoveredLabels"].is_object());
     assert_eq!(json["droppedTargetCounts"]["t"], 1);
+    let f = snap.clone().filtered(Some("dropped"), None);
+    assert!(f.active_targets.is_empty() && f.dropped_targets.len() == 1);
+    let f = snap.clone().filtered(Some("active"), Some("auth"));
+    assert!(
+        f.dropped_targets.is_empty()
+            && f.active_targets.len() == 1
+            && f.dropped_target_counts.keys().all(|k| k == "auth")
+    );
     let ok = target(&snap, "ok");
     assert_eq!(ok.scrape_url, format!("http://{addr}/ok"));
     assert!(
