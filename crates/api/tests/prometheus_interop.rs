@@ -73,6 +73,183 @@ fn close(a: &Value, b: &Value) -> bool {
     }
 }
 
+/// The structure of a JSON value: object keys and value kinds (arrays by their first element).
+fn shape(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), shape(v))).collect()),
+        Value::Array(a) => Value::Array(a.first().map(shape).into_iter().collect()),
+        Value::String(_) => Value::String("string".into()),
+        Value::Number(_) => Value::String("number".into()),
+        Value::Bool(_) => Value::String("bool".into()),
+        Value::Null => Value::Null,
+    }
+}
+
+/// Every request Grafana's Prometheus datasource makes, against both servers: same status
+/// codes; same JSON (or, where the data legitimately differs, the same JSON shape).
+async fn grafana_replay(prom: &str, ours: &str, t: i64) {
+    enum Cmp {
+        Equal,
+        Shape,
+        Status,
+    }
+    let (s, e) = (t - 10, t);
+    let range = format!("query={}&start={s}&end={e}&step=2", enc("up"));
+    let requests: Vec<(&str, String, String, Cmp)> = vec![
+        (
+            "GET",
+            "/api/v1/query?query=1%2B1&time=4".into(),
+            String::new(),
+            Cmp::Equal,
+        ),
+        (
+            "GET",
+            "/api/v1/status/buildinfo".into(),
+            String::new(),
+            Cmp::Shape,
+        ),
+        (
+            "POST",
+            "/api/v1/labels".into(),
+            format!("start={s}&end={e}"),
+            Cmp::Equal,
+        ),
+        (
+            "GET",
+            format!("/api/v1/labels?start={s}&end={e}"),
+            String::new(),
+            Cmp::Equal,
+        ),
+        (
+            "GET",
+            format!(
+                "/api/v1/label/job/values?match[]={}&start={s}&end={e}",
+                enc("up")
+            ),
+            String::new(),
+            Cmp::Equal,
+        ),
+        (
+            "GET",
+            format!("/api/v1/label/__name__/values?start={s}&end={e}"),
+            String::new(),
+            Cmp::Equal,
+        ),
+        (
+            "POST",
+            "/api/v1/label/job/values".into(),
+            format!("match[]={}", enc("up")),
+            Cmp::Status,
+        ),
+        (
+            "POST",
+            "/api/v1/series".into(),
+            format!("match[]={}&start={s}&end={e}", enc("up")),
+            Cmp::Equal,
+        ),
+        (
+            "GET",
+            format!(
+                "/api/v1/series?match[]={}&start={s}&end={e}",
+                enc("scrape_duration_seconds")
+            ),
+            String::new(),
+            Cmp::Equal,
+        ),
+        (
+            "GET",
+            "/api/v1/metadata?metric=up".into(),
+            String::new(),
+            Cmp::Shape,
+        ),
+        ("GET", "/api/v1/metadata".into(), String::new(), Cmp::Shape),
+        (
+            "POST",
+            "/api/v1/metadata".into(),
+            String::new(),
+            Cmp::Status,
+        ),
+        (
+            "GET",
+            format!("/api/v1/query?query=up&time={t}"),
+            String::new(),
+            Cmp::Equal,
+        ),
+        (
+            "POST",
+            "/api/v1/query".into(),
+            format!("query=up&time={t}"),
+            Cmp::Equal,
+        ),
+        (
+            "GET",
+            format!("/api/v1/query_range?{range}"),
+            String::new(),
+            Cmp::Equal,
+        ),
+        (
+            "POST",
+            "/api/v1/query_range".into(),
+            range.clone(),
+            Cmp::Equal,
+        ),
+        (
+            "GET",
+            format!(
+                "/api/v1/query_exemplars?query=test&start={}&end={}",
+                s * 1000,
+                e * 1000
+            ),
+            String::new(),
+            Cmp::Status,
+        ),
+        ("GET", "/api/v1/rules".into(), String::new(), Cmp::Equal),
+        ("GET", "/api/v1/alerts".into(), String::new(), Cmp::Equal),
+        (
+            "GET",
+            "/api/v1/query?query=sum(".into(),
+            String::new(),
+            Cmp::Shape,
+        ),
+        (
+            "GET",
+            "/api/v1/query_range?query=up&start=2&end=1&step=1".into(),
+            String::new(),
+            Cmp::Equal,
+        ),
+    ];
+    for (method, path, form, cmp) in requests {
+        let send = |base: &str| {
+            let url = format!("{base}{path}");
+            let form = form.clone();
+            async move {
+                if method == "POST" {
+                    post_form(&url, &form).await
+                } else {
+                    get(&url).await
+                }
+            }
+        };
+        let (a, b) = (send(prom).await, send(ours).await);
+        assert_eq!(
+            a.status,
+            b.status,
+            "{method} {path}: status (prometheus: {})",
+            a.text()
+        );
+        if a.status == StatusCode::METHOD_NOT_ALLOWED {
+            continue;
+        }
+        let (ja, jb) = (a.json(), b.json());
+        assert_eq!(ja["status"], jb["status"], "{method} {path}");
+        match cmp {
+            Cmp::Equal => assert_eq!(ja, jb, "{method} {path}"),
+            Cmp::Shape => assert_eq!(shape(&ja), shape(&jb), "{method} {path}: {ja} vs {jb}"),
+            Cmp::Status => {}
+        }
+    }
+}
+
 fn promtool(args: &[String]) -> String {
     let out = Command::new(PROMTOOL).args(args).output().unwrap();
     assert!(
@@ -287,6 +464,7 @@ remote_write:
         );
         assert_eq!(a, b, "promtool {args:?}");
     }
+    grafana_replay(&prom, &ours, t).await;
     srv.stop().await;
     assert!(
         started.elapsed() < Duration::from_secs(60),
