@@ -676,3 +676,51 @@ async fn query_results_and_errors() {
     );
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn gzip_for_clients_that_accept_it() {
+    use std::io::Read;
+    let srv = start(ApiOptions::default()).await;
+    let now = tidemark_model::time::now_millis();
+    for i in 0..200 {
+        srv.storage.insert(
+            Labels::from_pairs([("__name__", "g".to_string()), ("i", i.to_string())]),
+            now,
+            i as f64,
+        );
+    }
+    let url = srv.url("/api/v1/series?match[]=g");
+    let plain = get(&url).await;
+    assert!(plain.headers.get("content-encoding").is_none());
+    let r = request(
+        Method::GET,
+        &url,
+        &[("accept-encoding", "gzip, deflate, br")],
+        "",
+    )
+    .await;
+    assert_eq!(r.headers.get("content-encoding").unwrap(), "gzip");
+    assert!(
+        r.body.len() < plain.body.len() / 3,
+        "{} vs {}",
+        r.body.len(),
+        plain.body.len()
+    );
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(&r.body[..])
+        .read_to_end(&mut out)
+        .unwrap();
+    assert_eq!(out, plain.body.to_vec());
+    // Small answers and q=0 are left alone.
+    let r = request(
+        Method::GET,
+        &srv.url("/api/v1/status/buildinfo"),
+        &[("accept-encoding", "gzip")],
+        "",
+    )
+    .await;
+    assert!(r.headers.get("content-encoding").is_none());
+    let r = request(Method::GET, &url, &[("accept-encoding", "gzip;q=0")], "").await;
+    assert!(r.headers.get("content-encoding").is_none());
+    srv.stop().await;
+}
