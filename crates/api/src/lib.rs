@@ -106,3 +106,27 @@ pub mod fuzzing {
         crate::web_config::parse_web_config(text, std::path::Path::new("/nonexistent")).is_ok()
     }
 }
+
+/// Hooks for the criterion benchmarks in `benches/` (not a stable API).
+#[doc(hidden)]
+pub mod bench {
+    use crate::remote_write::{LabelLimits, decode_v1, decompress};
+
+    /// Snappy decompression and 1.0 decode with label validation; returns the sample count.
+    pub fn decode_remote_write_v1(body: &[u8]) -> usize {
+        let limits = LabelLimits {
+            max_labels: 256,
+            max_name: 1024,
+            max_value: 16 * 1024,
+        };
+        decompress(body, 256 << 20)
+            .ok()
+            .and_then(|b| decode_v1(&b, limits).ok())
+            .map_or(0, |b| b.series.iter().map(|s| s.samples.len()).sum())
+    }
+
+    /// The JSON `data` of a query result, as `/api/v1/query[_range]` writes it.
+    pub fn encode_query_data(v: &tidemark_promql::Value) -> String {
+        crate::json::query_data(v, None)
+    }
+}

@@ -303,25 +303,18 @@ async fn status_and_provider_endpoints() {
 async fn grafana_datasource_requests() {
     let srv = start(ApiOptions::default()).await;
     load(&srv.storage);
-    let engine = engine_ready(&srv).await;
     // Health check: exact bytes.
-    if engine {
-        let r = get(&srv.url("/api/v1/query?query=1%2B1&time=4")).await;
-        assert_eq!(r.status, StatusCode::OK);
-        assert_eq!(
-            r.text(),
-            r#"{"status":"success","data":{"resultType":"scalar","result":[4,"2"]}}"#
-        );
-        let r = post_form(&srv.url("/api/v1/query"), "query=1%2B1&time=4").await;
-        assert_eq!(
-            r.text(),
-            r#"{"status":"success","data":{"resultType":"scalar","result":[4,"2"]}}"#
-        );
-    } else {
-        println!(
-            "SKIPPED (query bodies): the PromQL engine of branch promql is not implemented yet"
-        );
-    }
+    let r = get(&srv.url("/api/v1/query?query=1%2B1&time=4")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.text(),
+        r#"{"status":"success","data":{"resultType":"scalar","result":[4,"2"]}}"#
+    );
+    let r = post_form(&srv.url("/api/v1/query"), "query=1%2B1&time=4").await;
+    assert_eq!(
+        r.text(),
+        r#"{"status":"success","data":{"resultType":"scalar","result":[4,"2"]}}"#
+    );
     assert_eq!(
         get(&srv.url("/api/v1/status/buildinfo")).await.status,
         StatusCode::OK
@@ -378,7 +371,7 @@ async fn grafana_datasource_requests() {
     assert_eq!(r.json(), json!({"status":"success","data":[]}));
     assert_eq!(get(&srv.url("/api/v1/rules")).await.status, StatusCode::OK);
     assert_eq!(get(&srv.url("/api/v1/alerts")).await.status, StatusCode::OK);
-    if engine {
+    {
         let q = format!(
             "query={}&start={}&end={}&step=15",
             enc("up"),
@@ -612,5 +605,122 @@ async fn admin_and_lifecycle() {
         get(&srv.url("/-/reload")).await.status,
         StatusCode::METHOD_NOT_ALLOWED
     );
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn query_results_and_errors() {
+    let srv = start(ApiOptions::default()).await;
+    load(&srv.storage);
+    let t = T0 / 1000 + 30;
+    // Vector, exact bytes: labels sorted, timestamp as number, value as string.
+    let r = get(&srv.url(&format!(
+        "/api/v1/query?query={}&time={t}",
+        enc(r#"up{job="api"}"#)
+    )))
+    .await;
+    assert_eq!(
+        r.text(),
+        format!(
+            r#"{{"status":"success","data":{{"resultType":"vector","result":[{{"metric":{{"__name__":"up","instance":"c:80","job":"api"}},"value":[{t},"1"]}}]}}}}"#
+        )
+    );
+    // Fractional time, string result, special values.
+    let r = get(&srv.url(&format!(
+        "/api/v1/query?query={}&time=1.5",
+        enc("\"hello\"")
+    )))
+    .await;
+    assert_eq!(
+        r.text(),
+        r#"{"status":"success","data":{"resultType":"string","result":[1.500,"hello"]}}"#
+    );
+    let r = get(&srv.url(&format!("/api/v1/query?query={}&time=4", enc("1/0")))).await;
+    assert_eq!(r.json()["data"]["result"], json!([4, "+Inf"]));
+    let r = get(&srv.url(&format!("/api/v1/query?query={}&time=4", enc("1e21")))).await;
+    assert_eq!(r.json()["data"]["result"], json!([4, "1e+21"]));
+    let r = get(&srv.url(&format!("/api/v1/query?query={}&time=4", enc("0.1")))).await;
+    assert_eq!(r.json()["data"]["result"], json!([4, "0.1"]));
+    // Range query over RFC 3339 times.
+    let r = get(&srv.url(&format!(
+        "/api/v1/query_range?query={}&start=2023-11-14T22:13:20Z&end=2023-11-14T22:14:20Z&step=30s",
+        enc("sum(up)")
+    )))
+    .await;
+    assert_eq!(
+        r.json(),
+        json!({"status":"success","data":{"resultType":"matrix","result":[{"metric":{},"values":[[T0/1000,"2"],[T0/1000+30,"2"],[T0/1000+60,"2"]]}]}})
+    );
+    // stats=all adds the stats object.
+    let r = get(&srv.url("/api/v1/query?query=up&time=1700000030&stats=all")).await;
+    assert!(
+        r.json()["data"]["stats"]["timings"].is_object(),
+        "{}",
+        r.text()
+    );
+    // Errors: parse error 400 bad_data; many-to-many matching 422 execution.
+    let r = get(&srv.url(&format!("/api/v1/query?query={}", enc("sum(")))).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.json()["errorType"], "bad_data");
+    let r = get(&srv.url(&format!(
+        "/api/v1/query?query={}&time={t}",
+        enc("up + on(job) up")
+    )))
+    .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text());
+    assert_eq!(r.json()["errorType"], "execution");
+    let m = get(&srv.url("/metrics")).await.text();
+    assert!(
+        m.contains("tidemark_queries_total{outcome=\"execution\",type=\"instant\"} 1"),
+        "{m}"
+    );
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn gzip_for_clients_that_accept_it() {
+    use std::io::Read;
+    let srv = start(ApiOptions::default()).await;
+    let now = tidemark_model::time::now_millis();
+    for i in 0..200 {
+        srv.storage.insert(
+            Labels::from_pairs([("__name__", "g".to_string()), ("i", i.to_string())]),
+            now,
+            i as f64,
+        );
+    }
+    let url = srv.url("/api/v1/series?match[]=g");
+    let plain = get(&url).await;
+    assert!(plain.headers.get("content-encoding").is_none());
+    let r = request(
+        Method::GET,
+        &url,
+        &[("accept-encoding", "gzip, deflate, br")],
+        "",
+    )
+    .await;
+    assert_eq!(r.headers.get("content-encoding").unwrap(), "gzip");
+    assert!(
+        r.body.len() < plain.body.len() / 3,
+        "{} vs {}",
+        r.body.len(),
+        plain.body.len()
+    );
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(&r.body[..])
+        .read_to_end(&mut out)
+        .unwrap();
+    assert_eq!(out, plain.body.to_vec());
+    // Small answers and q=0 are left alone.
+    let r = request(
+        Method::GET,
+        &srv.url("/api/v1/status/buildinfo"),
+        &[("accept-encoding", "gzip")],
+        "",
+    )
+    .await;
+    assert!(r.headers.get("content-encoding").is_none());
+    let r = request(Method::GET, &url, &[("accept-encoding", "gzip;q=0")], "").await;
+    assert!(r.headers.get("content-encoding").is_none());
     srv.stop().await;
 }

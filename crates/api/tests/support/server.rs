@@ -224,9 +224,3 @@ pub fn stored(s: &MemStorage, labels: &[(&str, &str)]) -> Vec<(i64, f64)> {
     }
     out
 }
-
-/// Is the PromQL engine (branch promql) implemented yet? The skeleton answers "not implemented".
-pub async fn engine_ready(server: &Server) -> bool {
-    let r = get(&server.url("/api/v1/query?query=1")).await;
-    !(r.status == StatusCode::INTERNAL_SERVER_ERROR && r.text().contains("not implemented"))
-}
