@@ -11,7 +11,7 @@ use crate::cli::TsdbCommand;
 pub(crate) fn run(cmd: TsdbCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         TsdbCommand::Analyze { dir, limit } => {
-            let report = Ok::<String, anyhow::Error>(format!("{}{}", dir.display(), limit))
+            let report = tidemark_tsdb::analyze::analyze(&dir, limit)
                 .with_context(|| format!("analyzing {}", dir.display()))?;
             println!("{report}");
             Ok(ExitCode::SUCCESS)
@@ -42,12 +42,8 @@ pub(crate) fn run(cmd: TsdbCommand) -> anyhow::Result<ExitCode> {
                 }
             }
             let n = samples.len();
-            let metas = Ok::<Vec<tidemark_tsdb::block::BlockMeta>, anyhow::Error>({
-                let _ = range;
-                drop(samples);
-                vec![]
-            })
-            .with_context(|| format!("writing blocks into {}", dir.display()))?;
+            let metas = tidemark_tsdb::import::import_samples(&dir, samples.into_iter(), range)
+                .with_context(|| format!("writing blocks into {}", dir.display()))?;
             println!(
                 "imported {n} samples into {} blocks in {}",
                 metas.len(),
