@@ -143,12 +143,11 @@ pub(crate) fn parse_bytes(s: &str) -> anyhow::Result<u64> {
 }
 
 /// The configuration used when no file is given: scrape Tidemark itself every 15s.
-pub(crate) fn self_scrape(listen: &str) -> anyhow::Result<Config> {
-    let target = self_target(listen);
-    let text = format!(
-        "global:\n  scrape_interval: 15s\n  evaluation_interval: 15s\nscrape_configs:\n  - job_name: tidemark\n    static_configs:\n      - targets: ['{target}']\n"
-    );
-    parse(&text, None)
+pub(crate) fn self_scrape(listen: &str) -> Config {
+    Config {
+        prometheus: PrometheusConfig::self_scrape(&self_target(listen)),
+        tidemark: TidemarkSection::default(),
+    }
 }
 
 /// The address to scrape ourselves at: a wildcard listen address becomes localhost.
@@ -180,7 +179,7 @@ mod tests {
         assert!(parse_bytes("5XB").is_err());
         assert_eq!(self_target("0.0.0.0:9190"), "localhost:9190");
         assert_eq!(self_target("127.0.0.1:1234"), "127.0.0.1:1234");
-        let c = self_scrape("0.0.0.0:9190").unwrap();
+        let c = self_scrape("0.0.0.0:9190");
         assert_eq!(c.scrape_jobs(), 1);
         assert_eq!(c.prometheus.scrape_configs[0].job_name, "tidemark");
     }

@@ -67,7 +67,7 @@ fn engine_options(args: &ServerArgs, cfg: &Config) -> anyhow::Result<EngineOptio
 fn load_config(args: &ServerArgs) -> anyhow::Result<Config> {
     match &args.config_file {
         Some(p) => config::load(p),
-        None => config::self_scrape(&args.listen_address),
+        None => Ok(config::self_scrape(&args.listen_address)),
     }
 }
 
@@ -267,17 +267,7 @@ struct ScrapeTargets {
 
 impl TargetsProvider for ScrapeTargets {
     fn targets(&self, state: &str, scrape_pool: Option<&str>) -> serde_json::Value {
-        let mut snap = self.scrape.targets();
-        if let Some(pool) = scrape_pool {
-            snap.active_targets.retain(|t| t.scrape_pool == pool);
-            snap.dropped_targets.retain(|t| t.scrape_pool == pool);
-            snap.dropped_target_counts.retain(|k, _| k == pool);
-        }
-        match state {
-            "active" => snap.dropped_targets.clear(),
-            "dropped" => snap.active_targets.clear(),
-            _ => {}
-        }
+        let snap = self.scrape.targets().filtered(Some(state), scrape_pool);
         serde_json::to_value(&snap).unwrap_or(serde_json::Value::Null)
     }
 
