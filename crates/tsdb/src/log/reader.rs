@@ -18,7 +18,7 @@ pub(crate) struct ReaderSegment {
     pub(crate) end_offset: u64,
 }
 
-/// A sequential reader of log records, from [`Log::reader_from`]. Yields `(index, payload)`;
+/// A sequential reader of log records, from [`Log::reader_from`](super::Log::reader_from). Yields `(index, payload)`;
 /// after an error it yields nothing more.
 #[derive(Debug)]
 pub struct LogReader {
@@ -91,7 +91,7 @@ impl Iterator for LogReader {
     }
 }
 
-/// The records to replay on start, from [`Log::replay`]: the checkpoint's records (index =
+/// The records to replay on start, from [`Log::replay`](super::Log::replay): the checkpoint's records (index =
 /// [`Replay::checkpoint_upto`]) and then the log's records.
 #[derive(Debug)]
 pub struct Replay {

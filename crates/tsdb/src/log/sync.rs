@@ -129,7 +129,7 @@ impl Shared {
 }
 
 /// Makes a log's appended records durable from any thread, without the log; see
-/// [`Log::syncer`]. Cheap to clone.
+/// [`Log::syncer`](super::Log::syncer). Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct LogSyncer {
     pub(crate) shared: Arc<Shared>,
