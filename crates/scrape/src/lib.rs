@@ -18,7 +18,7 @@ pub use client::ACCEPT_HEADER;
 pub use config::{ConfigError, PrometheusConfig, ScrapeConfig, load_config, parse_config};
 pub use manager::{
     ActiveTargetInfo, DroppedTargetInfo, Health, ScrapeError, ScrapeManager, ScrapeOptions,
-    TargetMetadata, TargetsSnapshot,
+    TargetFilter, TargetMetadata, TargetsSnapshot,
 };
 
 /// Benchmark access to the scrape append step (not a stable API).

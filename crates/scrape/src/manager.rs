@@ -32,8 +32,13 @@ pub enum ScrapeError {
     Stopped,
 }
 
+/// Decides whether this node scrapes a target: called with the job name and the target's
+/// identity hash (xxh3 of its labels and URL: the same on every node). For spreading targets
+/// across a cluster (rendezvous hashing); `None` scrapes everything.
+pub type TargetFilter = Arc<dyn Fn(&str, u64) -> bool + Send + Sync>;
+
 /// Manager-wide options.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ScrapeOptions {
     /// How often file_sd files are checked for modification. Default 5s.
     pub file_sd_poll_interval: std::time::Duration,
@@ -46,6 +51,20 @@ pub struct ScrapeOptions {
     pub spread_offsets: bool,
     /// Runtime to spawn on; the current one when `None`.
     pub runtime: Option<Handle>,
+    /// Only targets it accepts are scraped (and listed); see [`ScrapeManager::resync`].
+    pub owns_target: Option<TargetFilter>,
+}
+
+impl std::fmt::Debug for ScrapeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScrapeOptions")
+            .field("file_sd_poll_interval", &self.file_sd_poll_interval)
+            .field("offset_seed", &self.offset_seed)
+            .field("hostname", &self.hostname)
+            .field("spread_offsets", &self.spread_offsets)
+            .field("owns_target", &self.owns_target.is_some())
+            .finish()
+    }
 }
 
 impl Default for ScrapeOptions {
@@ -60,6 +79,7 @@ impl Default for ScrapeOptions {
             hostname,
             spread_offsets: true,
             runtime: None,
+            owns_target: None,
         }
     }
 }
@@ -194,6 +214,8 @@ struct PoolShared {
     handle: Handle,
     targets: Mutex<PoolTargets>,
     forced_error: Mutex<Option<String>>,
+    /// The last discovery result, for [`ScrapeManager::resync`].
+    last_groups: Mutex<Vec<TargetGroup>>,
     /// Caches and statuses of a replaced pool's targets, taken over by hash.
     inherited: Mutex<Handover>,
 }
@@ -380,6 +402,7 @@ impl ScrapeManager {
                 handle: handle.clone(),
                 targets: Mutex::new(PoolTargets::default()),
                 forced_error: Mutex::new(None),
+                last_groups: Mutex::new(Vec::new()),
                 inherited: Mutex::new(inherited),
             });
             let cfg = Arc::new(sc.clone());
@@ -418,6 +441,23 @@ impl ScrapeManager {
         }
         for t in tasks {
             let _ = t.await;
+        }
+    }
+
+    /// Re-applies [`ScrapeOptions::owns_target`] to the last discovered targets of every pool
+    /// (call it when cluster membership changes): targets this node no longer owns stop with
+    /// staleness markers, newly owned ones start.
+    pub fn resync(&self) {
+        let pools: Vec<Arc<PoolShared>> = self
+            .state
+            .lock()
+            .pools
+            .values()
+            .map(|p| p.shared.clone())
+            .collect();
+        for shared in pools {
+            let groups = shared.last_groups.lock().clone();
+            sync(&shared, &groups);
         }
     }
 
@@ -547,6 +587,7 @@ async fn run_discovery(shared: Arc<PoolShared>, cfg: Arc<ScrapeConfig>) {
 /// Reconciles a pool's running loops with freshly discovered groups.
 fn sync(shared: &Arc<PoolShared>, groups: &[TargetGroup]) {
     let cfg = &shared.cfg;
+    groups.clone_into(&mut shared.last_groups.lock());
     let mut active: BTreeMap<u64, Target> = BTreeMap::new();
     let mut dropped = Vec::new();
     for g in groups {
@@ -569,6 +610,9 @@ fn sync(shared: &Arc<PoolShared>, groups: &[TargetGroup]) {
             active.len()
         )
     });
+    if let Some(owns) = &shared.opts.owns_target {
+        active.retain(|h, _| owns(&cfg.job_name, *h));
+    }
     let mut t = shared.targets.lock();
     t.dropped_count = dropped.len();
     let keep = cfg.keep_dropped_targets.unwrap_or(0);

@@ -539,7 +539,7 @@ impl<'a> Parser<'a> {
         let t = self.token();
         if self.format == Format::OpenMetrics {
             match parse_float(t) {
-                Some(s) if s.is_finite() && s.abs() < 9.0e15 => Ok((s * 1000.0) as i64),
+                Some(s) if s.is_finite() && s.abs() < 9.0e15 => Ok((s * 1000.0).round() as i64),
                 _ => {
                     self.pos = start;
                     Err(self.err(format!("expected a timestamp in seconds, found {t:?}")))

@@ -293,6 +293,7 @@ impl ScrapeCache {
                         ts
                     };
                     let track = !explicit || o.track_timestamps_staleness;
+                    let mut new_meta: Option<Metadata> = None;
                     let entry = match self.entries.get_mut(key) {
                         Some(e) => e,
                         None => {
@@ -318,12 +319,11 @@ impl ScrapeCache {
                             }
                             verify_label_limits(&lset, o)
                                 .map_err(|msg| AppendError { msg, stats })?;
-                            if let Some(name) = lset.metric_name()
-                                && let Some(f) = family_of(&self.metadata, name)
-                                && let Some(m) = self.metadata.get(f)
-                            {
-                                let _ = app.update_metadata(SeriesRef(0), &lset, &m.meta);
-                            }
+                            new_meta = lset
+                                .metric_name()
+                                .and_then(|name| family_of(&self.metadata, name))
+                                .and_then(|f| self.metadata.get(f))
+                                .map(|m| m.meta.clone());
                             stats.added += 1;
                             self.entries.insert(
                                 key.to_string(),
@@ -359,6 +359,9 @@ impl ScrapeCache {
                     match app.append(entry.series, &entry.labels, t, p.value()) {
                         Ok(r) => {
                             entry.series = Some(r);
+                            if let Some(m) = &new_meta {
+                                let _ = app.update_metadata(r, &entry.labels, m);
+                            }
                             if track {
                                 entry.tracked_iter = iter;
                             }
@@ -764,5 +767,87 @@ mod tests {
             .find(|(n, _)| n.starts_with("{__name__=\"up\""))
             .unwrap();
         assert_eq!(up.1[0], (1000, 1.0));
+    }
+
+    /// Records metadata and exemplar calls.
+    #[derive(Default)]
+    struct Recorder {
+        meta: Vec<(SeriesRef, String, Metadata)>,
+        exemplars: Vec<(SeriesRef, String, tidemark_model::Exemplar)>,
+        n: u64,
+    }
+
+    impl Appender for Recorder {
+        fn append(
+            &mut self,
+            r: Option<SeriesRef>,
+            _l: &Labels,
+            _t: i64,
+            _v: f64,
+        ) -> tidemark_storage::Result<SeriesRef> {
+            self.n += 1;
+            Ok(r.unwrap_or(SeriesRef(self.n)))
+        }
+        fn append_exemplar(
+            &mut self,
+            r: SeriesRef,
+            l: &Labels,
+            e: &tidemark_model::Exemplar,
+        ) -> tidemark_storage::Result<()> {
+            self.exemplars.push((r, l.to_string(), e.clone()));
+            Ok(())
+        }
+        fn update_metadata(
+            &mut self,
+            r: SeriesRef,
+            l: &Labels,
+            m: &Metadata,
+        ) -> tidemark_storage::Result<()> {
+            self.meta.push((r, l.to_string(), m.clone()));
+            Ok(())
+        }
+        fn commit(&mut self) -> tidemark_storage::Result<()> {
+            Ok(())
+        }
+        fn rollback(&mut self) -> tidemark_storage::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn metadata_and_exemplars_reach_the_appender() {
+        let body =
+            "# TYPE foo counter\n# HELP foo Foos.\nfoo_total 3 # {trace_id=\"x\"} 1.5\n# EOF\n";
+        let mut c = ScrapeCache::default();
+        let mut app = Recorder::default();
+        c.append(
+            &mut app,
+            body.as_bytes(),
+            Format::OpenMetrics,
+            1000,
+            &target(),
+            &AppendOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(app.meta.len(), 1, "metadata once, for the new series");
+        let (r, l, m) = &app.meta[0];
+        assert_eq!(*r, SeriesRef(1));
+        assert_eq!(l, r#"{__name__="foo_total", instance="i:1", job="j"}"#);
+        assert_eq!((m.kind, m.help.as_str()), (MetricType::Counter, "Foos."));
+        assert_eq!(app.exemplars.len(), 1);
+        assert_eq!(app.exemplars[0].2.value, 1.5);
+        assert_eq!(app.exemplars[0].0, SeriesRef(1));
+        // Known series: no second metadata call.
+        c.append(
+            &mut app,
+            body.as_bytes(),
+            Format::OpenMetrics,
+            2000,
+            &target(),
+            &AppendOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(app.meta.len(), 1);
+        assert_eq!(app.exemplars.len(), 2);
     }
 }

@@ -362,3 +362,49 @@ async fn target_limit_fails_every_target() {
     }
     m.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owns_target_filter_and_resync() {
+    let srv = server::start().await;
+    let addr = srv.addr;
+    let owned = Arc::new(parking_lot::Mutex::new(None::<u64>));
+    let o = owned.clone();
+    let filter: tidemark_scrape::TargetFilter =
+        Arc::new(move |_job: &str, h: u64| o.lock().is_none_or(|x| x == h));
+    let yaml = format!(
+        "scrape_configs:\n  - job_name: s\n    scrape_interval: 200ms\n    metrics_path: /ok\n    static_configs:\n      - targets: ['{addr}']\n        labels: {{instance: a}}\n      - targets: ['{addr}']\n        labels: {{instance: b}}\n"
+    );
+    let store = MemStorage::new();
+    let m = ScrapeManager::new(
+        Arc::new(store.clone()),
+        ScrapeOptions {
+            owns_target: Some(filter),
+            ..opts()
+        },
+    );
+    m.apply_config(&parse_config(&yaml).unwrap()).unwrap();
+    wait_for("both up", || {
+        last_value(&store, "up", "a") == Some(1.0) && last_value(&store, "up", "b") == Some(1.0)
+    })
+    .await;
+    // This node now owns only target a: b stops with staleness markers.
+    let a_hash = {
+        let cfg = parse_config(&yaml).unwrap();
+        let sc = &cfg.scrape_configs[0];
+        let g = &tidemark_scrape::discovery::static_groups(&sc.static_configs)[0];
+        match tidemark_scrape::target::populate(sc, &g.targets[0], &g.labels).unwrap() {
+            tidemark_scrape::target::Populated::Active(t) => t.hash(),
+            tidemark_scrape::target::Populated::Dropped(_) => panic!(),
+        }
+    };
+    *owned.lock() = Some(a_hash);
+    m.resync();
+    wait_for("b stale", || {
+        last_value(&store, "up", "b").is_some_and(is_stale_nan)
+    })
+    .await;
+    let t = m.targets();
+    assert_eq!(t.active_targets.len(), 1);
+    assert_eq!(t.active_targets[0].labels.get("instance"), Some("a"));
+    m.stop().await;
+}
