@@ -379,12 +379,19 @@ impl ChunkEncoder {
         }
         if let Some(m) = decimal_at(v, self.mode) {
             let zz = zigzag(m.wrapping_sub(self.m));
-            if !write_rice(&mut self.vs, zz, self.v_rice.k) {
-                self.vs.write(0, RICE_LIMIT);
-                self.vs.write(ESC_BIG_DELTA, 2);
+            if self.n == 1 {
+                // The first delta is written whole and sets the Rice parameter.
+                self.vs.write(1, 1);
                 self.vs.write_varbits(zz);
+                self.v_rice = Rice::new(zz.min(RICE_CAP) * 4);
+            } else {
+                if !write_rice(&mut self.vs, zz, self.v_rice.k) {
+                    self.vs.write(0, RICE_LIMIT);
+                    self.vs.write(ESC_BIG_DELTA, 2);
+                    self.vs.write_varbits(zz);
+                }
+                self.v_rice.update(zz);
             }
-            self.v_rice.update(zz);
             self.m = m;
             self.last_exception = false;
             return;
@@ -395,7 +402,11 @@ impl ChunkEncoder {
     #[cold]
     fn append_v_slow(&mut self, v: f64) {
         let bits = v.to_bits();
-        self.vs.write(0, RICE_LIMIT);
+        if self.n == 1 {
+            self.vs.write(0, 1);
+        } else {
+            self.vs.write(0, RICE_LIMIT);
+        }
         if let Some((e, m)) = find_decimal(v, self.mode + 1) {
             self.vs.write(ESC_SWITCH, 2);
             self.vs.write(u64::from(e), 5);
@@ -664,6 +675,22 @@ impl ValDecoder<'_> {
         self.m as f64 / p
     }
 
+    /// The second value: in decimal mode a flag bit, then the whole first delta (which sets the
+    /// Rice parameter) or an escape code.
+    #[cold]
+    fn second(&mut self) -> f64 {
+        if self.mode == MODE_FLOAT || self.mode == MODE_CONST {
+            return self.next();
+        }
+        if self.r.read(1) == 0 {
+            return self.escape();
+        }
+        let zz = self.r.read_varbits();
+        self.rice = Rice::new(zz.min(RICE_CAP) * 4);
+        self.m = self.m.wrapping_add(unzigzag(zz));
+        self.m as f64 / self.p
+    }
+
     #[inline(always)]
     fn next(&mut self) -> f64 {
         match self.mode {
@@ -829,7 +856,7 @@ impl<'a> Decoder<'a> {
             let v = if self.i == 0 {
                 self.vs.first()
             } else {
-                self.vs.next()
+                self.vs.second()
             };
             Sample { t, v }
         };

@@ -104,7 +104,7 @@ pub(crate) enum ChunkLoc {
 #[derive(Debug, Default)]
 pub(crate) struct SeriesData {
     pub(crate) full: Vec<ChunkMeta>,
-    pub(crate) open: Option<Box<ChunkEncoder>>,
+    pub(crate) open: Option<ChunkEncoder>,
     /// Newest in-order sample (`i64::MIN` when none).
     pub(crate) last_t: i64,
     pub(crate) last_v: f64,
@@ -139,12 +139,44 @@ impl MemSeries {
     }
 }
 
+/// A hasher for `u64` keys (series references, label hashes): a 64-bit finalizer, much cheaper
+/// than SipHash, well mixed in every bit (keys of one stripe share their low bits).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct U64Hasher(u64);
+
+impl std::hash::Hasher for U64Hasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    #[inline]
+    fn write_u64(&mut self, x: u64) {
+        let mut h = x ^ self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^= h >> 33;
+        self.0 = h;
+    }
+}
+
+/// A map keyed by `u64` with [`U64Hasher`].
+pub(crate) type U64Map<V> = HashMap<u64, V, std::hash::BuildHasherDefault<U64Hasher>>;
+
 #[derive(Debug, Default)]
 struct Stripe {
-    by_hash: HashMap<u64, Arc<MemSeries>>,
+    by_hash: U64Map<Arc<MemSeries>>,
     /// Series whose label hash collides with the one in `by_hash` (practically never used).
-    conflicts: HashMap<u64, Vec<Arc<MemSeries>>>,
-    by_ref: HashMap<u64, Arc<MemSeries>>,
+    conflicts: U64Map<Vec<Arc<MemSeries>>>,
+    by_ref: U64Map<Arc<MemSeries>>,
 }
 
 /// The inverted index: label name -> value -> sorted series references.
@@ -272,6 +304,9 @@ pub(crate) struct HeadChunks {
     reader: RwLock<SegmentReader>,
     /// Newest `max_time` of the chunks in each segment (to delete whole segments later).
     seg_max_time: Mutex<std::collections::BTreeMap<u32, i64>>,
+    /// Truncation point of the previous truncation: segments are deleted one truncation late,
+    /// so that a querier's snapshot taken just before a truncation can still read them.
+    prev_truncation: Mutex<Option<i64>>,
 }
 
 impl HeadChunks {
@@ -305,6 +340,7 @@ impl HeadChunks {
             writer: Mutex::new(writer),
             reader: RwLock::new(reader),
             seg_max_time: Mutex::new(std::collections::BTreeMap::new()),
+            prev_truncation: Mutex::new(None),
         })
     }
 
@@ -355,6 +391,9 @@ impl HeadChunks {
 
     /// Deletes the segments holding only chunks older than `t`.
     fn remove_before(&self, t: i64) -> Result<usize, HeadError> {
+        let Some(t) = self.prev_truncation.lock().replace(t) else {
+            return Ok(0);
+        };
         let mut upto = None;
         {
             let m = self.seg_max_time.lock();
@@ -418,6 +457,8 @@ pub struct Head {
     pub(crate) samples_appended: AtomicU64,
     pub(crate) chunks_written: AtomicU64,
     pub(crate) dropped_at_commit: AtomicU64,
+    /// Set by [`Head::close_log`]: commits fail from then on.
+    pub(crate) closed: AtomicBool,
 }
 
 impl Head {
@@ -444,6 +485,7 @@ impl Head {
             samples_appended: AtomicU64::new(0),
             chunks_written: AtomicU64::new(0),
             dropped_at_commit: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
         })
     }
 
@@ -576,13 +618,18 @@ impl Head {
         out
     }
 
-    pub(crate) fn note_time(&self, t: i64) {
-        if t < self.min_time.load(Ordering::Relaxed) {
-            self.min_time.fetch_min(t, Ordering::AcqRel);
+    /// Records that samples in `[mint, maxt]` were added (`n` of them).
+    pub(crate) fn note_added(&self, mint: i64, maxt: i64, n: u64) {
+        if n == 0 {
+            return;
         }
-        if t > self.max_time.load(Ordering::Relaxed) {
-            self.max_time.fetch_max(t, Ordering::AcqRel);
+        if mint < self.min_time.load(Ordering::Relaxed) {
+            self.min_time.fetch_min(mint, Ordering::AcqRel);
         }
+        if maxt > self.max_time.load(Ordering::Relaxed) {
+            self.max_time.fetch_max(maxt, Ordering::AcqRel);
+        }
+        self.samples_appended.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Writes a full chunk to the head-chunk files (or keeps it in memory without them).
@@ -714,6 +761,68 @@ impl Head {
             }
         }
         removed.len()
+    }
+
+    /// Raises the min valid time under the log lock: commits after this see it, and commits
+    /// before it are fully applied.
+    pub(crate) fn raise_min_valid_time_committed(&self, t: i64) {
+        let _log = self.log.lock();
+        self.set_min_valid_time(t);
+    }
+
+    /// Every series with its labels.
+    pub(crate) fn series_list(&self) -> Vec<(Arc<MemSeries>, Labels)> {
+        self.all_series()
+            .into_iter()
+            .map(|s| {
+                let l = s.labels.clone();
+                (s, l)
+            })
+            .collect()
+    }
+
+    /// Samples of `s` inside `[mint, maxt]`.
+    pub(crate) fn samples_of(
+        &self,
+        s: &MemSeries,
+        mint: i64,
+        maxt: i64,
+    ) -> Result<Vec<Sample>, HeadError> {
+        self.series_samples(s, mint, maxt)
+    }
+
+    /// Detaches and syncs the log; later commits fail with `Unavailable`.
+    pub fn close_log(&self) -> Result<(), HeadError> {
+        let mut g = self.log.lock();
+        self.closed.store(true, Ordering::Release);
+        if let Some(mut log) = g.take() {
+            log.sync()?;
+        }
+        Ok(())
+    }
+
+    /// Bytes of the log (0 without one).
+    pub fn log_size_bytes(&self) -> u64 {
+        self.log.lock().as_ref().map_or(0, Log::size_bytes)
+    }
+
+    /// Writes a checkpoint of the head into the log (everything the head holds) and purges the
+    /// log records it covers. Commits wait meanwhile.
+    pub fn checkpoint_log(self: &Arc<Self>) -> Result<(), HeadError> {
+        let mut g = self.log.lock();
+        let Some(log) = g.as_mut() else {
+            return Ok(());
+        };
+        let Some(upto) = log.last_index() else {
+            return Ok(());
+        };
+        if log.checkpoint_upto().is_some_and(|c| c >= upto) {
+            return Ok(());
+        }
+        let mut records = self.checkpoint_records();
+        log.write_checkpoint(upto, &mut records)?;
+        tracing::info!(upto, "log checkpointed");
+        Ok(())
     }
 
     /// Syncs the head-chunk files (close).

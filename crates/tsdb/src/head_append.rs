@@ -89,7 +89,8 @@ impl Head {
         }
     }
 
-    /// Stores a sample that passed the checks (or comes from replay: no window check).
+    /// Stores a sample that passed the checks (or comes from replay: no window check). The
+    /// caller accounts for added samples with [`Head::note_added`].
     pub(crate) fn insert(&self, s: &MemSeries, t: i64, v: f64) -> Result<Inserted> {
         let mut d = s.data.lock();
         if d.last_t == i64::MIN || t > d.last_t {
@@ -112,14 +113,11 @@ impl Head {
                 };
                 d.full.push(meta);
             }
-            let enc = d.open.get_or_insert_with(|| Box::new(ChunkEncoder::new()));
+            let enc = d.open.get_or_insert_with(ChunkEncoder::new);
             enc.append(t, v)
                 .map_err(|e| Error::Other(format!("series {}: {e}", s.series_ref)))?;
             d.last_t = t;
             d.last_v = v;
-            drop(d);
-            self.note_time(t);
-            self.samples_appended.fetch_add(1, Ordering::Relaxed);
             return Ok(Inserted::Added);
         }
         if t == d.last_t {
@@ -138,9 +136,6 @@ impl Head {
         }
         let i = d.ooo.partition_point(|x| x.t < t);
         d.ooo.insert(i, tidemark_model::Sample::new(t, v));
-        drop(d);
-        self.note_time(t);
-        self.samples_appended.fetch_add(1, Ordering::Relaxed);
         Ok(Inserted::Added)
     }
 
@@ -207,6 +202,24 @@ impl Appender for HeadAppender {
         }
         let head = self.head.clone();
         let mut log = head.log.lock();
+        if head.closed.load(Ordering::Acquire) {
+            self.release();
+            return Err(Error::Unavailable("the database is closed".into()));
+        }
+        // Samples validated before a block was cut below them are now out of bounds.
+        let min_valid = head.min_valid_time();
+        if self.pending.iter().any(|p| p.1 < min_valid) {
+            let before = self.pending.len();
+            self.pending.retain(|(s, t, _)| {
+                let keep = *t >= min_valid;
+                if !keep {
+                    s.pending.fetch_sub(1, Ordering::AcqRel);
+                }
+                keep
+            });
+            head.dropped_at_commit
+                .fetch_add((before - self.pending.len()) as u64, Ordering::Relaxed);
+        }
         if let Some(log) = log.as_mut() {
             let mut series_rec = Vec::new();
             let mut new_series: Vec<&MemSeries> = Vec::new();
@@ -249,13 +262,23 @@ impl Appender for HeadAppender {
         }
         {
             let _iso = head.isolation.write();
+            let (mut mint, mut maxt, mut n) = (i64::MAX, i64::MIN, 0u64);
             for (s, t, v) in &self.pending {
-                if let Err(e) = head.insert(s, *t, *v) {
-                    // A concurrent batch stored another value at this timestamp first.
-                    head.dropped_at_commit.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(series = s.series_ref, t, error = %e, "sample dropped at commit");
+                match head.insert(s, *t, *v) {
+                    Ok(Inserted::Added) => {
+                        mint = mint.min(*t);
+                        maxt = maxt.max(*t);
+                        n += 1;
+                    }
+                    Ok(Inserted::Duplicate) => {}
+                    Err(e) => {
+                        // A concurrent batch stored another value at this timestamp first.
+                        head.dropped_at_commit.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(series = s.series_ref, t, error = %e, "sample dropped at commit");
+                    }
                 }
             }
+            head.note_added(mint, maxt, n);
         }
         drop(log);
         self.release();

@@ -6,14 +6,14 @@
 //! samples before the head's min valid time (already in blocks) are skipped, and samples of an
 //! unknown series reference are counted and skipped.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tidemark_model::Sample;
 
-use crate::head::{Head, HeadError, MemSeries};
+use crate::head::{Head, HeadError, MemSeries, U64Map};
+use crate::head_append::Inserted;
 use crate::log::Log;
 use crate::record::{self, Record, RefSample, RefSeries};
 
@@ -50,6 +50,40 @@ impl fmt::Display for ReplayStats {
     }
 }
 
+/// Series references of the log -> series: a vector for the dense references the head hands
+/// out, a map for anything else.
+#[derive(Default)]
+struct RefTable {
+    dense: Vec<Option<Arc<MemSeries>>>,
+    sparse: U64Map<Arc<MemSeries>>,
+}
+
+/// References below this are kept in the dense table.
+const DENSE_REFS: u64 = 1 << 26;
+
+impl RefTable {
+    fn insert(&mut self, r: u64, s: Arc<MemSeries>) {
+        if r < DENSE_REFS {
+            let i = r as usize;
+            if i >= self.dense.len() {
+                self.dense.resize(i + 1, None);
+            }
+            self.dense[i] = Some(s);
+        } else {
+            self.sparse.insert(r, s);
+        }
+    }
+
+    #[inline]
+    fn get(&self, r: u64) -> Option<&Arc<MemSeries>> {
+        if r < DENSE_REFS {
+            self.dense.get(r as usize).and_then(Option::as_ref)
+        } else {
+            self.sparse.get(&r)
+        }
+    }
+}
+
 /// Series per checkpoint record.
 const CHECKPOINT_BATCH: usize = 1000;
 
@@ -57,7 +91,8 @@ impl Head {
     /// Replays the log's checkpoint and records into the head.
     pub fn replay(&self, log: &Log) -> Result<ReplayStats, HeadError> {
         let mut stats = ReplayStats::default();
-        let mut refs: HashMap<u64, Arc<MemSeries>> = HashMap::new();
+        let mut refs = RefTable::default();
+        let (mut mint, mut maxt) = (i64::MAX, i64::MIN);
         let min_valid = self.min_valid_time();
         let mut replay = log.replay()?;
         while let Some(r) = replay.next_record() {
@@ -80,7 +115,7 @@ impl Head {
                 }
                 Ok(Record::Samples(list)) => {
                     for RefSample { series_ref, t, v } in list {
-                        let Some(s) = refs.get(&series_ref) else {
+                        let Some(s) = refs.get(series_ref) else {
                             stats.unknown_series_refs += 1;
                             stats.samples_skipped += 1;
                             continue;
@@ -90,7 +125,12 @@ impl Head {
                             continue;
                         }
                         match self.insert(s, t, v) {
-                            Ok(_) => stats.samples += 1,
+                            Ok(Inserted::Added) => {
+                                stats.samples += 1;
+                                mint = mint.min(t);
+                                maxt = maxt.max(t);
+                            }
+                            Ok(Inserted::Duplicate) => {}
                             Err(_) => stats.samples_skipped += 1,
                         }
                     }
@@ -103,6 +143,7 @@ impl Head {
                 }
             }
         }
+        self.note_added(mint, maxt, stats.samples);
         if stats.unknown_series_refs > 0 {
             stats.problems.push(format!(
                 "{} samples referred to unknown series",

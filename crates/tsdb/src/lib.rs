@@ -8,6 +8,7 @@ pub mod block;
 pub mod chunk;
 pub mod chunks;
 pub mod compact;
+pub mod db;
 pub mod head;
 mod head_append;
 mod head_log;
@@ -21,6 +22,7 @@ pub mod retention;
 #[doc(hidden)]
 pub mod testdata;
 
+pub use db::{Db, DbError, DbOptions, DbStats, OpenReport};
 pub use head::{Head, HeadError, HeadOptions, HeadStats};
 pub use head_append::HeadAppender;
 pub use head_log::ReplayStats;

@@ -235,6 +235,8 @@ pub struct Log {
     /// Index the next appended record gets.
     next: u64,
     purged: Option<u64>,
+    /// Opaque bytes saved with the purge point (see [`Log::purge_upto_tagged`]).
+    purge_tag: Vec<u8>,
     checkpoint: Option<Checkpoint>,
     buf: Vec<u8>,
     last_sync: Instant,
@@ -424,7 +426,9 @@ impl Log {
             if name.ends_with(TMP_SUFFIX) {
                 remove_path(&entry.path())?;
                 report.cleaned.push(entry.path());
-            } else if let Some(upto) = parse_ckpt_dir_name(&name) {
+            } else if let Some(upto) = parse_ckpt_dir_name(&name)
+                && entry.path().is_dir()
+            {
                 checkpoints.push((upto, entry.path()));
             }
         }
@@ -438,10 +442,12 @@ impl Log {
             checkpoint = Some(load_checkpoint(dir, &cdir, upto, &mut report)?);
         }
 
+        let mut purge_tag = Vec::new();
         let mut purged = match read_small_file(&dir.join(PURGED_FILE), PURGED_MAGIC) {
-            Ok(Some(b)) if b.len() == 8 => {
+            Ok(Some(b)) if b.len() >= 8 => {
                 let mut a = [0u8; 8];
-                a.copy_from_slice(&b);
+                a.copy_from_slice(&b[..8]);
+                purge_tag = b[8..].to_vec();
                 Some(u64::from_le_bytes(a))
             }
             Ok(None) => None,
@@ -449,7 +455,7 @@ impl Log {
                 report.corruptions.push(CorruptionReport {
                     segment: dir.join(PURGED_FILE),
                     offset: 0,
-                    reason: format!("purge marker: expected 8 bytes, got {}", b.len()),
+                    reason: format!("purge marker: expected at least 8 bytes, got {}", b.len()),
                     first_lost_index: 0,
                     bytes_dropped: 0,
                     moved_to: Vec::new(),
@@ -479,6 +485,7 @@ impl Log {
         {
             write_small_file(dir, PURGED_FILE, PURGED_MAGIC, &c.upto.to_le_bytes())?;
             purged = Some(c.upto);
+            purge_tag.clear();
         }
 
         let mut files = list_segments(dir)?;
@@ -495,6 +502,26 @@ impl Log {
             }
         }
 
+        // Without a purge the log starts at 0; after one, at the purge point + 1. A first segment
+        // starting later means segments were lost: report it, keep what is there.
+        let expected_first = purged.map_or(0, |p| p + 1);
+        if let Some((first, path)) = files.first()
+            && *first > expected_first
+        {
+            let reason = format!(
+                "the log starts at index {first}, expected {expected_first}: the segments \
+                 holding records {expected_first}..{first} are missing"
+            );
+            tracing::error!(segment = %path.display(), %reason, "log corruption");
+            report.corruptions.push(CorruptionReport {
+                segment: path.clone(),
+                offset: 0,
+                reason,
+                first_lost_index: expected_first,
+                bytes_dropped: 0,
+                moved_to: Vec::new(),
+            });
+        }
         let mut segments: Vec<Segment> = Vec::new();
         let n = files.len();
         for (i, (first, path)) in files.iter().enumerate() {
@@ -599,6 +626,7 @@ impl Log {
             segments,
             next,
             purged,
+            purge_tag,
             checkpoint,
             buf: Vec::new(),
             last_sync: Instant::now(),
@@ -655,6 +683,12 @@ impl Log {
     /// Records up to this index were purged (by `purge_upto` or a checkpoint).
     pub fn purged_upto(&self) -> Option<u64> {
         self.purged
+    }
+
+    /// The tag saved by the last [`Log::purge_upto_tagged`] (empty after a plain purge or a
+    /// checkpoint).
+    pub fn purge_tag(&self) -> &[u8] {
+        &self.purge_tag
     }
 
     /// `upto` of the current checkpoint.
@@ -969,6 +1003,14 @@ impl Log {
     /// fail with [`LogError::Purged`]. Purging beyond the last record empties the log and the
     /// next append gets `index + 1` (Raft: a snapshot was installed).
     pub fn purge_upto(&mut self, index: u64) -> Result<(), LogError> {
+        self.purge_upto_tagged(index, &[])
+    }
+
+    /// [`Log::purge_upto`] that saves `tag` atomically with the purge point (Raft: the purged
+    /// entry's log id, which `get_log_state` must report); read it back with
+    /// [`Log::purge_tag`]. A purge to an index not above the current purge point changes
+    /// nothing, the tag included.
+    pub fn purge_upto_tagged(&mut self, index: u64, tag: &[u8]) -> Result<(), LogError> {
         self.check_poisoned()?;
         if index >= i64::MAX as u64 {
             return Err(LogError::OutOfRange {
@@ -980,8 +1022,11 @@ impl Log {
         if self.purged.is_some_and(|p| p >= index) {
             return Ok(());
         }
-        write_small_file(&self.dir, PURGED_FILE, PURGED_MAGIC, &index.to_le_bytes())?;
+        let mut marker = index.to_le_bytes().to_vec();
+        marker.extend_from_slice(tag);
+        write_small_file(&self.dir, PURGED_FILE, PURGED_MAGIC, &marker)?;
         self.purged = Some(index);
+        self.purge_tag = tag.to_vec();
         failpoint::hit("purge.after_marker")?;
         if index >= self.next {
             self.sync()?;

@@ -212,9 +212,9 @@ fn target_specs(target: usize, rng: &mut Rng) -> Vec<Spec> {
             );
         }
     }
-    for i in 0..40 {
+    for i in 0..50 {
         let name = format!("node_memory_M{i:02}_bytes");
-        let p = if i < 15 {
+        let p = if i < 30 {
             Process::Const((big(rng, 1 << 20) * 4096) as f64)
         } else {
             walk(big(rng, 1 << 18) * 4096, 4096, 60.0, 0.7)
@@ -487,6 +487,156 @@ fn target_specs(target: usize, rng: &mut Rng) -> Vec<Spec> {
             "counter",
             counter(rng.below(10_000) as i64, 0, 1.0, 0.0, 1.0),
         );
+    }
+    // The many quasi-constant series real node_exporters expose.
+    for cpu in 0..8 {
+        let c = cpu.to_string();
+        for mode in ["user", "nice"] {
+            add(
+                "node_cpu_guest_seconds_total",
+                &[("cpu", &c), ("mode", mode)],
+                "counter",
+                Process::Const(0.0),
+            );
+        }
+        add(
+            "node_softnet_processed_total",
+            &[("cpu", &c)],
+            "counter",
+            counter(big(rng, 1 << 24), 0, 300.0, 150.0, 1.0),
+        );
+        add(
+            "node_softnet_dropped_total",
+            &[("cpu", &c)],
+            "counter",
+            Process::Const(0.0),
+        );
+        add(
+            "node_softnet_times_squeezed_total",
+            &[("cpu", &c)],
+            "counter",
+            counter(rng.below(100) as i64, 0, 1.0, 0.5, 0.01),
+        );
+    }
+    for dev in [
+        "veth1a2b",
+        "veth3c4d",
+        "veth5e6f",
+        "br-0a1b",
+        "docker_gwbridge",
+    ] {
+        for dir in ["receive", "transmit"] {
+            for k in [
+                "bytes",
+                "packets",
+                "errs",
+                "drop",
+                "fifo",
+                "frame",
+                "compressed",
+                "multicast",
+            ] {
+                let p = match k {
+                    "bytes" => counter(big(rng, 1 << 20), 0, 300.0, 400.0, 0.1),
+                    "packets" => counter(big(rng, 1 << 12), 0, 3.0, 3.0, 0.1),
+                    _ => Process::Const(0.0),
+                };
+                add(
+                    &format!("node_network_{dir}_{k}_total"),
+                    &[("device", dev)],
+                    "counter",
+                    p,
+                );
+            }
+        }
+    }
+    for dev in [
+        "eth0",
+        "lo",
+        "docker0",
+        "veth1a2b",
+        "veth3c4d",
+        "veth5e6f",
+        "br-0a1b",
+        "docker_gwbridge",
+    ] {
+        for k in [
+            "up",
+            "mtu_bytes",
+            "speed_bytes",
+            "carrier",
+            "flags",
+            "iface_id",
+            "iface_link",
+            "dormant",
+            "address_assign_type",
+            "transmit_queue_length",
+        ] {
+            add(
+                &format!("node_network_{k}"),
+                &[("device", dev)],
+                "gauge",
+                Process::Const(rng.below(10_000) as f64),
+            );
+        }
+    }
+    for mp in ["/dev/shm", "/run/lock", "/run/user/1000", "/sys/fs/cgroup"] {
+        for k in [
+            "size_bytes",
+            "avail_bytes",
+            "free_bytes",
+            "files",
+            "files_free",
+            "readonly",
+            "device_error",
+        ] {
+            add(
+                &format!("node_filesystem_{k}"),
+                &[("mountpoint", mp)],
+                "gauge",
+                Process::Const((rng.below(1 << 20) * 4096) as f64),
+            );
+        }
+    }
+    for i in 0..36 {
+        let p = if i % 3 == 0 {
+            counter(big(rng, 1 << 24), 0, rng.exp(200.0), 50.0, 0.9)
+        } else {
+            counter(rng.below(10_000) as i64, 0, 1.0, 1.0, 0.01)
+        };
+        add(&format!("node_netstat_s{i:02}"), &[], "counter", p);
+    }
+    for i in 0..15 {
+        add(
+            &format!("node_sockstat_g{i:02}"),
+            &[],
+            "gauge",
+            Process::Walk {
+                m: 5 + rng.below(300) as i64,
+                e: 0,
+                unit: 1,
+                sd: 2.0,
+                p: 0.15,
+                lo: 0,
+                hi: 1000,
+            },
+        );
+    }
+    for i in 0..17 {
+        let p = if i < 3 {
+            Process::Walk {
+                m: rng.below(100_000) as i64,
+                e: 6,
+                unit: 1,
+                sd: 300.0,
+                p: 0.5,
+                lo: 0,
+                hi: 1_000_000,
+            }
+        } else {
+            Process::Const(rng.below(1000) as f64)
+        };
+        add(&format!("node_timex_g{i:02}"), &[], "gauge", p);
     }
     add(
         "node_uname_info",

@@ -224,3 +224,22 @@ fn random_damage_always_opens_with_a_prefix() {
         fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// A missing first segment (records the log should start with are gone): reported, the rest
+/// is kept and readable.
+#[test]
+fn missing_first_segment_is_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let segs = build(dir, 100, 512);
+    let next_first = inspect_segment(&fs::read(&segs[1]).unwrap())
+        .first_index
+        .unwrap();
+    fs::remove_file(&segs[0]).unwrap();
+    let (log, report) = Log::open(dir, opts(512)).unwrap();
+    let c = &report.corruptions[0];
+    assert_eq!((&c.segment, c.first_lost_index), (&segs[1], 0));
+    assert!(c.reason.contains("missing"), "{}", c.reason);
+    assert_eq!(log.first_index(), Some(next_first));
+    assert_eq!(log.read(99).unwrap(), payload(99));
+}

@@ -206,3 +206,173 @@ fn two_checkpoints_newest_wins() {
     assert_eq!(got[0], (10, b"c10".to_vec()));
     assert_eq!(got[1].0, 11);
 }
+
+mod injected {
+    //! Random operation sequences where truncate/purge/checkpoint are interrupted at a random
+    //! failure point, compared with a reference log that runs the same operations uninterrupted.
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct State {
+        first: Option<u64>,
+        next: u64,
+        purged: Option<u64>,
+        checkpoint: Option<u64>,
+        records: Vec<(u64, Vec<u8>)>,
+    }
+
+    fn state(log: &Log) -> State {
+        State {
+            first: log.first_index(),
+            next: log.next_index(),
+            purged: log.purged_upto(),
+            checkpoint: log.checkpoint_upto(),
+            records: records(log),
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Append(u8),
+        Truncate(u64, bool),
+        Purge(u64, bool),
+        Checkpoint(u64, bool, bool),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (1u8..30).prop_map(Op::Append),
+            2 => (0u64..40, any::<bool>()).prop_map(|(b, f)| Op::Truncate(b, f)),
+            2 => (0u64..40, any::<bool>()).prop_map(|(b, f)| Op::Purge(b, f)),
+            1 => (0u64..40, any::<bool>(), any::<bool>()).prop_map(|(b, f, g)| Op::Checkpoint(b, f, g)),
+        ]
+    }
+
+    fn small() -> LogOptions {
+        LogOptions {
+            segment_size: 500,
+            sync: SyncPolicy::Never,
+        }
+    }
+
+    /// An operation with absolute indexes, resolved against the reference log.
+    #[derive(Debug, Clone)]
+    enum Abs {
+        Append(u64, u8),
+        TruncateFrom(u64),
+        Purge(u64),
+        Checkpoint(u64, Vec<u8>),
+        Nothing,
+    }
+
+    fn resolve(log: &Log, op: &Op, ckpt_seq: &mut u64) -> Abs {
+        let base = log.first_index().unwrap_or(log.next_index());
+        match *op {
+            Op::Append(n) => Abs::Append(log.next_index(), n),
+            Op::Truncate(back, _) => {
+                let cut = log.next_index().saturating_sub(back);
+                if log.purged_upto().is_some_and(|p| cut <= p) {
+                    Abs::Nothing
+                } else {
+                    Abs::TruncateFrom(cut)
+                }
+            }
+            Op::Purge(fwd, _) => Abs::Purge(base + fwd),
+            Op::Checkpoint(fwd, _, _) => {
+                let upto = base + fwd;
+                if log.checkpoint_upto().is_some_and(|c| c >= upto) {
+                    Abs::Nothing
+                } else {
+                    *ckpt_seq += 1;
+                    Abs::Checkpoint(upto, format!("ck{ckpt_seq}").into_bytes())
+                }
+            }
+        }
+    }
+
+    fn apply(log: &mut Log, op: &Abs) -> Result<(), LogError> {
+        match op {
+            Abs::Append(first, n) => {
+                assert_eq!(log.next_index(), *first);
+                for i in *first..*first + u64::from(*n) {
+                    log.append(&payload(i))?;
+                }
+                Ok(())
+            }
+            Abs::TruncateFrom(cut) => log.truncate_from(*cut),
+            Abs::Purge(upto) => log.purge_upto(*upto),
+            Abs::Checkpoint(upto, rec) => {
+                log.write_checkpoint(*upto, &mut std::iter::once(rec.clone()))
+            }
+            Abs::Nothing => Ok(()),
+        }
+    }
+
+    fn failpoint_of(op: &Op) -> Option<&'static str> {
+        match *op {
+            Op::Append(_) => None,
+            Op::Truncate(_, f) => Some(if f {
+                "truncate.after_unlink"
+            } else {
+                "truncate.before_cut"
+            }),
+            Op::Purge(_, f) => Some(if f {
+                "purge.after_marker"
+            } else {
+                "purge.after_unlink"
+            }),
+            Op::Checkpoint(_, f, g) => Some(match (f, g) {
+                (true, _) => "checkpoint.before_rename",
+                (false, true) => "checkpoint.after_rename",
+                (false, false) => "purge.after_marker",
+            }),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        #[test]
+        fn interrupted_operations_recover(ops in proptest::collection::vec(op(), 1..25)) {
+            let tmp = tempfile::tempdir().unwrap();
+            let (mut reference, _) = Log::open(&tmp.path().join("ref"), small()).unwrap();
+            let dir = tmp.path().join("test");
+            let (mut log, _) = Log::open(&dir, small()).unwrap();
+            let mut seq = 0u64;
+            for op in &ops {
+                let before = state(&reference);
+                let abs = resolve(&reference, op, &mut seq);
+                apply(&mut reference, &abs).unwrap();
+                let after = state(&reference);
+                failpoint::arm(failpoint_of(op));
+                let r = apply(&mut log, &abs);
+                failpoint::arm(None);
+                if let Err(LogError::InjectedFailure(p)) = r {
+                    drop(log);
+                    let (l, report) = Log::open(&dir, small()).unwrap();
+                    prop_assert!(report.is_clean(), "{}", report);
+                    log = l;
+                    let now = state(&log);
+                    match op {
+                        Op::Truncate(..) => {
+                            prop_assert!(now.records.len() >= after.records.len());
+                            prop_assert!(now.records.len() <= before.records.len());
+                            prop_assert_eq!(&now.records[..], &before.records[..now.records.len()]);
+                        }
+                        Op::Checkpoint(..) if p == "checkpoint.before_rename" => {
+                            prop_assert_eq!(&now, &before);
+                        }
+                        _ => prop_assert_eq!(&now, &after, "after crash at {}", p),
+                    }
+                    if now != after {
+                        apply(&mut log, &abs).unwrap();
+                    }
+                } else {
+                    r.unwrap();
+                }
+                prop_assert_eq!(state(&log), after);
+            }
+        }
+    }
+}

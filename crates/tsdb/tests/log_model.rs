@@ -190,3 +190,26 @@ fn purge_beyond_end_moves_next_index() {
     assert_eq!(log.append(b"b").unwrap(), 1001);
     assert!(matches!(log.reader_from(5), Err(LogError::Purged { .. })));
 }
+
+#[test]
+fn purge_tag_is_saved_with_the_purge_point() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open(tmp.path(), opts()).unwrap();
+    for i in 0..40u64 {
+        log.append(&i.to_le_bytes()).unwrap();
+    }
+    assert_eq!(log.purge_tag(), b"");
+    log.purge_upto_tagged(20, b"term=3,index=20").unwrap();
+    assert_eq!(log.purge_tag(), b"term=3,index=20");
+    // Not above the purge point: nothing changes.
+    log.purge_upto_tagged(10, b"other").unwrap();
+    assert_eq!(log.purge_tag(), b"term=3,index=20");
+    drop(log);
+    let (mut log, _) = Log::open(tmp.path(), opts()).unwrap();
+    assert_eq!(
+        (log.purged_upto(), log.purge_tag()),
+        (Some(20), &b"term=3,index=20"[..])
+    );
+    log.purge_upto(30).unwrap();
+    assert_eq!(log.purge_tag(), b"");
+}
