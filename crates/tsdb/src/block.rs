@@ -601,7 +601,8 @@ impl Block {
         })
     }
 
-    /// Every sample of series `id` (all chunks), appended to `out`.
+    /// Every sample of the series `entry` (all its chunks, read from this block), appended to
+    /// `out`.
     pub fn read_series_samples(&self, entry: &SeriesEntry, out: &mut Vec<Sample>) -> Result<()> {
         for c in &entry.chunks {
             self.inner.decode_chunk(&entry.labels, c, out)?;
