@@ -989,6 +989,9 @@ pub(crate) fn block_dirs(data_dir: &Path) -> Result<Vec<String>> {
 ///   before deleting its inputs) is deleted.
 pub fn open_blocks(data_dir: &Path) -> Result<(Vec<Block>, Vec<String>)> {
     let mut problems = Vec::new();
+    if !data_dir.exists() {
+        return Ok((Vec::new(), problems));
+    }
     for e in fs::read_dir(data_dir).map_err(io_err(data_dir, "read dir"))? {
         let e = e.map_err(io_err(data_dir, "read dir"))?;
         let Some(name) = e.file_name().to_str().map(str::to_string) else {

@@ -234,3 +234,28 @@ fn select_limit_and_partial_range_label_queries() {
         "max time is exclusive"
     );
 }
+
+#[test]
+fn empty_block_and_missing_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = BlockWriter::new(dir.path(), 0, 10)
+        .unwrap()
+        .finish()
+        .unwrap();
+    assert_eq!(meta.stats.num_series, 0);
+    let b = Block::open(&dir.path().join(&meta.id)).unwrap();
+    assert!(
+        b.querier(i64::MIN, i64::MAX)
+            .select(true, None, &[])
+            .next()
+            .is_none()
+    );
+    assert!(
+        b.querier(i64::MIN, i64::MAX)
+            .label_names(&[], 0)
+            .unwrap()
+            .is_empty()
+    );
+    let (blocks, problems) = open_blocks(&dir.path().join("absent")).unwrap();
+    assert!(blocks.is_empty() && problems.is_empty());
+}
