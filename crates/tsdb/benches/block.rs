@@ -1,4 +1,4 @@
-//! Block benchmarks on the node_exporter-like dataset (fixed seed): 2 targets (~1050 series) x
+//! Block benchmarks on the node_exporter-like dataset (fixed seed): 2 targets (~1560 series) x
 //! 12 h at 15 s. Prints bytes/sample on disk (index + chunks + meta.json) for the 2 h blocks
 //! the head cuts (120-sample chunks) and after compaction with several chunk sizes, then times
 //! writing a 2 h block, compacting three 2 h blocks into 6 h, and reading a whole block.

@@ -170,8 +170,14 @@ fn write_rice(w: &mut BitWriter, zz: u64, k: u32) -> bool {
     if q >= u64::from(RICE_LIMIT) {
         return false;
     }
-    w.write(1, q as u32 + 1);
-    w.write_long(zz & ((1u64 << k) - 1), k);
+    let n = q as u32 + 1 + k;
+    if n <= 56 {
+        // q zeros, a one, the k low bits: one field.
+        w.write((1u64 << k) | (zz & ((1u64 << k) - 1)), n);
+    } else {
+        w.write(1, q as u32 + 1);
+        w.write_long(zz & ((1u64 << k) - 1), k);
+    }
     true
 }
 
@@ -696,14 +702,24 @@ impl ValDecoder<'_> {
         match self.mode {
             MODE_FLOAT => self.next_xor(),
             MODE_CONST => f64::from_bits(self.vbits),
-            _ => match read_rice(&mut self.r, self.rice.k) {
-                Some(zz) => {
-                    self.rice.update(zz);
-                    self.m = self.m.wrapping_add(unzigzag(zz));
+            _ => self.next_decimal::<false>(),
+        }
+    }
+
+    /// The next value in decimal mode (`INT`: the exponent is 0, no division needed).
+    #[inline(always)]
+    fn next_decimal<const INT: bool>(&mut self) -> f64 {
+        match read_rice(&mut self.r, self.rice.k) {
+            Some(zz) => {
+                self.rice.update(zz);
+                self.m = self.m.wrapping_add(unzigzag(zz));
+                if INT {
+                    self.m as f64
+                } else {
                     self.m as f64 / self.p
                 }
-                None => self.escape(),
-            },
+            }
+            None => self.escape(),
         }
     }
 
@@ -902,12 +918,33 @@ pub fn decode_all(data: &[u8], out: &mut Vec<Sample>) -> Result<(), ChunkError> 
     }
     let mut increasing = n < 2 || out[start + 1].t > out[start].t;
     let mut prev = out.last().map_or(i64::MIN, |s| s.t);
-    for _ in head..n {
-        let t = d.ts.next();
-        let v = d.vs.next();
-        increasing &= t > prev;
-        prev = t;
-        out.push(Sample { t, v });
+    // One loop per value mode; a decimal loop ends early when an escape switches the mode.
+    let mut i = head;
+    while i < n {
+        match d.vs.mode {
+            MODE_CONST => {
+                let v = f64::from_bits(d.vs.vbits);
+                for _ in i..n {
+                    let t = d.ts.next();
+                    increasing &= t > prev;
+                    prev = t;
+                    out.push(Sample { t, v });
+                }
+                break;
+            }
+            MODE_FLOAT => {
+                for _ in i..n {
+                    let t = d.ts.next();
+                    let v = d.vs.next_xor();
+                    increasing &= t > prev;
+                    prev = t;
+                    out.push(Sample { t, v });
+                }
+                break;
+            }
+            0 => i += decimal_run::<true>(&mut d, out, n - i, &mut prev, &mut increasing),
+            _ => i += decimal_run::<false>(&mut d, out, n - i, &mut prev, &mut increasing),
+        }
     }
     d.i = n;
     if let Err(e) = d.check() {
@@ -926,6 +963,80 @@ pub fn decode_all(data: &[u8], out: &mut Vec<Sample>) -> Result<(), ChunkError> 
         });
     }
     Ok(())
+}
+
+/// Decodes up to `count` samples in decimal mode (`INT`: exponent 0) with the state of both
+/// streams in local variables (so in registers); the rare long codes and escapes go through the
+/// general path. Stops early after a sample whose escape switched the mode. Returns the number of
+/// samples decoded.
+#[inline(always)]
+fn decimal_run<const INT: bool>(
+    d: &mut Decoder<'_>,
+    out: &mut Vec<Sample>,
+    count: usize,
+    prev: &mut i64,
+    increasing: &mut bool,
+) -> usize {
+    let mode = d.vs.mode;
+    let (tdata, mut tpos) = d.ts.r.parts();
+    let (vdata, mut vpos) = d.vs.r.parts();
+    let (mut grid, delta, mut trice) = (d.ts.grid, d.ts.delta, d.ts.rice);
+    let (mut m, p, mut vrice) = (d.vs.m, d.vs.p, d.vs.rice);
+    let (mut last, mut inc) = (*prev, *increasing);
+    let mut done = 0;
+    while done < count {
+        let pred = grid.wrapping_add(delta);
+        let w = bits::peek_at(tdata, tpos);
+        let q = (w | 1).leading_zeros();
+        let k = trice.k;
+        let t = if q < RICE_LIMIT && q + 1 + k <= 57 {
+            tpos += (q + 1 + k) as usize;
+            let zz = (u64::from(q) << k) | (((w << (q + 1)) >> 1) >> (63 - k));
+            trice.update(zz);
+            let r = ts_unmap(zz);
+            grid = pred.wrapping_add(r.min(0));
+            pred.wrapping_add(r)
+        } else {
+            d.ts.r.set_pos(tpos);
+            (d.ts.grid, d.ts.rice) = (grid, trice);
+            let t = d.ts.next();
+            (tpos, grid, trice) = (d.ts.r.parts().1, d.ts.grid, d.ts.rice);
+            t
+        };
+        let w = bits::peek_at(vdata, vpos);
+        let q = (w | 1).leading_zeros();
+        let k = vrice.k;
+        let mut switched = false;
+        let v = if q < RICE_LIMIT && q + 1 + k <= 57 {
+            vpos += (q + 1 + k) as usize;
+            let zz = (u64::from(q) << k) | (((w << (q + 1)) >> 1) >> (63 - k));
+            vrice.update(zz);
+            m = m.wrapping_add(unzigzag(zz));
+            if INT { m as f64 } else { m as f64 / p }
+        } else {
+            d.vs.r.set_pos(vpos);
+            (d.vs.m, d.vs.rice) = (m, vrice);
+            let v = d.vs.next_decimal::<INT>();
+            (vpos, m, vrice) = (d.vs.r.parts().1, d.vs.m, d.vs.rice);
+            switched = d.vs.mode != mode;
+            v
+        };
+        inc &= t > last;
+        last = t;
+        out.push(Sample { t, v });
+        done += 1;
+        if switched {
+            break;
+        }
+    }
+    d.ts.r.set_pos(tpos);
+    (d.ts.grid, d.ts.rice) = (grid, trice);
+    if d.vs.mode == mode {
+        d.vs.r.set_pos(vpos);
+        (d.vs.m, d.vs.rice) = (m, vrice);
+    }
+    (*prev, *increasing) = (last, inc);
+    done
 }
 
 /// Iterates the samples of one chunk, decoding one per [`SampleIter::next`].
