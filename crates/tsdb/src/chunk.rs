@@ -910,40 +910,42 @@ pub fn decode_all(data: &[u8], out: &mut Vec<Sample>) -> Result<(), ChunkError> 
     let mut d = Decoder::parse(data)?;
     let n = d.n;
     let start = out.len();
-    out.reserve(n);
+    // Filling a slice keeps the output pointer in a register (no capacity checks per sample).
+    out.resize(start + n, Sample { t: 0, v: 0.0 });
+    let dst = out.get_mut(start..).unwrap_or(&mut []);
     let head = n.min(2);
-    for _ in 0..head {
-        let s = d.next_sample();
-        out.push(s);
+    for slot in dst.iter_mut().take(head) {
+        *slot = d.next_sample();
     }
-    let mut increasing = n < 2 || out[start + 1].t > out[start].t;
-    let mut prev = out.last().map_or(i64::MIN, |s| s.t);
+    let mut increasing = n < 2 || dst[1].t > dst[0].t;
+    let mut prev = if n == 0 { i64::MIN } else { dst[head - 1].t };
     // One loop per value mode; a decimal loop ends early when an escape switches the mode.
     let mut i = head;
     while i < n {
+        let rest = dst.get_mut(i..).unwrap_or(&mut []);
         match d.vs.mode {
             MODE_CONST => {
                 let v = f64::from_bits(d.vs.vbits);
-                for _ in i..n {
+                for slot in rest {
                     let t = d.ts.next();
                     increasing &= t > prev;
                     prev = t;
-                    out.push(Sample { t, v });
+                    *slot = Sample { t, v };
                 }
                 break;
             }
             MODE_FLOAT => {
-                for _ in i..n {
+                for slot in rest {
                     let t = d.ts.next();
                     let v = d.vs.next_xor();
                     increasing &= t > prev;
                     prev = t;
-                    out.push(Sample { t, v });
+                    *slot = Sample { t, v };
                 }
                 break;
             }
-            0 => i += decimal_run::<true>(&mut d, out, n - i, &mut prev, &mut increasing),
-            _ => i += decimal_run::<false>(&mut d, out, n - i, &mut prev, &mut increasing),
+            0 => i += decimal_run::<true>(&mut d, rest, &mut prev, &mut increasing),
+            _ => i += decimal_run::<false>(&mut d, rest, &mut prev, &mut increasing),
         }
     }
     d.i = n;
@@ -965,15 +967,14 @@ pub fn decode_all(data: &[u8], out: &mut Vec<Sample>) -> Result<(), ChunkError> 
     Ok(())
 }
 
-/// Decodes up to `count` samples in decimal mode (`INT`: exponent 0) with the state of both
+/// Decodes up to `dst.len()` samples in decimal mode (`INT`: exponent 0) with the state of both
 /// streams in local variables (so in registers); the rare long codes and escapes go through the
 /// general path. Stops early after a sample whose escape switched the mode. Returns the number of
 /// samples decoded.
 #[inline(always)]
 fn decimal_run<const INT: bool>(
     d: &mut Decoder<'_>,
-    out: &mut Vec<Sample>,
-    count: usize,
+    dst: &mut [Sample],
     prev: &mut i64,
     increasing: &mut bool,
 ) -> usize {
@@ -984,7 +985,7 @@ fn decimal_run<const INT: bool>(
     let (mut m, p, mut vrice) = (d.vs.m, d.vs.p, d.vs.rice);
     let (mut last, mut inc) = (*prev, *increasing);
     let mut done = 0;
-    while done < count {
+    for slot in dst.iter_mut() {
         let pred = grid.wrapping_add(delta);
         let w = bits::peek_at(tdata, tpos);
         let q = (w | 1).leading_zeros();
@@ -1023,7 +1024,7 @@ fn decimal_run<const INT: bool>(
         };
         inc &= t > last;
         last = t;
-        out.push(Sample { t, v });
+        *slot = Sample { t, v };
         done += 1;
         if switched {
             break;
