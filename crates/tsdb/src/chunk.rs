@@ -18,7 +18,7 @@
 
 mod bits;
 
-use bits::{BitReader, BitWriter};
+use bits::{BitReader, BitWriter, FastBits};
 use tidemark_model::Sample;
 use tidemark_storage::SampleIter;
 
@@ -926,12 +926,27 @@ pub fn decode_all(data: &[u8], out: &mut Vec<Sample>) -> Result<(), ChunkError> 
         match d.vs.mode {
             MODE_CONST => {
                 let v = f64::from_bits(d.vs.vbits);
+                let (tdata, tpos) = d.ts.r.parts();
+                let mut tb = FastBits::new(tdata, tpos);
+                let (mut grid, delta, mut trice) = (d.ts.grid, d.ts.delta, d.ts.rice);
                 for slot in rest {
-                    let t = d.ts.next();
+                    let t = match ts_fast(&mut tb, &mut grid, delta, &mut trice) {
+                        Some(t) => t,
+                        None => {
+                            d.ts.r.set_pos(tb.pos());
+                            (d.ts.grid, d.ts.rice) = (grid, trice);
+                            let t = d.ts.next();
+                            (grid, trice) = (d.ts.grid, d.ts.rice);
+                            tb = FastBits::new(tdata, d.ts.r.parts().1);
+                            t
+                        }
+                    };
                     increasing &= t > prev;
                     prev = t;
                     *slot = Sample { t, v };
                 }
+                d.ts.r.set_pos(tb.pos());
+                (d.ts.grid, d.ts.rice) = (grid, trice);
                 break;
             }
             MODE_FLOAT => {
@@ -967,6 +982,27 @@ pub fn decode_all(data: &[u8], out: &mut Vec<Sample>) -> Result<(), ChunkError> 
     Ok(())
 }
 
+/// The next timestamp from a register bit buffer; `None` (nothing consumed) for the codes the
+/// general path handles: escapes and codes longer than the buffer holds.
+#[inline(always)]
+fn ts_fast(tb: &mut FastBits<'_>, grid: &mut i64, delta: i64, rice: &mut Rice) -> Option<i64> {
+    tb.refill();
+    let w = tb.buf;
+    let q = (w | 1).leading_zeros();
+    let k = rice.k;
+    let len = q + 1 + k;
+    if q >= RICE_LIMIT || len > tb.nb {
+        return None;
+    }
+    tb.consume(len);
+    let zz = (u64::from(q) << k) | (((w << (q + 1)) >> 1) >> (63 - k));
+    rice.update(zz);
+    let r = ts_unmap(zz);
+    let pred = grid.wrapping_add(delta);
+    *grid = pred.wrapping_add(r.min(0));
+    Some(pred.wrapping_add(r))
+}
+
 /// Decodes up to `dst.len()` samples in decimal mode (`INT`: exponent 0) with the state of both
 /// streams in local variables (so in registers); the rare long codes and escapes go through the
 /// general path. Stops early after a sample whose escape switched the mode. Returns the number of
@@ -979,30 +1015,24 @@ fn decimal_run<const INT: bool>(
     increasing: &mut bool,
 ) -> usize {
     let mode = d.vs.mode;
-    let (tdata, mut tpos) = d.ts.r.parts();
+    let (tdata, tpos) = d.ts.r.parts();
+    let mut tb = FastBits::new(tdata, tpos);
     let (vdata, mut vpos) = d.vs.r.parts();
     let (mut grid, delta, mut trice) = (d.ts.grid, d.ts.delta, d.ts.rice);
     let (mut m, p, mut vrice) = (d.vs.m, d.vs.p, d.vs.rice);
     let (mut last, mut inc) = (*prev, *increasing);
     let mut done = 0;
     for slot in dst.iter_mut() {
-        let pred = grid.wrapping_add(delta);
-        let w = bits::peek_at(tdata, tpos);
-        let q = (w | 1).leading_zeros();
-        let k = trice.k;
-        let t = if q < RICE_LIMIT && q + 1 + k <= 57 {
-            tpos += (q + 1 + k) as usize;
-            let zz = (u64::from(q) << k) | (((w << (q + 1)) >> 1) >> (63 - k));
-            trice.update(zz);
-            let r = ts_unmap(zz);
-            grid = pred.wrapping_add(r.min(0));
-            pred.wrapping_add(r)
-        } else {
-            d.ts.r.set_pos(tpos);
-            (d.ts.grid, d.ts.rice) = (grid, trice);
-            let t = d.ts.next();
-            (tpos, grid, trice) = (d.ts.r.parts().1, d.ts.grid, d.ts.rice);
-            t
+        let t = match ts_fast(&mut tb, &mut grid, delta, &mut trice) {
+            Some(t) => t,
+            None => {
+                d.ts.r.set_pos(tb.pos());
+                (d.ts.grid, d.ts.rice) = (grid, trice);
+                let t = d.ts.next();
+                (grid, trice) = (d.ts.grid, d.ts.rice);
+                tb = FastBits::new(tdata, d.ts.r.parts().1);
+                t
+            }
         };
         let w = bits::peek_at(vdata, vpos);
         let q = (w | 1).leading_zeros();
@@ -1030,7 +1060,7 @@ fn decimal_run<const INT: bool>(
             break;
         }
     }
-    d.ts.r.set_pos(tpos);
+    d.ts.r.set_pos(tb.pos());
     (d.ts.grid, d.ts.rice) = (grid, trice);
     if d.vs.mode == mode {
         d.vs.r.set_pos(vpos);
