@@ -1017,7 +1017,8 @@ fn decimal_run<const INT: bool>(
     let mode = d.vs.mode;
     let (tdata, tpos) = d.ts.r.parts();
     let mut tb = FastBits::new(tdata, tpos);
-    let (vdata, mut vpos) = d.vs.r.parts();
+    let (vdata, vpos) = d.vs.r.parts();
+    let mut vb = FastBits::new(vdata, vpos);
     let (mut grid, delta, mut trice) = (d.ts.grid, d.ts.delta, d.ts.rice);
     let (mut m, p, mut vrice) = (d.vs.m, d.vs.p, d.vs.rice);
     let (mut last, mut inc) = (*prev, *increasing);
@@ -1034,21 +1035,24 @@ fn decimal_run<const INT: bool>(
                 t
             }
         };
-        let w = bits::peek_at(vdata, vpos);
+        vb.refill();
+        let w = vb.buf;
         let q = (w | 1).leading_zeros();
         let k = vrice.k;
+        let len = q + 1 + k;
         let mut switched = false;
-        let v = if q < RICE_LIMIT && q + 1 + k <= 57 {
-            vpos += (q + 1 + k) as usize;
+        let v = if q < RICE_LIMIT && len <= vb.nb {
+            vb.consume(len);
             let zz = (u64::from(q) << k) | (((w << (q + 1)) >> 1) >> (63 - k));
             vrice.update(zz);
             m = m.wrapping_add(unzigzag(zz));
             if INT { m as f64 } else { m as f64 / p }
         } else {
-            d.vs.r.set_pos(vpos);
+            d.vs.r.set_pos(vb.pos());
             (d.vs.m, d.vs.rice) = (m, vrice);
             let v = d.vs.next_decimal::<INT>();
-            (vpos, m, vrice) = (d.vs.r.parts().1, d.vs.m, d.vs.rice);
+            (m, vrice) = (d.vs.m, d.vs.rice);
+            vb = FastBits::new(vdata, d.vs.r.parts().1);
             switched = d.vs.mode != mode;
             v
         };
@@ -1063,7 +1067,7 @@ fn decimal_run<const INT: bool>(
     d.ts.r.set_pos(tb.pos());
     (d.ts.grid, d.ts.rice) = (grid, trice);
     if d.vs.mode == mode {
-        d.vs.r.set_pos(vpos);
+        d.vs.r.set_pos(vb.pos());
         (d.vs.m, d.vs.rice) = (m, vrice);
     }
     (*prev, *increasing) = (last, inc);
