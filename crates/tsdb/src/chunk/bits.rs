@@ -188,6 +188,76 @@ impl<'a> BitReader<'a> {
     }
 }
 
+/// A bit buffer for hot loops: the next `nb` (>= 32 after [`FastBits::refill`]) bits of the stream
+/// sit MSB-first in a register, topped up 32 bits at a time. Consuming a field is then a shift, so
+/// the decoder's dependency chain does not go through a load.
+#[derive(Debug, Clone)]
+pub(crate) struct FastBits<'a> {
+    data: &'a [u8],
+    pub(crate) buf: u64,
+    pub(crate) nb: u32,
+    byte: usize,
+}
+
+impl<'a> FastBits<'a> {
+    /// A buffer positioned at bit `pos` of `data`.
+    #[inline(always)]
+    pub(crate) fn new(data: &'a [u8], pos: usize) -> Self {
+        let mut f = FastBits {
+            data,
+            buf: 0,
+            nb: 0,
+            byte: pos >> 3,
+        };
+        f.refill();
+        let skip = (pos & 7) as u32;
+        f.buf <<= skip;
+        f.nb -= skip;
+        f
+    }
+
+    #[inline(always)]
+    pub(crate) fn refill(&mut self) {
+        if self.nb < 32 {
+            let w = match self
+                .data
+                .get(self.byte..)
+                .and_then(|s| s.first_chunk::<4>())
+            {
+                Some(b) => u32::from_be_bytes(*b),
+                None => load_u32_tail(self.data, self.byte),
+            };
+            // Bits below `nb` are zero, and 1 <= 32 - nb <= 32.
+            self.buf |= u64::from(w) << (32 - self.nb);
+            self.byte += 4;
+            self.nb += 32;
+        }
+    }
+
+    /// Consumes `n <= nb` bits.
+    #[inline(always)]
+    pub(crate) fn consume(&mut self, n: u32) {
+        self.buf <<= n;
+        self.nb -= n;
+    }
+
+    /// Bit position in the stream.
+    #[inline(always)]
+    pub(crate) fn pos(&self) -> usize {
+        self.byte * 8 - self.nb as usize
+    }
+}
+
+#[inline(never)]
+fn load_u32_tail(data: &[u8], byte: usize) -> u32 {
+    let mut b = [0u8; 4];
+    if let Some(rest) = data.get(byte..) {
+        let n = rest.len().min(4);
+        b[..n].copy_from_slice(&rest[..n]);
+    }
+    u32::from_be_bytes(b)
+}
+
 /// The 64 bits of `data` starting at bit `pos` (zeros past the end).
 #[inline(always)]
 pub(crate) fn peek_at(data: &[u8], pos: usize) -> u64 {
