@@ -59,6 +59,8 @@ pub struct DbOptions {
     pub background_maintenance: bool,
     /// How often the background thread runs (default 1 min).
     pub maintenance_interval: Duration,
+    /// Threads inserting samples during log replay (default 0: one per CPU, at most 4).
+    pub replay_workers: usize,
 }
 
 impl Default for DbOptions {
@@ -72,6 +74,7 @@ impl Default for DbOptions {
             log_segment_size: log::DEFAULT_SEGMENT_SIZE,
             background_maintenance: true,
             maintenance_interval: Duration::from_secs(60),
+            replay_workers: 0,
         }
     }
 }
@@ -199,6 +202,7 @@ impl Db {
             chunk_dir: Some(dir.join(HEAD_CHUNKS_DIR)),
             chunk_range_ms: opts.block_range_ms,
             ooo_window_ms: opts.ooo_window_ms,
+            replay_workers: opts.replay_workers,
         })?);
         if let Some(max) = blocks.iter().map(|b| b.meta().max_time).max() {
             head.set_min_valid_time(max);
