@@ -69,7 +69,7 @@ fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
     let n_samples: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(120);
-    let replay_workers: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(0);
+    let replay_workers: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1);
     let dir = tempfile::tempdir().expect("tempdir");
     let opts = DbOptions {
         background_maintenance: false,

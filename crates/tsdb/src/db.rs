@@ -59,7 +59,8 @@ pub struct DbOptions {
     pub background_maintenance: bool,
     /// How often the background thread runs (default 1 min).
     pub maintenance_interval: Duration,
-    /// Threads inserting samples during log replay (default 0: one per CPU, at most 4).
+    /// Threads inserting samples during log replay (default 1: the opening thread; 0: one per
+    /// CPU, at most 4). More threads were slower on the shared 2-core machine (benchmarks.md).
     pub replay_workers: usize,
 }
 
@@ -74,7 +75,7 @@ impl Default for DbOptions {
             log_segment_size: log::DEFAULT_SEGMENT_SIZE,
             background_maintenance: true,
             maintenance_interval: Duration::from_secs(60),
-            replay_workers: 0,
+            replay_workers: 1,
         }
     }
 }

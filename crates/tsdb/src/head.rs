@@ -40,7 +40,8 @@ pub struct HeadOptions {
     pub chunk_range_ms: i64,
     /// Samples up to this much older than the head's newest sample are accepted out of order.
     pub ooo_window_ms: i64,
-    /// Threads inserting samples during replay (0: one per CPU, at most 4).
+    /// Threads inserting samples during replay (1: the reading thread itself, the default; 0:
+    /// one per CPU, at most 4).
     pub replay_workers: usize,
 }
 
@@ -50,7 +51,7 @@ impl Default for HeadOptions {
             chunk_dir: None,
             chunk_range_ms: 2 * 3_600_000,
             ooo_window_ms: 10 * 60_000,
-            replay_workers: 0,
+            replay_workers: 1,
         }
     }
 }

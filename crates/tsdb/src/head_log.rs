@@ -102,6 +102,18 @@ struct WorkerStats {
     maxt: i64,
 }
 
+impl Default for WorkerStats {
+    fn default() -> Self {
+        WorkerStats {
+            samples: 0,
+            skipped: 0,
+            unknown: 0,
+            mint: i64::MAX,
+            maxt: i64::MIN,
+        }
+    }
+}
+
 /// Hints the CPU to load the cache line at `p` (the series the worker inserts into shortly).
 #[inline(always)]
 fn prefetch<T>(p: *const T) {
@@ -119,57 +131,62 @@ fn prefetch<T>(p: *const T) {
 const PREFETCH_AHEAD: usize = 8;
 
 impl Head {
+    fn replay_apply(
+        &self,
+        refs: &mut RefTable,
+        st: &mut WorkerStats,
+        msg: ReplayMsg,
+        min_valid: i64,
+    ) {
+        match msg {
+            ReplayMsg::Series(r, s) => refs.insert(r, s),
+            ReplayMsg::Samples(list) => {
+                for (i, &RefSample { series_ref, t, v }) in list.iter().enumerate() {
+                    if let Some(ahead) = list.get(i + PREFETCH_AHEAD)
+                        && let Some(s) = refs.get(ahead.series_ref)
+                    {
+                        prefetch(Arc::as_ptr(s));
+                    }
+                    let Some(s) = refs.get(series_ref) else {
+                        st.unknown += 1;
+                        st.skipped += 1;
+                        continue;
+                    };
+                    if t < min_valid {
+                        st.skipped += 1;
+                        continue;
+                    }
+                    match self.insert(s, t, v) {
+                        Ok(Inserted::Added) => {
+                            st.samples += 1;
+                            st.mint = st.mint.min(t);
+                            st.maxt = st.maxt.max(t);
+                        }
+                        Ok(Inserted::Duplicate) => {}
+                        Err(_) => st.skipped += 1,
+                    }
+                }
+            }
+        }
+    }
+
     fn replay_worker(
         &self,
         rx: std::sync::mpsc::Receiver<ReplayMsg>,
         min_valid: i64,
     ) -> WorkerStats {
         let mut refs = RefTable::default();
-        let mut st = WorkerStats {
-            samples: 0,
-            skipped: 0,
-            unknown: 0,
-            mint: i64::MAX,
-            maxt: i64::MIN,
-        };
+        let mut st = WorkerStats::default();
         for msg in rx {
-            match msg {
-                ReplayMsg::Series(r, s) => refs.insert(r, s),
-                ReplayMsg::Samples(list) => {
-                    for (i, &RefSample { series_ref, t, v }) in list.iter().enumerate() {
-                        if let Some(ahead) = list.get(i + PREFETCH_AHEAD)
-                            && let Some(s) = refs.get(ahead.series_ref)
-                        {
-                            prefetch(Arc::as_ptr(s));
-                        }
-                        let Some(s) = refs.get(series_ref) else {
-                            st.unknown += 1;
-                            st.skipped += 1;
-                            continue;
-                        };
-                        if t < min_valid {
-                            st.skipped += 1;
-                            continue;
-                        }
-                        match self.insert(s, t, v) {
-                            Ok(Inserted::Added) => {
-                                st.samples += 1;
-                                st.mint = st.mint.min(t);
-                                st.maxt = st.maxt.max(t);
-                            }
-                            Ok(Inserted::Duplicate) => {}
-                            Err(_) => st.skipped += 1,
-                        }
-                    }
-                }
-            }
+            self.replay_apply(&mut refs, &mut st, msg, min_valid);
         }
         st
     }
 
     /// Replays the log's checkpoint and records into the head. The calling thread reads and
-    /// decodes records and creates series; samples are inserted by worker threads, each owning
-    /// the series whose reference falls to it (so every series sees its samples in log order).
+    /// decodes records and creates series. With one worker (the default) it also inserts the
+    /// samples; with more, worker threads do, each owning the series whose reference falls to it
+    /// (so every series sees its samples in log order).
     pub fn replay(&self, log: &Log) -> Result<ReplayStats, HeadError> {
         let workers = match self.opts.replay_workers {
             0 => std::thread::available_parallelism()
@@ -180,65 +197,33 @@ impl Head {
         let min_valid = self.min_valid_time();
         let mut replay = log.replay()?;
         let mut stats = ReplayStats::default();
-        let worker_stats = std::thread::scope(|scope| {
-            let mut txs = Vec::with_capacity(workers);
-            let mut handles = Vec::with_capacity(workers);
-            for _ in 0..workers {
-                let (tx, rx) = std::sync::mpsc::sync_channel::<ReplayMsg>(16);
-                txs.push(tx);
-                handles.push(scope.spawn(move || self.replay_worker(rx, min_valid)));
-            }
-            let owner = |r: u64| (r % workers as u64) as usize;
-            'records: while let Some(r) = replay.next_record() {
-                let (index, payload) = match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        stats.problems.push(format!("log read stopped: {e}"));
-                        break;
-                    }
-                };
-                stats.records += 1;
-                match record::decode(payload) {
-                    Ok(Record::Series(list)) => {
-                        for RefSeries { series_ref, labels } in list {
-                            let (s, _) = self.get_or_create(&labels, Some(series_ref));
-                            s.logged.store(true, Ordering::Release);
-                            stats.series += 1;
-                            if txs[owner(series_ref)]
-                                .send(ReplayMsg::Series(series_ref, s))
-                                .is_err()
-                            {
-                                break 'records;
-                            }
-                        }
-                    }
-                    Ok(Record::Samples(list)) => {
-                        let mut parts: Vec<Vec<RefSample>> = (0..workers)
-                            .map(|_| Vec::with_capacity(list.len() / workers + 8))
-                            .collect();
-                        for x in list {
-                            parts[owner(x.series_ref)].push(x);
-                        }
-                        for (tx, part) in txs.iter().zip(parts) {
-                            if !part.is_empty() && tx.send(ReplayMsg::Samples(part)).is_err() {
-                                break 'records;
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        stats.bad_records += 1;
-                        if stats.problems.len() < 10 {
-                            stats.problems.push(format!("log record {index}: {e}"));
-                        }
-                    }
+        let worker_stats = if workers == 1 {
+            let mut refs = RefTable::default();
+            let mut st = WorkerStats::default();
+            self.replay_records(&mut replay, &mut stats, 1, &mut |_, msg| {
+                self.replay_apply(&mut refs, &mut st, msg, min_valid);
+                true
+            });
+            vec![st]
+        } else {
+            std::thread::scope(|scope| {
+                let mut txs = Vec::with_capacity(workers);
+                let mut handles = Vec::with_capacity(workers);
+                for _ in 0..workers {
+                    let (tx, rx) = std::sync::mpsc::sync_channel::<ReplayMsg>(16);
+                    txs.push(tx);
+                    handles.push(scope.spawn(move || self.replay_worker(rx, min_valid)));
                 }
-            }
-            drop(txs);
-            handles
-                .into_iter()
-                .filter_map(|h| h.join().ok())
-                .collect::<Vec<WorkerStats>>()
-        });
+                self.replay_records(&mut replay, &mut stats, workers, &mut |w, msg| {
+                    txs[w].send(msg).is_ok()
+                });
+                drop(txs);
+                handles
+                    .into_iter()
+                    .filter_map(|h| h.join().ok())
+                    .collect::<Vec<WorkerStats>>()
+            })
+        };
         let (mut mint, mut maxt) = (i64::MAX, i64::MIN);
         for w in &worker_stats {
             stats.samples += w.samples;
@@ -259,6 +244,64 @@ impl Head {
         }
         tracing::info!(%stats, workers, "head replayed");
         Ok(stats)
+    }
+
+    /// Reads and decodes every record, creates series, and hands the work to `sink(worker,
+    /// msg)` (false: stop).
+    fn replay_records(
+        &self,
+        replay: &mut crate::log::Replay,
+        stats: &mut ReplayStats,
+        workers: usize,
+        sink: &mut dyn FnMut(usize, ReplayMsg) -> bool,
+    ) {
+        let owner = |r: u64| (r % workers as u64) as usize;
+        while let Some(r) = replay.next_record() {
+            let (index, payload) = match r {
+                Ok(x) => x,
+                Err(e) => {
+                    stats.problems.push(format!("log read stopped: {e}"));
+                    return;
+                }
+            };
+            stats.records += 1;
+            match record::decode(payload) {
+                Ok(Record::Series(list)) => {
+                    for RefSeries { series_ref, labels } in list {
+                        let (s, _) = self.get_or_create(&labels, Some(series_ref));
+                        s.logged.store(true, Ordering::Release);
+                        stats.series += 1;
+                        if !sink(owner(series_ref), ReplayMsg::Series(series_ref, s)) {
+                            return;
+                        }
+                    }
+                }
+                Ok(Record::Samples(list)) if workers == 1 => {
+                    if !sink(0, ReplayMsg::Samples(list)) {
+                        return;
+                    }
+                }
+                Ok(Record::Samples(list)) => {
+                    let mut parts: Vec<Vec<RefSample>> = (0..workers)
+                        .map(|_| Vec::with_capacity(list.len() / workers + 8))
+                        .collect();
+                    for x in list {
+                        parts[owner(x.series_ref)].push(x);
+                    }
+                    for (w, part) in parts.into_iter().enumerate() {
+                        if !part.is_empty() && !sink(w, ReplayMsg::Samples(part)) {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    stats.bad_records += 1;
+                    if stats.problems.len() < 10 {
+                        stats.problems.push(format!("log record {index}: {e}"));
+                    }
+                }
+            }
+        }
     }
 
     /// The records of a checkpoint: series records for every live series and samples records
