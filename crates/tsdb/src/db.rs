@@ -376,7 +376,9 @@ impl Db {
             let end = start.saturating_add(range);
             self.cut_block(start, end)?;
             cut_any = true;
-            if end > hmax {
+            if end > hmax || head.min_time() <= hmin {
+                // Done, or the head did not shrink (never expected: chunks are aligned to the
+                // block range): stop rather than loop.
                 break;
             }
         }

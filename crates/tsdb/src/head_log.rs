@@ -114,19 +114,6 @@ impl Default for WorkerStats {
     }
 }
 
-/// Hints the CPU to load the cache line at `p` (the series the worker inserts into shortly).
-#[inline(always)]
-fn prefetch<T>(p: *const T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: prefetching is a hint; it never faults, whatever the address.
-    #[allow(unused_unsafe)]
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
-
 /// Samples are inserted this many ahead of where the series is prefetched.
 const PREFETCH_AHEAD: usize = 8;
 
@@ -145,7 +132,7 @@ impl Head {
                     if let Some(ahead) = list.get(i + PREFETCH_AHEAD)
                         && let Some(s) = refs.get(ahead.series_ref)
                     {
-                        prefetch(Arc::as_ptr(s));
+                        crate::head::prefetch_series(s);
                     }
                     let Some(s) = refs.get(series_ref) else {
                         st.unknown += 1;
