@@ -18,7 +18,7 @@
 
 mod bits;
 
-use bits::{BitReader, BitWriter};
+use bits::{BitReader, BitWriter, FastBits};
 use tidemark_model::Sample;
 use tidemark_storage::SampleIter;
 
@@ -170,8 +170,14 @@ fn write_rice(w: &mut BitWriter, zz: u64, k: u32) -> bool {
     if q >= u64::from(RICE_LIMIT) {
         return false;
     }
-    w.write(1, q as u32 + 1);
-    w.write_long(zz & ((1u64 << k) - 1), k);
+    let n = q as u32 + 1 + k;
+    if n <= 56 {
+        // q zeros, a one, the k low bits: one field.
+        w.write((1u64 << k) | (zz & ((1u64 << k) - 1)), n);
+    } else {
+        w.write(1, q as u32 + 1);
+        w.write_long(zz & ((1u64 << k) - 1), k);
+    }
     true
 }
 
@@ -696,14 +702,24 @@ impl ValDecoder<'_> {
         match self.mode {
             MODE_FLOAT => self.next_xor(),
             MODE_CONST => f64::from_bits(self.vbits),
-            _ => match read_rice(&mut self.r, self.rice.k) {
-                Some(zz) => {
-                    self.rice.update(zz);
-                    self.m = self.m.wrapping_add(unzigzag(zz));
+            _ => self.next_decimal::<false>(),
+        }
+    }
+
+    /// The next value in decimal mode (`INT`: the exponent is 0, no division needed).
+    #[inline(always)]
+    fn next_decimal<const INT: bool>(&mut self) -> f64 {
+        match read_rice(&mut self.r, self.rice.k) {
+            Some(zz) => {
+                self.rice.update(zz);
+                self.m = self.m.wrapping_add(unzigzag(zz));
+                if INT {
+                    self.m as f64
+                } else {
                     self.m as f64 / self.p
                 }
-                None => self.escape(),
-            },
+            }
+            None => self.escape(),
         }
     }
 
@@ -894,20 +910,58 @@ pub fn decode_all(data: &[u8], out: &mut Vec<Sample>) -> Result<(), ChunkError> 
     let mut d = Decoder::parse(data)?;
     let n = d.n;
     let start = out.len();
-    out.reserve(n);
+    // Filling a slice keeps the output pointer in a register (no capacity checks per sample).
+    out.resize(start + n, Sample { t: 0, v: 0.0 });
+    let dst = out.get_mut(start..).unwrap_or(&mut []);
     let head = n.min(2);
-    for _ in 0..head {
-        let s = d.next_sample();
-        out.push(s);
+    for slot in dst.iter_mut().take(head) {
+        *slot = d.next_sample();
     }
-    let mut increasing = n < 2 || out[start + 1].t > out[start].t;
-    let mut prev = out.last().map_or(i64::MIN, |s| s.t);
-    for _ in head..n {
-        let t = d.ts.next();
-        let v = d.vs.next();
-        increasing &= t > prev;
-        prev = t;
-        out.push(Sample { t, v });
+    let mut increasing = n < 2 || dst[1].t > dst[0].t;
+    let mut prev = if n == 0 { i64::MIN } else { dst[head - 1].t };
+    // One loop per value mode; a decimal loop ends early when an escape switches the mode.
+    let mut i = head;
+    while i < n {
+        let rest = dst.get_mut(i..).unwrap_or(&mut []);
+        match d.vs.mode {
+            MODE_CONST => {
+                let v = f64::from_bits(d.vs.vbits);
+                let (tdata, tpos) = d.ts.r.parts();
+                let mut tb = FastBits::new(tdata, tpos);
+                let (mut grid, delta, mut trice) = (d.ts.grid, d.ts.delta, d.ts.rice);
+                for slot in rest {
+                    let t = match ts_fast(&mut tb, &mut grid, delta, &mut trice) {
+                        Some(t) => t,
+                        None => {
+                            d.ts.r.set_pos(tb.pos());
+                            (d.ts.grid, d.ts.rice) = (grid, trice);
+                            let t = d.ts.next();
+                            (grid, trice) = (d.ts.grid, d.ts.rice);
+                            tb = FastBits::new(tdata, d.ts.r.parts().1);
+                            t
+                        }
+                    };
+                    increasing &= t > prev;
+                    prev = t;
+                    *slot = Sample { t, v };
+                }
+                d.ts.r.set_pos(tb.pos());
+                (d.ts.grid, d.ts.rice) = (grid, trice);
+                break;
+            }
+            MODE_FLOAT => {
+                for slot in rest {
+                    let t = d.ts.next();
+                    let v = d.vs.next_xor();
+                    increasing &= t > prev;
+                    prev = t;
+                    *slot = Sample { t, v };
+                }
+                break;
+            }
+            0 => i += decimal_run::<true>(&mut d, rest, &mut prev, &mut increasing),
+            _ => i += decimal_run::<false>(&mut d, rest, &mut prev, &mut increasing),
+        }
     }
     d.i = n;
     if let Err(e) = d.check() {
@@ -926,6 +980,98 @@ pub fn decode_all(data: &[u8], out: &mut Vec<Sample>) -> Result<(), ChunkError> 
         });
     }
     Ok(())
+}
+
+/// The next timestamp from a register bit buffer; `None` (nothing consumed) for the codes the
+/// general path handles: escapes and codes longer than the buffer holds.
+#[inline(always)]
+fn ts_fast(tb: &mut FastBits<'_>, grid: &mut i64, delta: i64, rice: &mut Rice) -> Option<i64> {
+    tb.refill();
+    let w = tb.buf;
+    let q = (w | 1).leading_zeros();
+    let k = rice.k;
+    let len = q + 1 + k;
+    if q >= RICE_LIMIT || len > tb.nb {
+        return None;
+    }
+    tb.consume(len);
+    let zz = (u64::from(q) << k) | (((w << (q + 1)) >> 1) >> (63 - k));
+    rice.update(zz);
+    let r = ts_unmap(zz);
+    let pred = grid.wrapping_add(delta);
+    *grid = pred.wrapping_add(r.min(0));
+    Some(pred.wrapping_add(r))
+}
+
+/// Decodes up to `dst.len()` samples in decimal mode (`INT`: exponent 0) with the state of both
+/// streams in local variables (so in registers); the rare long codes and escapes go through the
+/// general path. Stops early after a sample whose escape switched the mode. Returns the number of
+/// samples decoded.
+#[inline(always)]
+fn decimal_run<const INT: bool>(
+    d: &mut Decoder<'_>,
+    dst: &mut [Sample],
+    prev: &mut i64,
+    increasing: &mut bool,
+) -> usize {
+    let mode = d.vs.mode;
+    let (tdata, tpos) = d.ts.r.parts();
+    let mut tb = FastBits::new(tdata, tpos);
+    let (vdata, vpos) = d.vs.r.parts();
+    let mut vb = FastBits::new(vdata, vpos);
+    let (mut grid, delta, mut trice) = (d.ts.grid, d.ts.delta, d.ts.rice);
+    let (mut m, p, mut vrice) = (d.vs.m, d.vs.p, d.vs.rice);
+    let (mut last, mut inc) = (*prev, *increasing);
+    let mut done = 0;
+    for slot in dst.iter_mut() {
+        let t = match ts_fast(&mut tb, &mut grid, delta, &mut trice) {
+            Some(t) => t,
+            None => {
+                d.ts.r.set_pos(tb.pos());
+                (d.ts.grid, d.ts.rice) = (grid, trice);
+                let t = d.ts.next();
+                (grid, trice) = (d.ts.grid, d.ts.rice);
+                tb = FastBits::new(tdata, d.ts.r.parts().1);
+                t
+            }
+        };
+        vb.refill();
+        let w = vb.buf;
+        let q = (w | 1).leading_zeros();
+        let k = vrice.k;
+        let len = q + 1 + k;
+        let mut switched = false;
+        let v = if q < RICE_LIMIT && len <= vb.nb {
+            vb.consume(len);
+            let zz = (u64::from(q) << k) | (((w << (q + 1)) >> 1) >> (63 - k));
+            vrice.update(zz);
+            m = m.wrapping_add(unzigzag(zz));
+            if INT { m as f64 } else { m as f64 / p }
+        } else {
+            d.vs.r.set_pos(vb.pos());
+            (d.vs.m, d.vs.rice) = (m, vrice);
+            let v = d.vs.next_decimal::<INT>();
+            (m, vrice) = (d.vs.m, d.vs.rice);
+            vb = FastBits::new(vdata, d.vs.r.parts().1);
+            switched = d.vs.mode != mode;
+            v
+        };
+        inc &= t > last;
+        last = t;
+        *slot = Sample { t, v };
+        done += 1;
+        if switched {
+            break;
+        }
+    }
+    d.ts.r.set_pos(tb.pos());
+    (d.ts.grid, d.ts.rice) = (grid, trice);
+    if d.vs.mode == mode {
+        d.vs.r.set_pos(vb.pos());
+        (d.vs.m, d.vs.rice) = (m, vrice);
+    }
+    (*prev, *increasing) = (last, inc);
+    done
 }
 
 /// Iterates the samples of one chunk, decoding one per [`SampleIter::next`].

@@ -23,7 +23,8 @@ impl BitWriter {
         }
         let byte = self.bits >> 3;
         if self.buf.len() < byte + SLACK {
-            let want = (byte + SLACK).max(self.buf.len() + self.buf.len() / 2);
+            // Doubling from 32 bytes: few reallocations for a 120-sample chunk.
+            let want = (byte + SLACK).max(self.buf.len() * 2).max(32);
             self.buf.resize(want, 0);
         }
         let shift = (self.bits & 7) as u32;
@@ -123,33 +124,18 @@ impl<'a> BitReader<'a> {
     /// The next 64 bits (at least 57 of them from the stream, the rest zero) without consuming.
     #[inline(always)]
     pub(crate) fn peek(&self) -> u64 {
-        let byte = self.pos >> 3;
-        let w = match self.data.get(byte..).and_then(|s| s.first_chunk::<8>()) {
-            Some(b) => u64::from_be_bytes(*b),
-            None => self.peek_tail(byte),
-        };
-        w << (self.pos & 7)
+        peek_at(self.data, self.pos)
     }
 
-    /// The last 8 bytes of the data shifted to start at `byte` (zeros after the end).
-    #[inline(never)]
-    fn peek_tail(&self, byte: usize) -> u64 {
-        let len = self.data.len();
-        match self
-            .data
-            .get(len.wrapping_sub(8)..)
-            .and_then(|s| s.first_chunk::<8>())
-        {
-            Some(b) if byte < len => u64::from_be_bytes(*b) << (8 * (byte + 8 - len)),
-            _ => {
-                let mut b = [0u8; 8];
-                if let Some(rest) = self.data.get(byte..) {
-                    let n = rest.len().min(8);
-                    b[..n].copy_from_slice(&rest[..n]);
-                }
-                u64::from_be_bytes(b)
-            }
-        }
+    /// The data (stream and padding) and the bit position, for loops that keep them in registers.
+    #[inline(always)]
+    pub(crate) fn parts(&self) -> (&'a [u8], usize) {
+        (self.data, self.pos)
+    }
+
+    #[inline(always)]
+    pub(crate) fn set_pos(&mut self, pos: usize) {
+        self.pos = pos;
     }
 
     #[inline(always)]
@@ -199,6 +185,107 @@ impl<'a> BitReader<'a> {
     #[inline]
     pub(crate) fn overrun(&self) -> bool {
         self.pos > self.limit
+    }
+}
+
+/// A bit buffer for hot loops: the next `nb` (>= 32 after [`FastBits::refill`]) bits of the stream
+/// sit MSB-first in a register, topped up 32 bits at a time. Consuming a field is then a shift, so
+/// the decoder's dependency chain does not go through a load.
+#[derive(Debug, Clone)]
+pub(crate) struct FastBits<'a> {
+    data: &'a [u8],
+    pub(crate) buf: u64,
+    pub(crate) nb: u32,
+    byte: usize,
+}
+
+impl<'a> FastBits<'a> {
+    /// A buffer positioned at bit `pos` of `data`.
+    #[inline(always)]
+    pub(crate) fn new(data: &'a [u8], pos: usize) -> Self {
+        let mut f = FastBits {
+            data,
+            buf: 0,
+            nb: 0,
+            byte: pos >> 3,
+        };
+        f.refill();
+        let skip = (pos & 7) as u32;
+        f.buf <<= skip;
+        f.nb -= skip;
+        f
+    }
+
+    #[inline(always)]
+    pub(crate) fn refill(&mut self) {
+        if self.nb < 32 {
+            let w = match self
+                .data
+                .get(self.byte..)
+                .and_then(|s| s.first_chunk::<4>())
+            {
+                Some(b) => u32::from_be_bytes(*b),
+                None => load_u32_tail(self.data, self.byte),
+            };
+            // Bits below `nb` are zero, and 1 <= 32 - nb <= 32.
+            self.buf |= u64::from(w) << (32 - self.nb);
+            self.byte += 4;
+            self.nb += 32;
+        }
+    }
+
+    /// Consumes `n <= nb` bits.
+    #[inline(always)]
+    pub(crate) fn consume(&mut self, n: u32) {
+        self.buf <<= n;
+        self.nb -= n;
+    }
+
+    /// Bit position in the stream.
+    #[inline(always)]
+    pub(crate) fn pos(&self) -> usize {
+        self.byte * 8 - self.nb as usize
+    }
+}
+
+#[inline(never)]
+fn load_u32_tail(data: &[u8], byte: usize) -> u32 {
+    let mut b = [0u8; 4];
+    if let Some(rest) = data.get(byte..) {
+        let n = rest.len().min(4);
+        b[..n].copy_from_slice(&rest[..n]);
+    }
+    u32::from_be_bytes(b)
+}
+
+/// The 64 bits of `data` starting at bit `pos` (zeros past the end).
+#[inline(always)]
+pub(crate) fn peek_at(data: &[u8], pos: usize) -> u64 {
+    let byte = pos >> 3;
+    let w = match data.get(byte..).and_then(|s| s.first_chunk::<8>()) {
+        Some(b) => u64::from_be_bytes(*b),
+        None => peek_tail(data, byte),
+    };
+    w << (pos & 7)
+}
+
+/// The last 8 bytes of `data` shifted to start at `byte` (zeros after the end).
+#[inline(never)]
+fn peek_tail(data: &[u8], byte: usize) -> u64 {
+    let len = data.len();
+    match data
+        .get(len.wrapping_sub(8)..)
+        .and_then(|s| s.first_chunk::<8>())
+    {
+        Some(b) if byte < len => u64::from_be_bytes(*b) << (8 * (byte + 8 - len)),
+        _ => {
+            let mut b = [0u8; 8];
+            if let Some(rest) = data.get(byte..) {
+                let n = rest.len().min(8);
+                b[..n].copy_from_slice(&rest[..n]);
+            }
+            u64::from_be_bytes(b)
+        }
     }
 }
 
