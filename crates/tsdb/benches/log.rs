@@ -59,6 +59,56 @@ fn bench_append(c: &mut Criterion) {
     g.finish();
 }
 
+/// 4 threads x 10 commits of 100 records: fsync per commit under the log's lock (the default
+/// policy) versus group commit (append under the lock, `LogSyncer::sync_upto` outside it).
+fn bench_concurrent_commits(c: &mut Criterion) {
+    use std::sync::{Arc, Mutex};
+    let mut g = c.benchmark_group("log_commit_4_threads");
+    g.measurement_time(Duration::from_secs(5));
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(40));
+    let recs = Arc::new(records(100, 128, 3));
+    for group in [false, true] {
+        let name = if group {
+            "group_commit_syncer"
+        } else {
+            "sync_always_under_lock"
+        };
+        g.bench_function(name, |b| {
+            let tmp = tempfile::tempdir().unwrap();
+            let opts = if group {
+                never()
+            } else {
+                LogOptions::default()
+            };
+            let (log, _) = Log::open(tmp.path(), opts).unwrap();
+            let syncer = log.syncer();
+            let log = Arc::new(Mutex::new(log));
+            b.iter(|| {
+                let threads: Vec<_> = (0..4)
+                    .map(|_| {
+                        let (log, syncer, recs) =
+                            (Arc::clone(&log), syncer.clone(), Arc::clone(&recs));
+                        std::thread::spawn(move || {
+                            let refs: Vec<&[u8]> = recs.iter().map(|r| r.as_slice()).collect();
+                            for _ in 0..10 {
+                                let last = *log.lock().unwrap().append_batch(&refs).unwrap().end();
+                                if group {
+                                    syncer.sync_upto(last).unwrap();
+                                }
+                            }
+                        })
+                    })
+                    .collect();
+                for t in threads {
+                    t.join().unwrap();
+                }
+            });
+        });
+    }
+    g.finish();
+}
+
 fn build(dir: &Path, total_bytes: usize, size: usize) -> u64 {
     let (mut log, _) = Log::open(dir, never()).unwrap();
     let recs = records(1000, size, 2);
@@ -117,5 +167,10 @@ fn bench_replay(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_append, bench_replay);
+criterion_group!(
+    benches,
+    bench_append,
+    bench_concurrent_commits,
+    bench_replay
+);
 criterion_main!(benches);

@@ -18,12 +18,13 @@
 
 mod format;
 mod fsutil;
+mod reader;
+mod recover;
 mod segment;
+mod sync;
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::fs::{self, File};
-use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,8 +32,13 @@ use std::time::{Duration, Instant};
 
 use format::{MAX_PAYLOAD, SEGMENT_HEADER_LEN, SegmentKind};
 pub use fsutil::failpoint;
-use fsutil::{io_err, read_small_file, sync_dir, unique_path, write_small_file};
-use segment::{RecordReader, Segment, Step, create_segment, parse_segment_name, scan_segment};
+use fsutil::{io_err, read_small_file, sync_dir, write_small_file};
+use reader::ReaderSegment;
+pub use reader::{LogReader, Replay};
+pub use recover::{CorruptionReport, OpenReport, TornTail};
+use recover::{ckpt_dir_name, remove_path};
+use segment::{Segment, create_segment};
+pub use sync::LogSyncer;
 
 /// Default maximum size of a segment file: 128 MiB.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 128 << 20;
@@ -117,106 +123,6 @@ pub enum LogError {
     InjectedFailure(&'static str),
 }
 
-/// A torn (partially written) record at the end of the log, truncated by [`Log::open`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TornTail {
-    pub segment: PathBuf,
-    /// Byte offset in `segment` where the file was cut.
-    pub offset: u64,
-    /// Bytes removed.
-    pub bytes: u64,
-    pub reason: String,
-}
-
-/// Corruption found by [`Log::open`]: everything from `offset` in `segment` on (and every later
-/// segment) was moved aside to `moved_to`, and the log continues with the records before it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CorruptionReport {
-    pub segment: PathBuf,
-    pub offset: u64,
-    pub reason: String,
-    /// Index of the first record lost (for a checkpoint: its ordinal inside the checkpoint).
-    pub first_lost_index: u64,
-    /// Bytes removed from the log (segment tail plus later segments).
-    pub bytes_dropped: u64,
-    /// Where the removed bytes went (under `dir/corrupted/`).
-    pub moved_to: Vec<PathBuf>,
-}
-
-/// What [`Log::open`] found and repaired.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct OpenReport {
-    pub dir: PathBuf,
-    /// Segments of the log after recovery.
-    pub segments: usize,
-    pub first_index: Option<u64>,
-    pub last_index: Option<u64>,
-    /// `upto` of the checkpoint in use.
-    pub checkpoint: Option<u64>,
-    pub torn_tail: Option<TornTail>,
-    pub corruptions: Vec<CorruptionReport>,
-    /// Leftovers of interrupted operations that were completed or removed (temporary files,
-    /// segments of an interrupted purge, superseded checkpoints).
-    pub cleaned: Vec<PathBuf>,
-}
-
-impl OpenReport {
-    /// True when nothing was truncated or moved aside.
-    pub fn is_clean(&self) -> bool {
-        self.torn_tail.is_none() && self.corruptions.is_empty()
-    }
-}
-
-impl fmt::Display for OpenReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "log {}: {} segment(s)",
-            self.dir.display(),
-            self.segments
-        )?;
-        match (self.first_index, self.last_index) {
-            (Some(a), Some(b)) => write!(f, ", records {a}..={b}")?,
-            _ => write!(f, ", no records")?,
-        }
-        if let Some(c) = self.checkpoint {
-            write!(f, ", checkpoint up to {c}")?;
-        }
-        if let Some(t) = &self.torn_tail {
-            write!(
-                f,
-                "; torn tail truncated: {} bytes at offset {} of {} ({})",
-                t.bytes,
-                t.offset,
-                t.segment.display(),
-                t.reason
-            )?;
-        }
-        for c in &self.corruptions {
-            write!(
-                f,
-                "; CORRUPTION in {} at offset {}: {}; {} bytes from index {} moved aside to [",
-                c.segment.display(),
-                c.offset,
-                c.reason,
-                c.bytes_dropped,
-                c.first_lost_index
-            )?;
-            for (i, p) in c.moved_to.iter().enumerate() {
-                if i > 0 {
-                    write!(f, ", ")?;
-                }
-                write!(f, "{}", p.display())?;
-            }
-            write!(f, "]")?;
-        }
-        if !self.cleaned.is_empty() {
-            write!(f, "; cleaned {} leftover(s)", self.cleaned.len())?;
-        }
-        Ok(())
-    }
-}
-
 #[derive(Debug)]
 struct Checkpoint {
     upto: u64,
@@ -240,411 +146,11 @@ pub struct Log {
     checkpoint: Option<Checkpoint>,
     buf: Vec<u8>,
     last_sync: Instant,
-    unsynced: bool,
-    poisoned: Option<String>,
-}
-
-fn ckpt_dir_name(upto: u64) -> String {
-    format!("{CHECKPOINT_PREFIX}{upto:020}")
-}
-
-fn parse_ckpt_dir_name(name: &str) -> Option<u64> {
-    name.strip_prefix(CHECKPOINT_PREFIX)
-        .and_then(parse_segment_name)
-}
-
-fn remove_path(path: &Path) -> Result<(), LogError> {
-    let r = if path.is_dir() {
-        fs::remove_dir_all(path)
-    } else {
-        fs::remove_file(path)
-    };
-    match r {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_err(path)(e)),
-    }
-}
-
-/// The damaged file of a repair: cut at `offset` (> 0), its bytes `[offset, file_len)` saved.
-struct Cut<'a> {
-    path: &'a Path,
-    file: &'a File,
-    offset: u64,
-    file_len: u64,
-}
-
-/// Moves the tail of a damaged file (`cut`) and every file in `whole` into `dir/corrupted/`,
-/// then cuts the damaged file. Returns the new paths and the bytes moved.
-fn move_aside(
-    dir: &Path,
-    cut: Option<Cut<'_>>,
-    whole: &[PathBuf],
-    prefix: &str,
-) -> Result<(Vec<PathBuf>, u64), LogError> {
-    let cdir = dir.join(CORRUPTED_DIR);
-    fs::create_dir_all(&cdir).map_err(io_err(&cdir))?;
-    let file_name = |p: &Path| {
-        p.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    };
-    let mut moved = Vec::new();
-    let mut bytes = 0;
-    if let Some(c) = &cut
-        && c.offset < c.file_len
-    {
-        let name = file_name(c.path);
-        let dst = unique_path(&cdir, &format!("{prefix}{name}@{}", c.offset));
-        let mut src = c.file.try_clone().map_err(io_err(c.path))?;
-        src.seek(SeekFrom::Start(c.offset))
-            .map_err(io_err(c.path))?;
-        let mut out = File::create(&dst).map_err(io_err(&dst))?;
-        bytes +=
-            std::io::copy(&mut src.take(c.file_len - c.offset), &mut out).map_err(io_err(&dst))?;
-        out.sync_all().map_err(io_err(&dst))?;
-        moved.push(dst);
-    }
-    // Whole files are moved last-first so that a crash leaves a contiguous prefix.
-    let mut whole_moved = Vec::new();
-    for p in whole.iter().rev() {
-        let dst = unique_path(&cdir, &format!("{prefix}{}", file_name(p)));
-        bytes += fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-        fs::rename(p, &dst).map_err(io_err(p))?;
-        whole_moved.push(dst);
-    }
-    whole_moved.reverse();
-    moved.extend(whole_moved);
-    sync_dir(&cdir)?;
-    if let Some(c) = &cut {
-        c.file.set_len(c.offset).map_err(io_err(c.path))?;
-        c.file.sync_all().map_err(io_err(c.path))?;
-    }
-    if let Some(parent) = whole.first().and_then(|p| p.parent()) {
-        sync_dir(parent)?;
-    }
-    Ok((moved, bytes))
-}
-
-/// Lists the numbered segment files of `dir`, sorted by first index.
-fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
-        let entry = entry.map_err(io_err(dir))?;
-        let name = entry.file_name();
-        if let Some(first) = name.to_str().and_then(parse_segment_name) {
-            out.push((first, entry.path()));
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-/// Loads the segments of a checkpoint directory, repairing (moving aside) damage.
-fn load_checkpoint(
-    dir: &Path,
-    cdir: &Path,
-    upto: u64,
-    report: &mut OpenReport,
-) -> Result<Checkpoint, LogError> {
-    let files = list_segments(cdir)?;
-    let mut segments: Vec<Segment> = Vec::new();
-    let mut expect = 0u64;
-    for (i, (first, path)) in files.iter().enumerate() {
-        let problem = if *first != expect {
-            Some((
-                None,
-                format!("checkpoint segment starts at record {first}, expected {expect}"),
-            ))
-        } else {
-            let scan = scan_segment(path, SegmentKind::Checkpoint, expect)?;
-            let bad = scan.bad.map(|b| (b.offset, b.reason));
-            let seg = scan.segment;
-            expect = seg.end();
-            match bad {
-                None => {
-                    segments.push(seg);
-                    None
-                }
-                Some((off, reason)) => Some((Some((seg, off, scan.file_len)), reason)),
-            }
-        };
-        if let Some((damaged, reason)) = problem {
-            let prefix = format!("{}-", ckpt_dir_name(upto));
-            let later: Vec<PathBuf> = files[i + 1..].iter().map(|(_, p)| p.clone()).collect();
-            let (offset, first_lost, moved) = match damaged {
-                Some((seg, off, len)) if off > 0 => {
-                    let lost = seg.end();
-                    let cut = Cut {
-                        path,
-                        file: &seg.file,
-                        offset: off,
-                        file_len: len,
-                    };
-                    let m = move_aside(dir, Some(cut), &later, &prefix)?;
-                    segments.push(seg);
-                    (off, lost, m)
-                }
-                _ => {
-                    let mut all = vec![path.clone()];
-                    all.extend(later);
-                    (0, expect, move_aside(dir, None, &all, &prefix)?)
-                }
-            };
-            tracing::error!(segment = %path.display(), offset, %reason, "log checkpoint corruption; moved the rest aside");
-            report.corruptions.push(CorruptionReport {
-                segment: path.clone(),
-                offset,
-                reason,
-                first_lost_index: first_lost,
-                bytes_dropped: moved.1,
-                moved_to: moved.0,
-            });
-            break;
-        }
-    }
-    Ok(Checkpoint { upto, segments })
+    /// Durability state shared with [`LogSyncer`]s.
+    shared: Arc<sync::Shared>,
 }
 
 impl Log {
-    /// Opens (creating if needed) the log in `dir`, completing interrupted operations and
-    /// repairing damage: a torn tail is truncated, corruption moves everything from the damaged
-    /// record on aside. Both are reported, and neither makes `open` fail.
-    pub fn open(dir: &Path, opts: LogOptions) -> Result<(Log, OpenReport), LogError> {
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let lock = fsutil::lock_dir(dir)?;
-        let mut report = OpenReport {
-            dir: dir.to_path_buf(),
-            ..OpenReport::default()
-        };
-
-        // Leftovers of interrupted atomic writes and checkpoints.
-        let mut checkpoints = Vec::new();
-        for entry in fs::read_dir(dir).map_err(io_err(dir))? {
-            let entry = entry.map_err(io_err(dir))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.ends_with(TMP_SUFFIX) {
-                remove_path(&entry.path())?;
-                report.cleaned.push(entry.path());
-            } else if let Some(upto) = parse_ckpt_dir_name(&name)
-                && entry.path().is_dir()
-            {
-                checkpoints.push((upto, entry.path()));
-            }
-        }
-        checkpoints.sort();
-        let mut checkpoint = None;
-        if let Some((upto, cdir)) = checkpoints.pop() {
-            for (_, old) in checkpoints {
-                remove_path(&old)?;
-                report.cleaned.push(old);
-            }
-            checkpoint = Some(load_checkpoint(dir, &cdir, upto, &mut report)?);
-        }
-
-        let mut purge_tag = Vec::new();
-        let mut purged = match read_small_file(&dir.join(PURGED_FILE), PURGED_MAGIC) {
-            Ok(Some(b)) if b.len() >= 8 => {
-                let mut a = [0u8; 8];
-                a.copy_from_slice(&b[..8]);
-                purge_tag = b[8..].to_vec();
-                Some(u64::from_le_bytes(a))
-            }
-            Ok(None) => None,
-            Ok(Some(b)) => {
-                report.corruptions.push(CorruptionReport {
-                    segment: dir.join(PURGED_FILE),
-                    offset: 0,
-                    reason: format!("purge marker: expected at least 8 bytes, got {}", b.len()),
-                    first_lost_index: 0,
-                    bytes_dropped: 0,
-                    moved_to: Vec::new(),
-                });
-                None
-            }
-            Err(LogError::Corruption {
-                segment,
-                offset,
-                reason,
-            }) => {
-                report.corruptions.push(CorruptionReport {
-                    segment,
-                    offset,
-                    reason,
-                    first_lost_index: 0,
-                    bytes_dropped: 0,
-                    moved_to: Vec::new(),
-                });
-                None
-            }
-            Err(e) => return Err(e),
-        };
-        // A checkpoint is written before the purge it implies: finish that purge.
-        if let Some(c) = &checkpoint
-            && purged.is_none_or(|p| p < c.upto)
-        {
-            write_small_file(dir, PURGED_FILE, PURGED_MAGIC, &c.upto.to_le_bytes())?;
-            purged = Some(c.upto);
-            purge_tag.clear();
-        }
-
-        let mut files = list_segments(dir)?;
-        // Finish an interrupted purge: drop segments whose successor starts at or below the
-        // purge point (all their records are purged).
-        if let Some(p) = purged {
-            let mut keep_from = 0;
-            while keep_from + 1 < files.len() && files[keep_from + 1].0 <= p + 1 {
-                keep_from += 1;
-            }
-            for (_, path) in files.drain(..keep_from) {
-                remove_path(&path)?;
-                report.cleaned.push(path);
-            }
-        }
-
-        // Without a purge the log starts at 0; after one, at the purge point + 1. A first segment
-        // starting later means segments were lost: report it, keep what is there.
-        let expected_first = purged.map_or(0, |p| p + 1);
-        if let Some((first, path)) = files.first()
-            && *first > expected_first
-        {
-            let reason = format!(
-                "the log starts at index {first}, expected {expected_first}: the segments \
-                 holding records {expected_first}..{first} are missing"
-            );
-            tracing::error!(segment = %path.display(), %reason, "log corruption");
-            report.corruptions.push(CorruptionReport {
-                segment: path.clone(),
-                offset: 0,
-                reason,
-                first_lost_index: expected_first,
-                bytes_dropped: 0,
-                moved_to: Vec::new(),
-            });
-        }
-        let mut segments: Vec<Segment> = Vec::new();
-        let n = files.len();
-        for (i, (first, path)) in files.iter().enumerate() {
-            let last = i + 1 == n;
-            if let Some(prev) = segments.last()
-                && prev.end() != *first
-            {
-                // A gap or overlap: this segment and everything after it cannot be used.
-                let reason = format!(
-                    "segment starts at index {first}, expected {} (end of the previous segment)",
-                    prev.end()
-                );
-                let lost = prev.end();
-                let all: Vec<PathBuf> = files[i..].iter().map(|(_, p)| p.clone()).collect();
-                let (moved, bytes) = move_aside(dir, None, &all, "")?;
-                tracing::error!(segment = %path.display(), %reason, "log corruption; moved the rest aside");
-                report.corruptions.push(CorruptionReport {
-                    segment: path.clone(),
-                    offset: 0,
-                    reason,
-                    first_lost_index: lost,
-                    bytes_dropped: bytes,
-                    moved_to: moved,
-                });
-                break;
-            }
-            let scan = scan_segment(path, SegmentKind::Log, *first)?;
-            let Some(bad) = scan.bad else {
-                segments.push(scan.segment);
-                continue;
-            };
-            let seg = scan.segment;
-            if last && bad.at_end {
-                let bytes = scan.file_len - bad.offset;
-                tracing::warn!(segment = %path.display(), offset = bad.offset, bytes, reason = %bad.reason, "log: truncating torn tail");
-                if bad.offset == 0 {
-                    remove_path(path)?;
-                    sync_dir(dir)?;
-                } else {
-                    seg.file.set_len(bad.offset).map_err(io_err(path))?;
-                    seg.file.sync_all().map_err(io_err(path))?;
-                }
-                report.torn_tail = Some(TornTail {
-                    segment: path.clone(),
-                    offset: bad.offset,
-                    bytes,
-                    reason: bad.reason,
-                });
-                if bad.offset > 0 {
-                    segments.push(seg);
-                }
-                break;
-            }
-            let mut later: Vec<PathBuf> = files[i + 1..].iter().map(|(_, p)| p.clone()).collect();
-            let cut = if bad.offset > 0 {
-                Some(Cut {
-                    path,
-                    file: &seg.file,
-                    offset: bad.offset,
-                    file_len: scan.file_len,
-                })
-            } else {
-                later.insert(0, path.clone());
-                None
-            };
-            let (moved, bytes) = move_aside(dir, cut, &later, "")?;
-            tracing::error!(segment = %path.display(), offset = bad.offset, reason = %bad.reason, bytes, "log corruption; moved the rest aside");
-            report.corruptions.push(CorruptionReport {
-                segment: path.clone(),
-                offset: bad.offset,
-                reason: bad.reason,
-                first_lost_index: seg.end(),
-                bytes_dropped: bytes,
-                moved_to: moved,
-            });
-            if bad.offset > 0 {
-                segments.push(seg);
-            }
-            break;
-        }
-
-        // The next index: after the last record, and after the purge point.
-        let mut next = segments.last().map_or(0, Segment::end);
-        if let Some(p) = purged
-            && next <= p
-        {
-            // Everything is purged (an interrupted purge beyond the end): start afresh.
-            next = p + 1;
-            for s in segments.drain(..) {
-                remove_path(&s.path)?;
-                report.cleaned.push(s.path.clone());
-            }
-        }
-        if segments.is_empty() {
-            segments.push(create_segment(dir, SegmentKind::Log, next)?);
-        }
-
-        let log = Log {
-            dir: dir.to_path_buf(),
-            opts,
-            _lock: lock,
-            segments,
-            next,
-            purged,
-            purge_tag,
-            checkpoint,
-            buf: Vec::new(),
-            last_sync: Instant::now(),
-            unsynced: false,
-            poisoned: None,
-        };
-        report.segments = log.segments.len();
-        report.first_index = log.first_index();
-        report.last_index = log.last_index();
-        report.checkpoint = log.checkpoint.as_ref().map(|c| c.upto);
-        if report.is_clean() {
-            tracing::info!(dir = %dir.display(), first = ?report.first_index, last = ?report.last_index, segments = report.segments, "log opened");
-        } else {
-            tracing::warn!(%report, "log opened after repair");
-        }
-        Ok((log, report))
-    }
-
     /// The directory of the log.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -697,18 +203,28 @@ impl Log {
     }
 
     fn check_poisoned(&self) -> Result<(), LogError> {
-        match &self.poisoned {
-            Some(reason) => Err(LogError::Poisoned {
-                reason: reason.clone(),
-            }),
-            None => Ok(()),
-        }
+        self.shared.check_poisoned()
     }
 
-    fn active(&mut self) -> &mut Segment {
-        // `segments` is never empty (see `open`, `truncate_after`, `purge_upto`).
-        let n = self.segments.len();
-        &mut self.segments[n - 1]
+    /// Tells the shared durability state that the active segment changed.
+    fn publish_active(&self, synced: Option<u64>) {
+        let active = &self.segments[self.segments.len() - 1];
+        self.shared.reset(
+            Arc::clone(&active.file),
+            active.path.clone(),
+            self.next,
+            synced,
+        );
+    }
+
+    /// A handle that makes appended records durable without holding the log: group commit.
+    /// Open the log with [`SyncPolicy::Never`], append under the engine's lock, release it, and
+    /// call [`LogSyncer::sync_upto`] with the batch's last index before acknowledging. Callers
+    /// that wait while another fsync runs usually find their records covered by it.
+    pub fn syncer(&self) -> LogSyncer {
+        LogSyncer {
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// Appends one record and returns its index.
@@ -749,7 +265,7 @@ impl Log {
         for (i, p) in payloads.iter().enumerate() {
             format::encode_record(&mut buf, first + i as u64, p);
         }
-        let result = self.write_and_sync(&buf, payloads);
+        let result = self.write_and_sync(&buf, payloads, first + payloads.len() as u64);
         // Keep a modest buffer around for the next batch.
         if buf.capacity() <= 4 << 20 {
             self.buf = buf;
@@ -760,21 +276,28 @@ impl Log {
         Ok(first..=last)
     }
 
-    fn write_and_sync(&mut self, buf: &[u8], payloads: &[&[u8]]) -> Result<(), LogError> {
-        let seg = self.active();
+    fn write_and_sync(
+        &mut self,
+        buf: &[u8],
+        payloads: &[&[u8]],
+        new_next: u64,
+    ) -> Result<(), LogError> {
+        let n = self.segments.len();
+        let seg = &mut self.segments[n - 1];
         let at = seg.size;
         if let Err(e) = seg.file.write_all_at(buf, at) {
             // Undo a partial write; if even that fails the file state is unknown.
             let path = seg.path.clone();
             if let Err(e2) = seg.file.set_len(at) {
-                self.poisoned = Some(format!("write failed ({e}), truncation failed ({e2})"));
+                self.shared
+                    .poison(format!("write failed ({e}), truncation failed ({e2})"));
             }
             return Err(LogError::Io { path, source: e });
         }
         for p in payloads {
             seg.push(format::framed_len(p.len()) as u64);
         }
-        self.unsynced = true;
+        self.shared.set_written(new_next);
         match self.opts.sync {
             SyncPolicy::Always => self.sync(),
             SyncPolicy::Interval(d) if self.last_sync.elapsed() >= d => self.sync(),
@@ -782,30 +305,19 @@ impl Log {
         }
     }
 
-    /// fsyncs the active segment.
+    /// fsyncs the active segment if it holds records not yet durable.
     pub fn sync(&mut self) -> Result<(), LogError> {
-        self.check_poisoned()?;
-        if !self.unsynced {
-            return Ok(());
-        }
-        let seg = self.active();
-        if let Err(e) = seg.file.sync_data() {
-            let path = seg.path.clone();
-            // After a failed fsync the kernel may have dropped the dirty pages: never retry.
-            self.poisoned = Some(format!("fsync of {} failed: {e}", path.display()));
-            return Err(LogError::Io { path, source: e });
-        }
-        self.unsynced = false;
+        self.shared.sync(None)?;
         self.last_sync = Instant::now();
         Ok(())
     }
 
     /// Seals the active segment (fsync) and starts a new one at `next`.
     fn roll(&mut self) -> Result<(), LogError> {
-        self.unsynced = true;
         self.sync()?;
         let seg = create_segment(&self.dir, SegmentKind::Log, self.next)?;
         self.segments.push(seg);
+        self.publish_active(Some(self.next));
         Ok(())
     }
 
@@ -976,9 +488,10 @@ impl Log {
             let Some(seg) = self.segments.pop() else {
                 break;
             };
+            self.next = seg.first;
+            self.publish_active(None);
             fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
             sync_dir(&self.dir)?;
-            self.next = seg.first;
             failpoint::hit("truncate.after_unlink")?;
         }
         let seg = &mut self.segments[k];
@@ -986,7 +499,8 @@ impl Log {
         failpoint::hit("truncate.before_cut")?;
         if let Err(e) = seg.file.set_len(off).and_then(|()| seg.file.sync_all()) {
             let path = seg.path.clone();
-            self.poisoned = Some(format!("truncation of {} failed: {e}", path.display()));
+            self.shared
+                .poison(format!("truncation of {} failed: {e}", path.display()));
             return Err(LogError::Io { path, source: e });
         }
         seg.count = cut - seg.first;
@@ -994,7 +508,7 @@ impl Log {
         seg.sparse
             .truncate(seg.count.div_ceil(segment::SPARSE_EVERY) as usize);
         self.next = cut;
-        self.unsynced = false;
+        self.publish_active(Some(cut));
         Ok(())
     }
 
@@ -1033,7 +547,7 @@ impl Log {
             let seg = create_segment(&self.dir, SegmentKind::Log, index + 1)?;
             self.segments.push(seg);
             self.next = index + 1;
-            self.unsynced = false;
+            self.publish_active(Some(self.next));
         }
         let mut removed = 0;
         while self.segments.len() > 1 && self.segments[0].end() <= index + 1 {
@@ -1214,130 +728,11 @@ pub fn inspect_segment(data: &[u8]) -> SegmentInspection {
 
 impl Drop for Log {
     fn drop(&mut self) {
-        if self.unsynced
-            && self.poisoned.is_none()
+        if self.shared.has_unsynced()
+            && !self.shared.is_poisoned()
             && let Err(e) = self.sync()
         {
             tracing::error!(error = %e, "log: fsync on close failed");
         }
-    }
-}
-
-#[derive(Debug)]
-struct ReaderSegment {
-    path: PathBuf,
-    file: Arc<File>,
-    start_index: u64,
-    start_offset: u64,
-    end_offset: u64,
-}
-
-/// A sequential reader of log records, from [`Log::reader_from`]. Yields `(index, payload)`;
-/// after an error it yields nothing more.
-#[derive(Debug)]
-pub struct LogReader {
-    segs: VecDeque<ReaderSegment>,
-    cur: Option<RecordReader>,
-    next: u64,
-    end: u64,
-    /// Checkpoint readers report every record with the checkpoint's `upto`.
-    fixed_index: Option<u64>,
-    failed: bool,
-}
-
-impl LogReader {
-    /// Like `Iterator::next` but lends the payload instead of allocating it (fast replay).
-    pub fn next_record(&mut self) -> Option<Result<(u64, &[u8]), LogError>> {
-        if self.failed || self.next >= self.end {
-            return None;
-        }
-        let idx = loop {
-            if self.cur.is_none() {
-                let Some(s) = self.segs.pop_front() else {
-                    self.failed = true;
-                    return Some(Err(LogError::OutOfRange {
-                        index: self.next,
-                        first: self.next,
-                        next: self.next,
-                    }));
-                };
-                self.cur = Some(RecordReader::new(
-                    s.file,
-                    s.path,
-                    s.start_offset,
-                    s.end_offset,
-                    s.start_index,
-                ));
-            }
-            let Some(cur) = self.cur.as_mut() else {
-                continue;
-            };
-            match cur.next_record() {
-                Ok(Step::End) => self.cur = None,
-                Ok(Step::Record { index, .. }) => {
-                    self.next = index + 1;
-                    break self.fixed_index.unwrap_or(index);
-                }
-                Ok(Step::Bad(b)) => {
-                    self.failed = true;
-                    return Some(Err(LogError::Corruption {
-                        segment: cur.path.clone(),
-                        offset: b.offset,
-                        reason: b.reason,
-                    }));
-                }
-                Err(e) => {
-                    self.failed = true;
-                    return Some(Err(e));
-                }
-            }
-        };
-        let cur = self.cur.as_ref()?;
-        Some(Ok((idx, cur.payload())))
-    }
-}
-
-impl Iterator for LogReader {
-    type Item = Result<(u64, Vec<u8>), LogError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        self.next_record().map(|r| r.map(|(i, p)| (i, p.to_vec())))
-    }
-}
-
-/// The records to replay on start, from [`Log::replay`]: the checkpoint's records (index =
-/// [`Replay::checkpoint_upto`]) and then the log's records.
-#[derive(Debug)]
-pub struct Replay {
-    checkpoint_upto: Option<u64>,
-    checkpoint: Option<LogReader>,
-    log: LogReader,
-}
-
-impl Replay {
-    /// `upto` of the checkpoint being replayed, if any.
-    pub fn checkpoint_upto(&self) -> Option<u64> {
-        self.checkpoint_upto
-    }
-
-    /// Like `Iterator::next` but lends the payload instead of allocating it.
-    pub fn next_record(&mut self) -> Option<Result<(u64, &[u8]), LogError>> {
-        let in_checkpoint = self
-            .checkpoint
-            .as_ref()
-            .is_some_and(|c| c.next < c.end && !c.failed);
-        if in_checkpoint {
-            return self.checkpoint.as_mut().and_then(LogReader::next_record);
-        }
-        self.checkpoint = None;
-        self.log.next_record()
-    }
-}
-
-impl Iterator for Replay {
-    type Item = Result<(u64, Vec<u8>), LogError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        self.next_record().map(|r| r.map(|(i, p)| (i, p.to_vec())))
     }
 }

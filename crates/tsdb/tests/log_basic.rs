@@ -323,3 +323,48 @@ fn reader_survives_purge() {
     assert_eq!(got, (0..100).collect::<Vec<_>>());
     assert!(matches!(log.reader_from(0), Err(LogError::Purged { .. })));
 }
+
+/// Group commit: appends under a mutex, fsync outside it through a `LogSyncer`.
+#[test]
+fn syncer_group_commit() {
+    use std::sync::{Arc, Mutex};
+    let tmp = tempfile::tempdir().unwrap();
+    let (log, _) = Log::open(tmp.path(), opts(4096)).unwrap();
+    let syncer = log.syncer();
+    assert_eq!(syncer.durable_next(), 0);
+    let log = Arc::new(Mutex::new(log));
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let log = Arc::clone(&log);
+            let syncer = syncer.clone();
+            std::thread::spawn(move || {
+                for i in 0..50u64 {
+                    let p = (t * 1000 + i).to_le_bytes();
+                    let last = *log.lock().unwrap().append_batch(&[&p, &p]).unwrap().end();
+                    syncer.sync_upto(last).unwrap();
+                    assert!(syncer.durable_next() > last);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let mut log = Arc::into_inner(log).unwrap().into_inner().unwrap();
+    assert_eq!(log.next_index(), 400);
+    assert_eq!(syncer.durable_next(), 400);
+    // At most one fsync per sync_upto call, plus those of segment rolls.
+    assert!(syncer.fsync_count() <= 200 + 20, "{}", syncer.fsync_count());
+    // Nothing left to sync: no fsync happens.
+    let n = syncer.fsync_count();
+    log.sync().unwrap();
+    syncer.sync_upto(399).unwrap();
+    assert_eq!(syncer.fsync_count(), n);
+    // Truncation lowers the durable point; new appends are not durable until synced.
+    log.truncate_after(99).unwrap();
+    assert_eq!(syncer.durable_next(), 100);
+    log.append(b"x").unwrap();
+    assert_eq!(syncer.durable_next(), 100);
+    syncer.sync_upto(100).unwrap();
+    assert_eq!(syncer.durable_next(), 101);
+}
