@@ -77,6 +77,33 @@ pub enum BlockError {
     Invalid(String),
 }
 
+impl BlockError {
+    /// True when the error says the data on disk is damaged or incomplete (as opposed to an
+    /// environment problem such as permissions or exhausted resources): a corrupt index or
+    /// chunk, an invalid meta.json, or a missing file of the block.
+    pub fn is_corruption(&self) -> bool {
+        let missing = |e: &std::io::Error| {
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound
+                    | std::io::ErrorKind::InvalidData
+                    | std::io::ErrorKind::UnexpectedEof
+            )
+        };
+        match self {
+            BlockError::Io { source, .. } => missing(source),
+            BlockError::Index(IndexError::Io { source, .. }) => missing(source),
+            BlockError::Index(_) | BlockError::Meta { .. } | BlockError::Chunk { .. } => true,
+            BlockError::Chunks {
+                source: ChunksError::Io { source, .. },
+                ..
+            } => missing(source),
+            BlockError::Chunks { .. } => true,
+            BlockError::Invalid(_) => false,
+        }
+    }
+}
+
 impl From<BlockError> for tidemark_storage::Error {
     fn from(e: BlockError) -> Self {
         match e {
@@ -601,7 +628,8 @@ impl Block {
         })
     }
 
-    /// Every sample of series `id` (all chunks), appended to `out`.
+    /// Every sample of the series `entry` (all its chunks, read from this block), appended to
+    /// `out`.
     pub fn read_series_samples(&self, entry: &SeriesEntry, out: &mut Vec<Sample>) -> Result<()> {
         for c in &entry.chunks {
             self.inner.decode_chunk(&entry.labels, c, out)?;
@@ -909,6 +937,15 @@ impl SampleIter for BlockSampleIter<'_> {
         }
         if self.valid {
             self.pos += 1;
+            // Fast path: the next sample of the decoded chunk is still inside the range.
+            if let Some(x) = self.buf.get(self.pos) {
+                if x.t <= self.series.maxt {
+                    return true;
+                }
+                self.valid = false;
+                self.done = true;
+                return false;
+            }
         }
         self.advance_to(i64::MIN)
     }
@@ -979,6 +1016,9 @@ pub(crate) fn block_dirs(data_dir: &Path) -> Result<Vec<String>> {
 ///   before deleting its inputs) is deleted.
 pub fn open_blocks(data_dir: &Path) -> Result<(Vec<Block>, Vec<String>)> {
     let mut problems = Vec::new();
+    if !data_dir.exists() {
+        return Ok((Vec::new(), problems));
+    }
     for e in fs::read_dir(data_dir).map_err(io_err(data_dir, "read dir"))? {
         let e = e.map_err(io_err(data_dir, "read dir"))?;
         let Some(name) = e.file_name().to_str().map(str::to_string) else {
@@ -998,6 +1038,14 @@ pub fn open_blocks(data_dir: &Path) -> Result<(Vec<Block>, Vec<String>)> {
         let dir = data_dir.join(&id);
         match Block::open(&dir) {
             Ok(b) => blocks.push(b),
+            Err(err) if !err.is_corruption() => {
+                // Not the block's fault (permissions, out of file handles or memory): leave it
+                // where it is so that a restart serves it again.
+                tracing::error!(block = %id, error = %err, "block could not be opened, skipped");
+                problems.push(format!(
+                    "block {id} could not be opened ({err}); skipped, not moved"
+                ));
+            }
             Err(err) => {
                 let mut dst = data_dir.join(format!("{id}{CORRUPT_SUFFIX}"));
                 let mut n = 1;
@@ -1056,6 +1104,34 @@ pub fn open_blocks(data_dir: &Path) -> Result<(Vec<Block>, Vec<String>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn corruption_vs_environment_errors() {
+        let io = |kind| BlockError::Io {
+            path: "x".into(),
+            op: "open",
+            source: std::io::Error::from(kind),
+        };
+        assert!(
+            io(std::io::ErrorKind::NotFound).is_corruption(),
+            "a missing file of a block"
+        );
+        assert!(!io(std::io::ErrorKind::PermissionDenied).is_corruption());
+        assert!(!io(std::io::ErrorKind::OutOfMemory).is_corruption());
+        let idx = BlockError::Index(IndexError::Corrupt {
+            file: "index".into(),
+            offset: 3,
+            what: "x".into(),
+        });
+        assert!(idx.is_corruption());
+        assert!(
+            BlockError::Meta {
+                path: "meta.json".into(),
+                what: "x".into()
+            }
+            .is_corruption()
+        );
+    }
 
     #[test]
     fn ids_are_ulids_and_time_ordered() {

@@ -72,9 +72,21 @@ pub fn ranges(opts: &CompactOptions) -> Vec<i64> {
 
 /// Groups of block ids to compact, each group into one new block. Groups are disjoint, so they
 /// can run one after the other without re-planning; re-plan afterwards, since the new blocks may
-/// be compactable again.
+/// be compactable again. Blocks of different resolutions (raw, downsampled) are never merged
+/// with each other: each resolution is planned on its own.
 pub fn plan(metas: &[BlockMeta], opts: &CompactOptions) -> Vec<Vec<String>> {
-    let mut ms: Vec<&BlockMeta> = metas.iter().collect();
+    let mut resolutions: Vec<i64> = metas.iter().map(|m| m.resolution).collect();
+    resolutions.sort_unstable();
+    resolutions.dedup();
+    let mut out = Vec::new();
+    for r in resolutions {
+        let same: Vec<&BlockMeta> = metas.iter().filter(|m| m.resolution == r).collect();
+        out.extend(plan_one_resolution(same, opts));
+    }
+    out
+}
+
+fn plan_one_resolution(mut ms: Vec<&BlockMeta>, opts: &CompactOptions) -> Vec<Vec<String>> {
     ms.sort_by(|a, b| (a.min_time, a.max_time, &a.id).cmp(&(b.min_time, b.max_time, &b.id)));
 
     // 1. Overlapping blocks are merged first (never dropped).
@@ -369,6 +381,16 @@ mod tests {
             meta("c", -2 * H, 0),
         ];
         assert_eq!(plan(&ms, &o), vec![vec!["a", "b", "c"]]);
+        // Resolutions are planned apart: overlapping raw and downsampled blocks are not merged.
+        let mut down = meta("y", 0, 2 * H);
+        down.resolution = 300_000;
+        let ms = vec![
+            meta("a", 0, 2 * H),
+            down,
+            meta("b", 2 * H, 4 * H),
+            meta("d", 6 * H, 8 * H),
+        ];
+        assert_eq!(plan(&ms, &o), vec![vec!["a", "b"]]);
         // Next level: three 6h blocks make 18h.
         let ms = vec![
             meta("a", 0, 6 * H),

@@ -18,9 +18,9 @@
 //! Every section's CRC32 is checked on open; afterwards every read is still bounds-checked, so
 //! arbitrary bytes give a [`IndexError::Corrupt`] naming the file and offset, never a panic.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -183,20 +183,66 @@ fn le_u64(b: &[u8], at: usize) -> Option<u64> {
 // ---------------------------------------------------------------------------------------------
 // Writer
 
-/// Writes an index file. Series must be added in strictly increasing [`Labels`] order; the
-/// file is built in memory and written (and fsynced) by [`IndexWriter::finish`].
+/// Where the writer keeps series entries until [`IndexWriter::finish`] knows every symbol.
+#[derive(Debug)]
+enum Spill {
+    Mem(Vec<u8>),
+    File {
+        path: PathBuf,
+        out: Option<BufWriter<File>>,
+    },
+}
+
+/// Writes an index file. Series must be added in strictly increasing [`Labels`] order.
+///
+/// Memory stays small however many series and chunks a block has: each series entry goes to a
+/// spill file next to the index (`index.series-tmp`) with its label strings replaced by
+/// temporary ids; only the distinct strings and the postings (4 bytes per label of each series)
+/// stay in memory. [`IndexWriter::finish`] sorts the symbols, then streams the final file,
+/// converting each spilled entry to final symbol references.
 #[derive(Debug)]
 pub struct IndexWriter {
     path: PathBuf,
-    series: Vec<(Labels, Vec<ChunkMeta>)>,
+    spill: Spill,
+    /// Distinct label strings and their temporary ids (insertion order).
+    strings: HashMap<Box<str>, u32>,
+    /// Series ids per (name, value) pair of temporary ids.
+    postings: HashMap<(u32, u32), Vec<u32>>,
+    last: Option<Labels>,
+    num_series: u64,
+    entry: Vec<u8>,
 }
 
 impl IndexWriter {
-    /// A writer that will create `path` on [`IndexWriter::finish`].
+    /// A writer that will create `path` on [`IndexWriter::finish`] (spilling series entries to
+    /// a temp file beside it).
     pub fn new(path: &Path) -> IndexWriter {
+        let mut spill_path = path.as_os_str().to_owned();
+        spill_path.push(".series-tmp");
+        IndexWriter::with_spill(
+            path,
+            Spill::File {
+                path: PathBuf::from(spill_path),
+                out: None,
+            },
+        )
+    }
+
+    /// A writer that keeps everything in memory; get the file's bytes with
+    /// [`IndexWriter::into_bytes`] (tests, tools).
+    pub fn in_memory() -> IndexWriter {
+        IndexWriter::with_spill(Path::new("<memory>"), Spill::Mem(Vec::new()))
+    }
+
+    fn with_spill(path: &Path, spill: Spill) -> IndexWriter {
         IndexWriter {
             path: path.to_path_buf(),
-            series: Vec::new(),
+            spill,
+            strings: HashMap::new(),
+            postings: HashMap::new(),
+            last: None,
+            num_series: 0,
+            entry: Vec::with_capacity(256),
         }
     }
 
@@ -207,13 +253,27 @@ impl IndexWriter {
         }
     }
 
+    fn io(&self, op: &'static str) -> impl FnOnce(std::io::Error) -> IndexError + use<> {
+        let file = self.path.clone();
+        move |source| IndexError::Io { file, op, source }
+    }
+
+    fn intern(&mut self, s: &str) -> u32 {
+        if let Some(&id) = self.strings.get(s) {
+            return id;
+        }
+        let id = self.strings.len() as u32;
+        self.strings.insert(s.into(), id);
+        id
+    }
+
     /// Adds the next series (labels strictly greater than the previous series' labels) with
     /// its chunks sorted by `min_time`. Returns the series id (its ordinal).
     pub fn add_series(&mut self, labels: &Labels, chunks: Vec<ChunkMeta>) -> Result<u64> {
         if labels.is_empty() {
             return Err(self.invalid("series with an empty label set".into()));
         }
-        if let Some((prev, _)) = self.series.last()
+        if let Some(prev) = &self.last
             && prev >= labels
         {
             return Err(self.invalid(format!(
@@ -225,163 +285,353 @@ impl IndexWriter {
         {
             return Err(self.invalid(format!("chunks of series {labels} are not sorted by time")));
         }
-        if self.series.len() as u64 >= u64::from(u32::MAX) {
-            return Err(self.invalid("more than 2^32-1 series in one block".into()));
+        if self.num_series >= u64::from(u32::MAX) || self.strings.len() >= u32::MAX as usize - 64 {
+            return Err(self.invalid("more than 2^32-1 series or symbols in one block".into()));
         }
-        self.series.push((labels.clone(), chunks));
-        Ok(self.series.len() as u64 - 1)
+        let id = self.num_series as u32;
+        let mut body = std::mem::take(&mut self.entry);
+        body.clear();
+        put_uvarint(&mut body, labels.len() as u64);
+        for x in labels.iter() {
+            let (n, v) = (self.intern(x.name), self.intern(x.value));
+            put_uvarint(&mut body, u64::from(n));
+            put_uvarint(&mut body, u64::from(v));
+            self.postings.entry((n, v)).or_default().push(id);
+        }
+        put_chunk_metas(&mut body, &chunks);
+        let res = self.spill_entry(&body);
+        self.entry = body;
+        res?;
+        self.last = Some(labels.clone());
+        self.num_series += 1;
+        Ok(u64::from(id))
+    }
+
+    fn spill_entry(&mut self, body: &[u8]) -> Result<()> {
+        let mut len = Vec::with_capacity(5);
+        put_uvarint(&mut len, body.len() as u64);
+        match &mut self.spill {
+            Spill::Mem(v) => {
+                v.extend_from_slice(&len);
+                v.extend_from_slice(body);
+            }
+            Spill::File { path, out } => {
+                if out.is_none() {
+                    let f = File::create(&*path).map_err(|source| IndexError::Io {
+                        file: path.clone(),
+                        op: "create",
+                        source,
+                    })?;
+                    *out = Some(BufWriter::with_capacity(1 << 16, f));
+                }
+                if let Some(w) = out {
+                    w.write_all(&len)
+                        .and_then(|()| w.write_all(body))
+                        .map_err(|source| IndexError::Io {
+                            file: path.clone(),
+                            op: "write",
+                            source,
+                        })?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Number of series added so far.
     pub fn num_series(&self) -> usize {
-        self.series.len()
+        self.num_series as usize
     }
 
-    /// Encodes the whole file, writes it and fsyncs it. Returns its size in bytes.
-    pub fn finish(self) -> Result<u64> {
-        let bytes = self.encode()?;
-        let io = |op: &'static str| {
-            let file = self.path.clone();
-            move |source| IndexError::Io { file, op, source }
-        };
-        let f = File::create(&self.path).map_err(io("create"))?;
-        let mut w = BufWriter::with_capacity(1 << 16, f);
-        w.write_all(&bytes).map_err(io("write"))?;
+    /// Writes the whole file and fsyncs it. Returns its size in bytes.
+    pub fn finish(mut self) -> Result<u64> {
+        let f = File::create(&self.path).map_err(self.io("create"))?;
+        let w = BufWriter::with_capacity(1 << 16, f);
+        let (w, n) = self.write_to(w)?;
         let f = w
             .into_inner()
             .map_err(|e| e.into_error())
-            .map_err(io("write"))?;
-        f.sync_all().map_err(io("fsync"))?;
-        Ok(bytes.len() as u64)
+            .map_err(self.io("write"))?;
+        f.sync_all().map_err(self.io("fsync"))?;
+        Ok(n)
     }
 
-    /// The complete file contents.
-    pub fn encode(&self) -> Result<Vec<u8>> {
-        // Symbols: every label name and value, sorted.
-        let mut syms: Vec<&str> = Vec::new();
-        for (l, _) in &self.series {
-            for x in l.iter() {
-                syms.push(x.name);
-                syms.push(x.value);
-            }
-        }
-        syms.sort_unstable();
-        syms.dedup();
-        if syms.len() > u32::MAX as usize {
-            return Err(self.invalid("more than 2^32-1 symbols".into()));
-        }
-        let sym_ref = |s: &str| -> u32 { syms.binary_search(&s).map_or(0, |i| i as u32) };
+    /// The complete file contents (for [`IndexWriter::in_memory`] writers).
+    pub fn into_bytes(mut self) -> Result<Vec<u8>> {
+        let (v, _) = self.write_to(Vec::new())?;
+        Ok(v)
+    }
 
-        let mut out = Vec::with_capacity(HEADER_LEN + self.series.len() * 64);
-        out.extend_from_slice(&INDEX_MAGIC);
-        out.push(INDEX_VERSION);
-        out.extend_from_slice(&[0, 0, 0]);
-        let mut toc = [(0u64, 0u64, 0u32); NUM_SECTIONS];
-        let begin = |out: &Vec<u8>| out.len();
-        let end =
-            |out: &Vec<u8>, start: usize, toc: &mut [(u64, u64, u32); NUM_SECTIONS], i: usize| {
-                let data = &out[start..];
-                toc[i] = (start as u64, data.len() as u64, crc32fast::hash(data));
-            };
+    /// Streams the file to `w`; returns `w` and the number of bytes written.
+    fn write_to<W: Write>(&mut self, w: W) -> Result<(W, u64)> {
+        // Final symbol order and the map from temporary ids.
+        let mut syms: Vec<(&str, u32)> = self.strings.iter().map(|(s, &id)| (&**s, id)).collect();
+        syms.sort_unstable();
+        let mut final_ref = vec![0u32; syms.len()];
+        for (i, (_, tmp)) in syms.iter().enumerate() {
+            final_ref[*tmp as usize] = i as u32;
+        }
+        let mut out = SectionWriter::new(w, self.path.clone());
+        let mut header = [0u8; HEADER_LEN];
+        header[..4].copy_from_slice(&INDEX_MAGIC);
+        header[4] = INDEX_VERSION;
+        out.write(&header)?;
 
         // 0: symbols
-        let start = begin(&out);
-        out.extend_from_slice(&(syms.len() as u32).to_le_bytes());
-        for s in &syms {
-            put_uvarint(&mut out, s.len() as u64);
-            out.extend_from_slice(s.as_bytes());
+        out.begin();
+        out.write(&(syms.len() as u32).to_le_bytes())?;
+        let mut buf = Vec::with_capacity(1 << 16);
+        for (s, _) in &syms {
+            put_uvarint(&mut buf, s.len() as u64);
+            buf.extend_from_slice(s.as_bytes());
+            if buf.len() >= 1 << 16 {
+                out.write(&buf)?;
+                buf.clear();
+            }
         }
-        end(&out, start, &mut toc, SEC_SYMBOLS);
+        out.write(&buf)?;
+        out.end(SEC_SYMBOLS);
+        drop(syms);
 
-        // 1: series, collecting postings and the sparse offset index on the way.
-        let mut postings: BTreeMap<(u32, u32), Vec<u32>> = BTreeMap::new();
-        let mut stride_offsets = Vec::with_capacity(self.series.len() / SERIES_STRIDE as usize + 1);
-        let start = begin(&out);
-        let mut body = Vec::with_capacity(256);
-        for (id, (labels, chunks)) in self.series.iter().enumerate() {
-            if (id as u64).is_multiple_of(SERIES_STRIDE) {
-                stride_offsets.push((out.len() - start) as u64);
-            }
-            body.clear();
-            put_uvarint(&mut body, labels.len() as u64);
-            for x in labels.iter() {
-                let (n, v) = (sym_ref(x.name), sym_ref(x.value));
-                put_uvarint(&mut body, u64::from(n));
-                put_uvarint(&mut body, u64::from(v));
-                postings.entry((n, v)).or_default().push(id as u32);
-            }
-            put_uvarint(&mut body, chunks.len() as u64);
-            let mut prev: Option<&ChunkMeta> = None;
-            for c in chunks {
-                match prev {
-                    None => {
-                        put_varint(&mut body, c.min_time);
-                        put_uvarint(&mut body, c.max_time.wrapping_sub(c.min_time) as u64);
-                        put_uvarint(&mut body, c.chunk_ref);
-                    }
-                    Some(p) => {
-                        put_varint(&mut body, c.min_time.wrapping_sub(p.max_time));
-                        put_uvarint(&mut body, c.max_time.wrapping_sub(c.min_time) as u64);
-                        put_varint(&mut body, c.chunk_ref.wrapping_sub(p.chunk_ref) as i64);
-                    }
+        // 1: series, re-read from the spill with symbol refs made final.
+        out.begin();
+        let mut stride_offsets = Vec::with_capacity((self.num_series / SERIES_STRIDE) as usize + 1);
+        let mut reader: Box<dyn Read + '_> = match &mut self.spill {
+            Spill::Mem(v) => Box::new(std::io::Cursor::new(std::mem::take(v))),
+            Spill::File {
+                path,
+                out: spill_out,
+            } => match spill_out.take() {
+                None => Box::new(std::io::empty()),
+                Some(bw) => {
+                    let f = bw
+                        .into_inner()
+                        .map_err(|e| e.into_error())
+                        .map_err(|source| IndexError::Io {
+                            file: path.clone(),
+                            op: "write",
+                            source,
+                        })?;
+                    drop(f);
+                    let f = File::open(&*path).map_err(|source| IndexError::Io {
+                        file: path.clone(),
+                        op: "open",
+                        source,
+                    })?;
+                    Box::new(BufReader::with_capacity(1 << 16, f))
                 }
-                prev = Some(c);
+            },
+        };
+        let spill_name = match &self.spill {
+            Spill::File { path, .. } => path.clone(),
+            Spill::Mem(_) => self.path.clone(),
+        };
+        let spill_err = |what: &str| IndexError::Invalid {
+            file: spill_name.clone(),
+            what: what.to_string(),
+        };
+        let mut body = Vec::with_capacity(256);
+        let mut conv = Vec::with_capacity(256);
+        let mut len_buf = Vec::with_capacity(5);
+        for id in 0..self.num_series {
+            if id % SERIES_STRIDE == 0 {
+                stride_offsets.push(out.section_len());
             }
-            put_uvarint(&mut out, body.len() as u64);
-            out.extend_from_slice(&body);
+            let n = read_uvarint_from(&mut reader)
+                .ok_or_else(|| spill_err("series spill file truncated"))?;
+            body.resize(n as usize, 0);
+            reader
+                .read_exact(&mut body)
+                .map_err(|_| spill_err("series spill file truncated"))?;
+            let mut d = Decoder::new(&body, 0);
+            conv.clear();
+            let nl = d.uvarint().ok_or_else(|| spill_err("bad spilled series"))?;
+            put_uvarint(&mut conv, nl);
+            for _ in 0..nl * 2 {
+                let tmp = d.uvarint().ok_or_else(|| spill_err("bad spilled series"))?;
+                let r = final_ref
+                    .get(tmp as usize)
+                    .ok_or_else(|| spill_err("bad spilled symbol"))?;
+                put_uvarint(&mut conv, u64::from(*r));
+            }
+            conv.extend_from_slice(body.get(d.pos..).unwrap_or(&[]));
+            len_buf.clear();
+            put_uvarint(&mut len_buf, conv.len() as u64);
+            out.write(&len_buf)?;
+            out.write(&conv)?;
         }
-        end(&out, start, &mut toc, SEC_SERIES);
+        drop(reader);
+        if let Spill::File { path, .. } = &self.spill {
+            let _ = std::fs::remove_file(path);
+        }
+        out.end(SEC_SERIES);
 
         // 2: series index
-        let start = begin(&out);
-        out.extend_from_slice(&(self.series.len() as u64).to_le_bytes());
+        out.begin();
+        out.write(&self.num_series.to_le_bytes())?;
         for o in &stride_offsets {
-            out.extend_from_slice(&o.to_le_bytes());
+            out.write(&o.to_le_bytes())?;
         }
-        end(&out, start, &mut toc, SEC_SERIES_INDEX);
+        out.end(SEC_SERIES_INDEX);
 
-        // 5 (built first, written last): postings lists; 4: the table pointing into them.
-        let mut plists = Vec::with_capacity(postings.len() * 8);
-        let mut table = Vec::with_capacity(postings.len() * POSTINGS_ENTRY_LEN);
+        // Postings in final (name, value) order.
+        let mut pairs: Vec<((u32, u32), Vec<u32>)> = std::mem::take(&mut self.postings)
+            .into_iter()
+            .map(|((n, v), ids)| ((final_ref[n as usize], final_ref[v as usize]), ids))
+            .collect();
+        pairs.sort_unstable_by_key(|(k, _)| *k);
+
+        // 3: label names
+        out.begin();
         let mut names: Vec<(u32, u32)> = Vec::new();
-        for (i, ((n, v), ids)) in postings.iter().enumerate() {
+        for (i, ((n, _), _)) in pairs.iter().enumerate() {
             if names.last().is_none_or(|&(last, _)| last != *n) {
                 names.push((*n, i as u32));
             }
-            table.extend_from_slice(&v.to_le_bytes());
-            table.extend_from_slice(&(plists.len() as u64).to_le_bytes());
-            put_uvarint(&mut plists, ids.len() as u64);
-            let mut prev = 0u32;
-            for (j, &id) in ids.iter().enumerate() {
-                put_uvarint(&mut plists, u64::from(if j == 0 { id } else { id - prev }));
-                prev = id;
+        }
+        out.write(&(names.len() as u32).to_le_bytes())?;
+        for (n, first) in &names {
+            out.write(&n.to_le_bytes())?;
+            out.write(&first.to_le_bytes())?;
+        }
+        out.end(SEC_LABEL_NAMES);
+
+        // 4: postings table (offsets computed from the encoded list sizes)
+        out.begin();
+        let mut off = 0u64;
+        let mut list = Vec::new();
+        for ((_, v), ids) in &pairs {
+            out.write(&v.to_le_bytes())?;
+            out.write(&off.to_le_bytes())?;
+            list.clear();
+            encode_postings(&mut list, ids);
+            off += list.len() as u64;
+        }
+        out.end(SEC_POSTINGS_TABLE);
+
+        // 5: postings
+        out.begin();
+        for (_, ids) in &pairs {
+            list.clear();
+            encode_postings(&mut list, ids);
+            out.write(&list)?;
+        }
+        out.end(SEC_POSTINGS);
+
+        out.finish()
+    }
+}
+
+impl Drop for IndexWriter {
+    fn drop(&mut self) {
+        if let Spill::File { path, out } = &mut self.spill
+            && out.take().is_some()
+        {
+            let _ = std::fs::remove_file(&*path);
+        }
+    }
+}
+
+fn put_chunk_metas(body: &mut Vec<u8>, chunks: &[ChunkMeta]) {
+    put_uvarint(body, chunks.len() as u64);
+    let mut prev: Option<&ChunkMeta> = None;
+    for c in chunks {
+        match prev {
+            None => {
+                put_varint(body, c.min_time);
+                put_uvarint(body, c.max_time.wrapping_sub(c.min_time) as u64);
+                put_uvarint(body, c.chunk_ref);
+            }
+            Some(p) => {
+                put_varint(body, c.min_time.wrapping_sub(p.max_time));
+                put_uvarint(body, c.max_time.wrapping_sub(c.min_time) as u64);
+                put_varint(body, c.chunk_ref.wrapping_sub(p.chunk_ref) as i64);
             }
         }
-        // 3: label names
-        let start = begin(&out);
-        out.extend_from_slice(&(names.len() as u32).to_le_bytes());
-        for (n, first) in &names {
-            out.extend_from_slice(&n.to_le_bytes());
-            out.extend_from_slice(&first.to_le_bytes());
-        }
-        end(&out, start, &mut toc, SEC_LABEL_NAMES);
-        let start = begin(&out);
-        out.extend_from_slice(&table);
-        end(&out, start, &mut toc, SEC_POSTINGS_TABLE);
-        let start = begin(&out);
-        out.extend_from_slice(&plists);
-        end(&out, start, &mut toc, SEC_POSTINGS);
+        prev = Some(c);
+    }
+}
 
-        // TOC
-        let start = out.len();
-        for (off, len, crc) in toc {
-            out.extend_from_slice(&off.to_le_bytes());
-            out.extend_from_slice(&len.to_le_bytes());
-            out.extend_from_slice(&crc.to_le_bytes());
+fn encode_postings(out: &mut Vec<u8>, ids: &[u32]) {
+    put_uvarint(out, ids.len() as u64);
+    let mut prev = 0u32;
+    for (j, &id) in ids.iter().enumerate() {
+        put_uvarint(out, u64::from(if j == 0 { id } else { id - prev }));
+        prev = id;
+    }
+}
+
+fn read_uvarint_from(r: &mut dyn Read) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let mut b = [0u8; 1];
+        r.read_exact(&mut b).ok()?;
+        v |= u64::from(b[0] & 0x7f) << shift;
+        if b[0] < 0x80 {
+            return Some(v);
         }
-        let crc = crc32fast::hash(&out[start..]);
-        out.extend_from_slice(&crc.to_le_bytes());
-        Ok(out)
+    }
+    None
+}
+
+/// Writes sections sequentially, tracking offsets and each section's CRC for the TOC.
+struct SectionWriter<W: Write> {
+    w: W,
+    file: PathBuf,
+    pos: u64,
+    start: u64,
+    crc: crc32fast::Hasher,
+    toc: [(u64, u64, u32); NUM_SECTIONS],
+}
+
+impl<W: Write> SectionWriter<W> {
+    fn new(w: W, file: PathBuf) -> Self {
+        SectionWriter {
+            w,
+            file,
+            pos: 0,
+            start: 0,
+            crc: crc32fast::Hasher::new(),
+            toc: [(0, 0, 0); NUM_SECTIONS],
+        }
+    }
+
+    fn write(&mut self, b: &[u8]) -> Result<()> {
+        self.w.write_all(b).map_err(|source| IndexError::Io {
+            file: self.file.clone(),
+            op: "write",
+            source,
+        })?;
+        self.crc.update(b);
+        self.pos += b.len() as u64;
+        Ok(())
+    }
+
+    fn begin(&mut self) {
+        self.start = self.pos;
+        self.crc = crc32fast::Hasher::new();
+    }
+
+    fn section_len(&self) -> u64 {
+        self.pos - self.start
+    }
+
+    fn end(&mut self, i: usize) {
+        let crc = std::mem::take(&mut self.crc).finalize();
+        self.toc[i] = (self.start, self.pos - self.start, crc);
+    }
+
+    fn finish(mut self) -> Result<(W, u64)> {
+        let mut toc = Vec::with_capacity(TOC_LEN);
+        for (off, len, crc) in self.toc {
+            toc.extend_from_slice(&off.to_le_bytes());
+            toc.extend_from_slice(&len.to_le_bytes());
+            toc.extend_from_slice(&crc.to_le_bytes());
+        }
+        let crc = crc32fast::hash(&toc);
+        toc.extend_from_slice(&crc.to_le_bytes());
+        self.write(&toc)?;
+        Ok((self.w, self.pos))
     }
 }
 
@@ -1184,11 +1434,11 @@ mod tests {
             series.push(SeriesEntry { labels, chunks });
         }
         series.sort_by(|a, b| a.labels.cmp(&b.labels));
-        let mut w = IndexWriter::new(Path::new("mem"));
+        let mut w = IndexWriter::in_memory();
         for s in &series {
             w.add_series(&s.labels, s.chunks.clone()).unwrap();
         }
-        (series, w.encode().unwrap())
+        (series, w.into_bytes().unwrap())
     }
 
     #[test]
@@ -1220,9 +1470,37 @@ mod tests {
     }
 
     #[test]
+    fn file_writer_spills_and_matches_memory_writer() {
+        let (series, bytes) = sample_index();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index");
+        let mut w = IndexWriter::new(&path);
+        for s in &series {
+            w.add_series(&s.labels, s.chunks.clone()).unwrap();
+        }
+        assert!(
+            dir.path().join("index.series-tmp").exists(),
+            "series entries are spilled"
+        );
+        assert_eq!(w.finish().unwrap(), bytes.len() as u64);
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        assert!(
+            !dir.path().join("index.series-tmp").exists(),
+            "spill removed"
+        );
+        let r = IndexReader::open(&path).unwrap();
+        assert_eq!(r.series(3).unwrap(), series[3]);
+        // An abandoned writer removes its spill file too.
+        let mut w = IndexWriter::new(&dir.path().join("other"));
+        w.add_series(&series[0].labels, vec![]).unwrap();
+        drop(w);
+        assert!(!dir.path().join("other.series-tmp").exists());
+    }
+
+    #[test]
     fn empty_index() {
-        let w = IndexWriter::new(Path::new("mem"));
-        let r = IndexReader::from_vec(Path::new("mem"), w.encode().unwrap()).unwrap();
+        let w = IndexWriter::in_memory();
+        let r = IndexReader::from_vec(Path::new("mem"), w.into_bytes().unwrap()).unwrap();
         assert_eq!(r.num_series(), 0);
         assert!(r.label_names().is_empty());
         assert!(r.postings("a", "b").unwrap().is_empty());
@@ -1230,7 +1508,7 @@ mod tests {
 
     #[test]
     fn writer_rejects_out_of_order() {
-        let mut w = IndexWriter::new(Path::new("mem"));
+        let mut w = IndexWriter::in_memory();
         w.add_series(&ls(&[("a", "2")]), vec![]).unwrap();
         assert!(w.add_series(&ls(&[("a", "1")]), vec![]).is_err());
         assert!(w.add_series(&ls(&[("a", "2")]), vec![]).is_err());

@@ -377,3 +377,33 @@ fn compaction_survives_sigkill() {
         assert_eq!(metas(dir.path()).len(), 3, "states seen: {killed_state:?}");
     }
 }
+
+#[test]
+fn queries_survive_deletion_of_their_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = sample_model(6, 3, 8);
+    write_aligned(dir.path(), &model);
+    let (blocks, _) = open_blocks(dir.path()).unwrap();
+    // A query is running on the first block (series set obtained, iteration not started).
+    let q = blocks[0].querier(i64::MIN, i64::MAX);
+    let set: Vec<_> = q.select(true, None, &[]).map(|s| s.unwrap()).collect();
+    // Compaction replaces the three blocks and deletes them.
+    let refs: Vec<_> = blocks.iter().collect();
+    compact::compact(dir.path(), &refs).unwrap();
+    assert!(!dir.path().join(blocks[0].id()).exists());
+    // The running query still reads everything it selected, and new queriers still work.
+    let mut n = 0;
+    for s in &set {
+        let mut it = s.iter();
+        while it.next() {
+            n += 1;
+        }
+        assert!(it.err().is_none());
+    }
+    assert_eq!(n, 6 * 8);
+    let late = blocks[0].querier(i64::MIN, i64::MAX);
+    assert_eq!(late.label_values("i", &[], 0).unwrap().len(), 6);
+    assert_eq!(late.label_values("i", &[], 2).unwrap().len(), 2, "limit");
+    drop(blocks);
+    assert_eq!(read_all(dir.path()), model_flat(&model));
+}

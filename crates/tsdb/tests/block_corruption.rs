@@ -263,7 +263,7 @@ fn truncated_chunk_file_fails_only_later_series() {
 }
 
 fn valid_index() -> Vec<u8> {
-    let mut w = IndexWriter::new(Path::new("mem"));
+    let mut w = IndexWriter::in_memory();
     let mut ls: Vec<Labels> = (0..60).map(series).collect();
     ls.sort();
     for (k, l) in ls.iter().enumerate() {
@@ -276,7 +276,7 @@ fn valid_index() -> Vec<u8> {
             .collect();
         w.add_series(l, chunks).unwrap();
     }
-    w.encode().unwrap()
+    w.into_bytes().unwrap()
 }
 
 #[test]

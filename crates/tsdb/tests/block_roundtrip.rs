@@ -197,3 +197,65 @@ fn open_blocks_sorts_and_ignores_other_dirs() {
         "{meta}"
     );
 }
+
+#[test]
+fn select_limit_and_partial_range_label_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = Model::new();
+    for i in 0..5 {
+        let l = Labels::from_pairs([("__name__", "m".to_string()), ("i", i.to_string())]);
+        // Series i has samples only at 100 * i and 1000 + i.
+        model.insert(
+            l,
+            vec![Sample::new(100 * i, 1.0), Sample::new(1000 + i, 2.0)],
+        );
+    }
+    let block = write_block(dir.path(), &model, 0, 2000, 0);
+    let hints = tidemark_storage::SelectHints {
+        limit: 2,
+        ..Default::default()
+    };
+    let q = block.querier(0, 1999);
+    assert_eq!(q.select(true, Some(&hints), &[]).count(), 2);
+    // [150, 450]: only series 2, 3, 4 have a sample in range although every chunk overlaps it.
+    let q = block.querier(150, 450);
+    let got: Vec<String> = q
+        .select(true, None, &[])
+        .map(|s| s.unwrap().labels().get("i").unwrap().to_string())
+        .collect();
+    assert_eq!(got, vec!["2", "3", "4"]);
+    assert_eq!(q.label_values("i", &[], 0).unwrap(), vec!["2", "3", "4"]);
+    assert!(
+        block
+            .querier(2000, 3000)
+            .select(true, None, &[])
+            .next()
+            .is_none(),
+        "max time is exclusive"
+    );
+}
+
+#[test]
+fn empty_block_and_missing_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = BlockWriter::new(dir.path(), 0, 10)
+        .unwrap()
+        .finish()
+        .unwrap();
+    assert_eq!(meta.stats.num_series, 0);
+    let b = Block::open(&dir.path().join(&meta.id)).unwrap();
+    assert!(
+        b.querier(i64::MIN, i64::MAX)
+            .select(true, None, &[])
+            .next()
+            .is_none()
+    );
+    assert!(
+        b.querier(i64::MIN, i64::MAX)
+            .label_names(&[], 0)
+            .unwrap()
+            .is_empty()
+    );
+    let (blocks, problems) = open_blocks(&dir.path().join("absent")).unwrap();
+    assert!(blocks.is_empty() && problems.is_empty());
+}
