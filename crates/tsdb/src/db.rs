@@ -59,6 +59,9 @@ pub struct DbOptions {
     pub background_maintenance: bool,
     /// How often the background thread runs (default 1 min).
     pub maintenance_interval: Duration,
+    /// Threads inserting samples during log replay (default 1: the opening thread; 0: one per
+    /// CPU, at most 4). More threads were slower on the shared 2-core machine (benchmarks.md).
+    pub replay_workers: usize,
 }
 
 impl Default for DbOptions {
@@ -72,6 +75,7 @@ impl Default for DbOptions {
             log_segment_size: log::DEFAULT_SEGMENT_SIZE,
             background_maintenance: true,
             maintenance_interval: Duration::from_secs(60),
+            replay_workers: 1,
         }
     }
 }
@@ -199,6 +203,7 @@ impl Db {
             chunk_dir: Some(dir.join(HEAD_CHUNKS_DIR)),
             chunk_range_ms: opts.block_range_ms,
             ooo_window_ms: opts.ooo_window_ms,
+            replay_workers: opts.replay_workers,
         })?);
         if let Some(max) = blocks.iter().map(|b| b.meta().max_time).max() {
             head.set_min_valid_time(max);
@@ -371,7 +376,9 @@ impl Db {
             let end = start.saturating_add(range);
             self.cut_block(start, end)?;
             cut_any = true;
-            if end > hmax {
+            if end > hmax || head.min_time() <= hmin {
+                // Done, or the head did not shrink (never expected: chunks are aligned to the
+                // block range): stop rather than loop.
                 break;
             }
         }

@@ -40,6 +40,9 @@ pub struct HeadOptions {
     pub chunk_range_ms: i64,
     /// Samples up to this much older than the head's newest sample are accepted out of order.
     pub ooo_window_ms: i64,
+    /// Threads inserting samples during replay (1: the reading thread itself, the default; 0:
+    /// one per CPU, at most 4).
+    pub replay_workers: usize,
 }
 
 impl Default for HeadOptions {
@@ -48,6 +51,7 @@ impl Default for HeadOptions {
             chunk_dir: None,
             chunk_range_ms: 2 * 3_600_000,
             ooo_window_ms: 10 * 60_000,
+            replay_workers: 1,
         }
     }
 }
@@ -170,6 +174,31 @@ impl std::hash::Hasher for U64Hasher {
 
 /// A map keyed by `u64` with [`U64Hasher`].
 pub(crate) type U64Map<V> = HashMap<u64, V, std::hash::BuildHasherDefault<U64Hasher>>;
+
+/// Hints the CPU to load every cache line of a series (its lock, chunk state and open chunk's
+/// encoder state), which the caller inserts into shortly: series are visited in random order,
+/// so without this every sample waits for several cache misses in a row.
+#[inline(always)]
+pub(crate) fn prefetch_series(s: &Arc<MemSeries>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let p = Arc::as_ptr(s).cast::<i8>();
+        let mut off = 0;
+        while off < std::mem::size_of::<MemSeries>() {
+            // SAFETY: prefetching is only a hint and never faults; the address is inside the
+            // series anyway.
+            #[allow(unused_unsafe)]
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    p.wrapping_add(off),
+                );
+            }
+            off += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = s;
+}
 
 #[derive(Debug, Default)]
 struct Stripe {

@@ -263,7 +263,10 @@ impl Appender for HeadAppender {
         {
             let _iso = head.isolation.write();
             let (mut mint, mut maxt, mut n) = (i64::MAX, i64::MIN, 0u64);
-            for (s, t, v) in &self.pending {
+            for (i, (s, t, v)) in self.pending.iter().enumerate() {
+                if let Some((ahead, _, _)) = self.pending.get(i + 8) {
+                    crate::head::prefetch_series(ahead);
+                }
                 match head.insert(s, *t, *v) {
                     Ok(Inserted::Added) => {
                         mint = mint.min(*t);

@@ -75,8 +75,17 @@ fn append_restart_cut_and_query() {
     );
     drop(db);
 
-    let db = Db::open(dir.path(), opts()).unwrap();
+    // Replay with several worker threads (the parallel path).
+    let db = Db::open(
+        dir.path(),
+        DbOptions {
+            replay_workers: 3,
+            ..opts()
+        },
+    )
+    .unwrap();
     assert!(db.open_report().is_clean(), "{}", db.open_report());
+    assert_eq!(db.open_report().replay.samples, 1000);
     assert_eq!(read(&db, i64::MIN, i64::MAX), expected(5, 0..200));
     // 2000 ms of data with 1000 ms blocks: one block is due (head spans > 1.5 ranges).
     db.compact_now().unwrap();

@@ -49,7 +49,6 @@ fn appenders_and_queriers_stay_consistent() {
     let mut handles = Vec::new();
     for w in 0..WRITERS {
         let (db, stop, committed) = (db.clone(), stop.clone(), committed.clone());
-        let t0 = t0;
         handles.push(std::thread::spawn(move || {
             // Timestamps follow the wall clock (strictly increasing per writer), so that writers
             // stay close together and blocks cut behind them.
