@@ -295,6 +295,8 @@ impl Ctx<'_> {
                 self.total_samples
                     .fetch_add(samples.len() as u64, Ordering::Relaxed);
                 self.series_fetched.fetch_add(1, Ordering::Relaxed);
+                // Raw samples count against the limit while they are held.
+                self.add_samples(samples.len())?;
                 all.push(RawSeries {
                     labels: s.labels().clone(),
                     samples,
@@ -420,6 +422,7 @@ impl Ctx<'_> {
         };
         let mint = first.saturating_sub(self.lookback) + 1;
         let raw = self.select(vs, mint, last, span, 0, None)?;
+        let raw_total: usize = raw.iter().map(|r| r.samples.len()).sum();
         let lookback = self.lookback;
         let n = span.len();
         let out: Vec<Series> = raw
@@ -464,6 +467,7 @@ impl Ctx<'_> {
                 }
             })
             .collect();
+        self.release_samples(raw_total);
         let total: usize = out.iter().map(|s| s.points.len()).sum();
         self.add_samples(total)?;
         Ok(out)
@@ -491,12 +495,12 @@ impl Ctx<'_> {
                 };
                 let mint = first.saturating_sub(range) + 1;
                 let raw = self.select(vs, mint, last, span, range, func)?;
-                let mut total = 0;
+                // Counted by `select`; the consumer releases `total`.
+                let total: usize = raw.iter().map(|r| r.samples.len()).sum();
                 let series: Vec<Series> = raw
                     .into_iter()
                     .map(|mut rs| {
                         rs.samples.retain(|s| !is_stale_nan(s.v));
-                        total += rs.samples.len();
                         Series {
                             labels: rs.labels,
                             points: rs.samples,
@@ -504,7 +508,6 @@ impl Ctx<'_> {
                         }
                     })
                     .collect();
-                self.add_samples(total)?;
                 Ok(MatrixSource {
                     series,
                     range,
