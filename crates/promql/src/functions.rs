@@ -334,12 +334,12 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, span: Span, depth: usize) -> Re
             let src = string_arg(ctx, args[3], span, depth)?;
             let re_s = string_arg(ctx, args[4], span, depth)?;
             let re = regex::Regex::new(&format!("^(?s:{re_s})$")).map_err(|e| {
-                QueryError::bad_data(format!(
+                QueryError::execution(format!(
                     "invalid regular expression in label_replace(): {re_s}: {e}"
                 ))
             })?;
             if !valid_label_name_in(ctx, &dst) {
-                return Err(QueryError::bad_data(format!(
+                return Err(QueryError::execution(format!(
                     "invalid destination label name in label_replace(): {dst}"
                 )));
             }
@@ -366,14 +366,14 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, span: Span, depth: usize) -> Re
             for a in &args[3..] {
                 let s = string_arg(ctx, a, span, depth)?;
                 if !valid_label_name_in(ctx, &s) {
-                    return Err(QueryError::bad_data(format!(
+                    return Err(QueryError::execution(format!(
                         "invalid source label name in label_join(): {s}"
                     )));
                 }
                 srcs.push(s);
             }
             if !valid_label_name_in(ctx, &dst) {
-                return Err(QueryError::bad_data(format!(
+                return Err(QueryError::execution(format!(
                     "invalid destination label name in label_join(): {dst}"
                 )));
             }
