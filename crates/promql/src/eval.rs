@@ -761,3 +761,54 @@ pub(crate) fn format_float_go(v: f64, eprec: i32) -> String {
     }
     format!("{v}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_float_formatting() {
+        assert_eq!(format_float_go(0.5, 6), "0.5");
+        assert_eq!(format_float_go(1e6, 6), "1e+06");
+        assert_eq!(format_float_go(123456.0, 6), "123456");
+        assert_eq!(format_float_go(1e-5, 21), "1e-05");
+        assert_eq!(format_float_go(1.1, 21), "1.1");
+        assert_eq!(format_float_go(f64::NAN, 21), "NaN");
+        assert_eq!(format_float_go(f64::NEG_INFINITY, 21), "-Inf");
+        assert_eq!(format_float_go(1e21, 21), "1e+21");
+    }
+
+    #[test]
+    fn span_steps() {
+        let s = Span {
+            start: 10,
+            end: 40,
+            step: 15,
+        };
+        assert_eq!(s.len(), 3);
+        assert_eq!((s.t(0), s.t(2)), (10, 40));
+        assert_eq!(s.index(25), 1);
+        assert_eq!(
+            Span {
+                start: 5,
+                end: 4,
+                step: 1
+            }
+            .len(),
+            0
+        );
+    }
+
+    #[test]
+    fn collector_rejects_duplicates_at_one_step() {
+        let mut c = Collector::new();
+        let l = Labels::from_pairs([("a", "b")]);
+        c.push(l.clone(), false, 1, 1.0).unwrap();
+        c.push(l.clone(), true, 2, 2.0).unwrap();
+        assert!(c.push(l, false, 2, 3.0).is_err());
+        let s = c.finish();
+        assert_eq!(s.len(), 1);
+        assert!(s[0].drop_name);
+        assert_eq!(s[0].points.len(), 2);
+    }
+}
