@@ -251,7 +251,7 @@ impl Ctx<'_> {
     }
 
     /// Reads every series matching `vs` with samples in `[mint, maxt]`, sorted by labels.
-    fn select(
+    fn select_handles(
         &self,
         vs: &VectorSelector,
         mint: i64,
@@ -259,7 +259,7 @@ impl Ctx<'_> {
         span: Span,
         range: i64,
         func: Option<&str>,
-    ) -> Result<Vec<RawSeries>> {
+    ) -> Result<(Vec<std::sync::Arc<dyn tidemark_storage::Series>>, usize)> {
         self.check_deadline()?;
         let sets = convert_matchers(&vs.name, &vs.matchers)?;
         let querier = self.queryable.querier(mint, maxt)?;
@@ -271,12 +271,33 @@ impl Ctx<'_> {
             range,
             ..SelectHints::default()
         };
-        let mut all: Vec<RawSeries> = Vec::new();
+        let mut handles: Vec<std::sync::Arc<dyn tidemark_storage::Series>> = Vec::new();
         for matchers in &sets {
             for s in querier.select(true, Some(&hints), matchers) {
-                let s = s?;
+                handles.push(s?);
+                if handles.len().is_multiple_of(4096) {
+                    self.check_deadline()?;
+                }
+            }
+        }
+        Ok((handles, sets.len()))
+    }
+
+    fn select(
+        &self,
+        vs: &VectorSelector,
+        mint: i64,
+        maxt: i64,
+        span: Span,
+        range: i64,
+        func: Option<&str>,
+    ) -> Result<Vec<RawSeries>> {
+        let (handles, nsets) = self.select_handles(vs, mint, maxt, span, range, func)?;
+        // Read the samples in parallel; the first series' length sizes the other buffers.
+        let read =
+            |s: &std::sync::Arc<dyn tidemark_storage::Series>, cap: usize| -> Result<RawSeries> {
                 let mut it = s.iter();
-                let mut samples = Vec::new();
+                let mut samples = Vec::with_capacity(cap);
                 if it.seek(mint) {
                     loop {
                         let smp = it.at();
@@ -292,21 +313,32 @@ impl Ctx<'_> {
                 if let Some(e) = it.err() {
                     return Err(e.into());
                 }
-                self.total_samples
-                    .fetch_add(samples.len() as u64, Ordering::Relaxed);
-                self.series_fetched.fetch_add(1, Ordering::Relaxed);
-                // Raw samples count against the limit while they are held.
-                self.add_samples(samples.len())?;
-                all.push(RawSeries {
+                Ok(RawSeries {
                     labels: s.labels().clone(),
                     samples,
-                });
-                if all.len().is_multiple_of(1024) {
-                    self.check_deadline()?;
-                }
+                })
+            };
+        let mut all: Vec<RawSeries> = Vec::with_capacity(handles.len());
+        if let Some(first) = handles.first() {
+            let f = read(first, 0)?;
+            let cap = f.samples.len() + 1;
+            all.push(f);
+            let rest: Vec<Result<RawSeries>> =
+                handles[1..].par_iter().map(|s| read(s, cap)).collect();
+            for r in rest {
+                all.push(r?);
             }
         }
-        if sets.len() > 1 {
+        drop(handles);
+        let total: usize = all.iter().map(|r| r.samples.len()).sum();
+        self.total_samples
+            .fetch_add(total as u64, Ordering::Relaxed);
+        self.series_fetched
+            .fetch_add(all.len() as u64, Ordering::Relaxed);
+        // Raw samples count against the limit while they are held.
+        self.add_samples(total)?;
+        self.check_deadline()?;
+        if nsets > 1 {
             all.sort_by(|a, b| a.labels.cmp(&b.labels));
             all.dedup_by(|a, b| a.labels == b.labels);
         }
@@ -421,53 +453,73 @@ impl Ctx<'_> {
             None => (span.start - offset, span.end - offset),
         };
         let mint = first.saturating_sub(self.lookback) + 1;
-        let raw = self.select(vs, mint, last, span, 0, None)?;
-        let raw_total: usize = raw.iter().map(|r| r.samples.len()).sum();
+        let (handles, nsets) = self.select_handles(vs, mint, last, span, 0, None)?;
         let lookback = self.lookback;
         let n = span.len();
-        let out: Vec<Series> = raw
-            .into_par_iter()
-            .filter_map(|rs| {
-                let mut points = Vec::with_capacity(if at.is_some() {
-                    n
-                } else {
-                    rs.samples.len().min(n)
-                });
-                let mut j = 0usize; // first sample with t > ts
+        let read = AtomicU64::new(0);
+        // Stream each series' samples through the steps: no copy of the raw samples.
+        let res: Vec<Result<Option<Series>>> = handles
+            .par_iter()
+            .map(|h| {
+                let mut it = h.iter();
+                let mut have = it.seek(mint);
+                let mut latest: Option<Sample> = None;
+                let mut count = 0u64;
+                let mut points = Vec::new();
                 for i in 0..n {
                     let t = span.t(i);
                     let ts = at.unwrap_or(t) - offset;
-                    if at.is_some() {
-                        j = rs.samples.partition_point(|s| s.t <= ts);
-                    } else {
-                        while j < rs.samples.len() && rs.samples[j].t <= ts {
-                            j += 1;
+                    while have {
+                        let smp = it.at();
+                        if smp.t > ts {
+                            break;
                         }
+                        latest = Some(smp);
+                        count += 1;
+                        have = it.next();
                     }
-                    if j == 0 {
+                    let Some(smp) = latest else { continue };
+                    if smp.t <= ts - lookback || is_stale_nan(smp.v) {
                         continue;
                     }
-                    let s = rs.samples[j - 1];
-                    if s.t <= ts - lookback || is_stale_nan(s.v) {
-                        continue;
+                    if points.capacity() == 0 {
+                        points.reserve(n - i);
                     }
                     points.push(Sample::new(
                         t,
-                        if ts_value { s.t as f64 / 1000.0 } else { s.v },
+                        if ts_value {
+                            smp.t as f64 / 1000.0
+                        } else {
+                            smp.v
+                        },
                     ));
                 }
-                if points.is_empty() {
-                    None
-                } else {
-                    Some(Series {
-                        labels: rs.labels,
-                        points,
-                        drop_name: false,
-                    })
+                if let Some(e) = it.err() {
+                    return Err(e.into());
                 }
+                read.fetch_add(count, Ordering::Relaxed);
+                Ok((!points.is_empty()).then(|| Series {
+                    labels: h.labels().clone(),
+                    points,
+                    drop_name: false,
+                }))
             })
             .collect();
-        self.release_samples(raw_total);
+        self.total_samples
+            .fetch_add(read.into_inner(), Ordering::Relaxed);
+        self.series_fetched
+            .fetch_add(handles.len() as u64, Ordering::Relaxed);
+        drop(handles);
+        let mut out = Vec::with_capacity(res.len());
+        for r in res {
+            if let Some(s) = r? {
+                out.push(s);
+            }
+        }
+        if nsets > 1 {
+            out.sort_by(|a, b| a.labels.cmp(&b.labels));
+            out.dedup_by(|a, b| a.labels == b.labels);
+        }
         let total: usize = out.iter().map(|s| s.points.len()).sum();
         self.add_samples(total)?;
         Ok(out)
