@@ -739,6 +739,14 @@ pub(crate) fn for_each_step_in(
     hi: usize,
     mut f: impl FnMut(usize, i64, &[Elem]) -> Result<()>,
 ) -> Result<()> {
+    if lo >= hi {
+        return Ok(());
+    }
+    // Transpose a chunk of steps at a time: walking each series' points sequentially and
+    // appending to per-step rows is far more cache-friendly than visiting every series at every
+    // step. Rows list their elements in series order, as the step-by-step walk would.
+    let ns = series.len().max(1);
+    let chunk = ((1usize << 20) / ns).clamp(1, hi - lo);
     let t0 = span.t(lo);
     let mut cursors: Vec<usize> = series
         .iter()
@@ -750,20 +758,32 @@ pub(crate) fn for_each_step_in(
             }
         })
         .collect();
-    let mut buf: Vec<Elem> = Vec::with_capacity(series.len());
-    for i in lo..hi {
-        let t = span.t(i);
-        buf.clear();
-        for (si, s) in series.iter().enumerate() {
-            let c = cursors[si];
-            if let Some(p) = s.points.get(c)
-                && p.t == t
-            {
-                buf.push(Elem { s: si, v: p.v });
-                cursors[si] = c + 1;
-            }
+    let mut rows: Vec<Vec<Elem>> = vec![Vec::new(); chunk];
+    let mut c_lo = lo;
+    while c_lo < hi {
+        let c_hi = (c_lo + chunk).min(hi);
+        let t_last = span.t(c_hi - 1);
+        for r in rows.iter_mut() {
+            r.clear();
         }
-        f(i, t, &buf)?;
+        for (si, s) in series.iter().enumerate() {
+            let mut c = cursors[si];
+            while let Some(p) = s.points.get(c) {
+                if p.t > t_last {
+                    break;
+                }
+                if p.t >= span.t(c_lo) && (p.t - span.start) % span.step == 0 {
+                    rows[span.index(p.t) - c_lo].push(Elem { s: si, v: p.v });
+                }
+                c += 1;
+            }
+            cursors[si] = c;
+        }
+        for (k, row) in rows.iter().enumerate().take(c_hi - c_lo) {
+            let i = c_lo + k;
+            f(i, span.t(i), row)?;
+        }
+        c_lo = c_hi;
     }
     Ok(())
 }
