@@ -4,7 +4,8 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::measurement::{Measurement, ValueFormatter};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tidemark_model::Labels;
 use tidemark_promql::{Engine, EngineOptions, QueryParams};
 use tidemark_storage::memory::MemStorage;
@@ -62,23 +63,90 @@ fn dataset() -> MemStorage {
     s
 }
 
-fn bench(c: &mut Criterion) {
+/// CPU time of the whole process (all pool threads), in nanoseconds: steadier than wall time
+/// on a machine shared with other builds.
+struct CpuTime;
+
+fn cpu_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+struct CpuFormatter;
+
+impl ValueFormatter for CpuFormatter {
+    fn scale_values(&self, _typical: f64, values: &mut [f64]) -> &'static str {
+        for v in values {
+            *v /= 1e6;
+        }
+        "ms CPU"
+    }
+    fn scale_throughputs(
+        &self,
+        _typical: f64,
+        _t: &Throughput,
+        values: &mut [f64],
+    ) -> &'static str {
+        for v in values {
+            *v /= 1e6;
+        }
+        "ms CPU"
+    }
+    fn scale_for_machines(&self, _values: &mut [f64]) -> &'static str {
+        "ns"
+    }
+}
+
+impl Measurement for CpuTime {
+    type Intermediate = u64;
+    type Value = u64;
+    fn start(&self) -> u64 {
+        cpu_now_ns()
+    }
+    fn end(&self, i: u64) -> u64 {
+        cpu_now_ns().saturating_sub(i)
+    }
+    fn add(&self, a: &u64, b: &u64) -> u64 {
+        a + b
+    }
+    fn zero(&self) -> u64 {
+        0
+    }
+    fn to_f64(&self, v: &u64) -> f64 {
+        *v as f64
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        &CpuFormatter
+    }
+}
+
+const QUERIES: [(&str, &str); 4] = [
+    ("sum_by_job_rate", "sum by (job) (rate(m[5m]))"),
+    (
+        "histogram_quantile",
+        "histogram_quantile(0.99, sum by (le) (rate(b_bucket[5m])))",
+    ),
+    ("topk_rate", "topk(10, rate(m[5m]))"),
+    ("regex_1000_series", r#"m{instance=~"i1..."}"#),
+];
+
+fn run<M: Measurement>(c: &mut Criterion<M>, group: &str) {
     let s = dataset();
     let e = Engine::new(EngineOptions::default());
     let p = QueryParams::default();
-    let mut g = c.benchmark_group("range_2h_step15s");
+    let mut g = c.benchmark_group(group);
     g.sample_size(10)
         .measurement_time(Duration::from_secs(10))
         .warm_up_time(Duration::from_secs(1));
-    for (name, q) in [
-        ("sum_by_job_rate", "sum by (job) (rate(m[5m]))"),
-        (
-            "histogram_quantile",
-            "histogram_quantile(0.99, sum by (le) (rate(b_bucket[5m])))",
-        ),
-        ("topk_rate", "topk(10, rate(m[5m]))"),
-        ("regex_1000_series", r#"m{instance=~"i1..."}"#),
-    ] {
+    for (name, q) in QUERIES {
         g.bench_function(name, |b| {
             b.iter(|| black_box(e.range_query(&s, q, 0, END, STEP, &p).map(|r| r.value)))
         });
@@ -86,5 +154,18 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
-criterion_main!(benches);
+fn wall(c: &mut Criterion) {
+    run(c, "range_2h_step15s");
+}
+
+fn cpu(c: &mut Criterion<CpuTime>) {
+    run(c, "range_2h_step15s_cpu");
+}
+
+criterion_group!(wall_benches, wall);
+criterion_group! {
+    name = cpu_benches;
+    config = Criterion::default().with_measurement(CpuTime);
+    targets = cpu
+}
+criterion_main!(wall_benches, cpu_benches);

@@ -251,7 +251,7 @@ impl Ctx<'_> {
     }
 
     /// Reads every series matching `vs` with samples in `[mint, maxt]`, sorted by labels.
-    fn select(
+    fn select_handles(
         &self,
         vs: &VectorSelector,
         mint: i64,
@@ -259,7 +259,7 @@ impl Ctx<'_> {
         span: Span,
         range: i64,
         func: Option<&str>,
-    ) -> Result<Vec<RawSeries>> {
+    ) -> Result<(Vec<std::sync::Arc<dyn tidemark_storage::Series>>, usize)> {
         self.check_deadline()?;
         let sets = convert_matchers(&vs.name, &vs.matchers)?;
         let querier = self.queryable.querier(mint, maxt)?;
@@ -271,12 +271,33 @@ impl Ctx<'_> {
             range,
             ..SelectHints::default()
         };
-        let mut all: Vec<RawSeries> = Vec::new();
+        let mut handles: Vec<std::sync::Arc<dyn tidemark_storage::Series>> = Vec::new();
         for matchers in &sets {
             for s in querier.select(true, Some(&hints), matchers) {
-                let s = s?;
+                handles.push(s?);
+                if handles.len().is_multiple_of(4096) {
+                    self.check_deadline()?;
+                }
+            }
+        }
+        Ok((handles, sets.len()))
+    }
+
+    fn select(
+        &self,
+        vs: &VectorSelector,
+        mint: i64,
+        maxt: i64,
+        span: Span,
+        range: i64,
+        func: Option<&str>,
+    ) -> Result<Vec<RawSeries>> {
+        let (handles, nsets) = self.select_handles(vs, mint, maxt, span, range, func)?;
+        // Read the samples in parallel; the first series' length sizes the other buffers.
+        let read =
+            |s: &std::sync::Arc<dyn tidemark_storage::Series>, cap: usize| -> Result<RawSeries> {
                 let mut it = s.iter();
-                let mut samples = Vec::new();
+                let mut samples = Vec::with_capacity(cap);
                 if it.seek(mint) {
                     loop {
                         let smp = it.at();
@@ -292,19 +313,32 @@ impl Ctx<'_> {
                 if let Some(e) = it.err() {
                     return Err(e.into());
                 }
-                self.total_samples
-                    .fetch_add(samples.len() as u64, Ordering::Relaxed);
-                self.series_fetched.fetch_add(1, Ordering::Relaxed);
-                all.push(RawSeries {
+                Ok(RawSeries {
                     labels: s.labels().clone(),
                     samples,
-                });
-                if all.len().is_multiple_of(1024) {
-                    self.check_deadline()?;
-                }
+                })
+            };
+        let mut all: Vec<RawSeries> = Vec::with_capacity(handles.len());
+        if let Some(first) = handles.first() {
+            let f = read(first, 0)?;
+            let cap = f.samples.len() + 1;
+            all.push(f);
+            let rest: Vec<Result<RawSeries>> =
+                handles[1..].par_iter().map(|s| read(s, cap)).collect();
+            for r in rest {
+                all.push(r?);
             }
         }
-        if sets.len() > 1 {
+        drop(handles);
+        let total: usize = all.iter().map(|r| r.samples.len()).sum();
+        self.total_samples
+            .fetch_add(total as u64, Ordering::Relaxed);
+        self.series_fetched
+            .fetch_add(all.len() as u64, Ordering::Relaxed);
+        // Raw samples count against the limit while they are held.
+        self.add_samples(total)?;
+        self.check_deadline()?;
+        if nsets > 1 {
             all.sort_by(|a, b| a.labels.cmp(&b.labels));
             all.dedup_by(|a, b| a.labels == b.labels);
         }
@@ -419,51 +453,73 @@ impl Ctx<'_> {
             None => (span.start - offset, span.end - offset),
         };
         let mint = first.saturating_sub(self.lookback) + 1;
-        let raw = self.select(vs, mint, last, span, 0, None)?;
+        let (handles, nsets) = self.select_handles(vs, mint, last, span, 0, None)?;
         let lookback = self.lookback;
         let n = span.len();
-        let out: Vec<Series> = raw
-            .into_par_iter()
-            .filter_map(|rs| {
-                let mut points = Vec::with_capacity(if at.is_some() {
-                    n
-                } else {
-                    rs.samples.len().min(n)
-                });
-                let mut j = 0usize; // first sample with t > ts
+        let read = AtomicU64::new(0);
+        // Stream each series' samples through the steps: no copy of the raw samples.
+        let res: Vec<Result<Option<Series>>> = handles
+            .par_iter()
+            .map(|h| {
+                let mut it = h.iter();
+                let mut have = it.seek(mint);
+                let mut latest: Option<Sample> = None;
+                let mut count = 0u64;
+                let mut points = Vec::new();
                 for i in 0..n {
                     let t = span.t(i);
                     let ts = at.unwrap_or(t) - offset;
-                    if at.is_some() {
-                        j = rs.samples.partition_point(|s| s.t <= ts);
-                    } else {
-                        while j < rs.samples.len() && rs.samples[j].t <= ts {
-                            j += 1;
+                    while have {
+                        let smp = it.at();
+                        if smp.t > ts {
+                            break;
                         }
+                        latest = Some(smp);
+                        count += 1;
+                        have = it.next();
                     }
-                    if j == 0 {
+                    let Some(smp) = latest else { continue };
+                    if smp.t <= ts - lookback || is_stale_nan(smp.v) {
                         continue;
                     }
-                    let s = rs.samples[j - 1];
-                    if s.t <= ts - lookback || is_stale_nan(s.v) {
-                        continue;
+                    if points.capacity() == 0 {
+                        points.reserve(n - i);
                     }
                     points.push(Sample::new(
                         t,
-                        if ts_value { s.t as f64 / 1000.0 } else { s.v },
+                        if ts_value {
+                            smp.t as f64 / 1000.0
+                        } else {
+                            smp.v
+                        },
                     ));
                 }
-                if points.is_empty() {
-                    None
-                } else {
-                    Some(Series {
-                        labels: rs.labels,
-                        points,
-                        drop_name: false,
-                    })
+                if let Some(e) = it.err() {
+                    return Err(e.into());
                 }
+                read.fetch_add(count, Ordering::Relaxed);
+                Ok((!points.is_empty()).then(|| Series {
+                    labels: h.labels().clone(),
+                    points,
+                    drop_name: false,
+                }))
             })
             .collect();
+        self.total_samples
+            .fetch_add(read.into_inner(), Ordering::Relaxed);
+        self.series_fetched
+            .fetch_add(handles.len() as u64, Ordering::Relaxed);
+        drop(handles);
+        let mut out = Vec::with_capacity(res.len());
+        for r in res {
+            if let Some(s) = r? {
+                out.push(s);
+            }
+        }
+        if nsets > 1 {
+            out.sort_by(|a, b| a.labels.cmp(&b.labels));
+            out.dedup_by(|a, b| a.labels == b.labels);
+        }
         let total: usize = out.iter().map(|s| s.points.len()).sum();
         self.add_samples(total)?;
         Ok(out)
@@ -491,12 +547,12 @@ impl Ctx<'_> {
                 };
                 let mint = first.saturating_sub(range) + 1;
                 let raw = self.select(vs, mint, last, span, range, func)?;
-                let mut total = 0;
+                // Counted by `select`; the consumer releases `total`.
+                let total: usize = raw.iter().map(|r| r.samples.len()).sum();
                 let series: Vec<Series> = raw
                     .into_iter()
                     .map(|mut rs| {
                         rs.samples.retain(|s| !is_stale_nan(s.v));
-                        total += rs.samples.len();
                         Series {
                             labels: rs.labels,
                             points: rs.samples,
@@ -504,7 +560,6 @@ impl Ctx<'_> {
                         }
                     })
                     .collect();
-                self.add_samples(total)?;
                 Ok(MatrixSource {
                     series,
                     range,
@@ -684,6 +739,14 @@ pub(crate) fn for_each_step_in(
     hi: usize,
     mut f: impl FnMut(usize, i64, &[Elem]) -> Result<()>,
 ) -> Result<()> {
+    if lo >= hi {
+        return Ok(());
+    }
+    // Transpose a chunk of steps at a time: walking each series' points sequentially and
+    // appending to per-step rows is far more cache-friendly than visiting every series at every
+    // step. Rows list their elements in series order, as the step-by-step walk would.
+    let ns = series.len().max(1);
+    let chunk = ((1usize << 20) / ns).clamp(1, hi - lo);
     let t0 = span.t(lo);
     let mut cursors: Vec<usize> = series
         .iter()
@@ -695,20 +758,32 @@ pub(crate) fn for_each_step_in(
             }
         })
         .collect();
-    let mut buf: Vec<Elem> = Vec::with_capacity(series.len());
-    for i in lo..hi {
-        let t = span.t(i);
-        buf.clear();
-        for (si, s) in series.iter().enumerate() {
-            let c = cursors[si];
-            if let Some(p) = s.points.get(c)
-                && p.t == t
-            {
-                buf.push(Elem { s: si, v: p.v });
-                cursors[si] = c + 1;
-            }
+    let mut rows: Vec<Vec<Elem>> = vec![Vec::new(); chunk];
+    let mut c_lo = lo;
+    while c_lo < hi {
+        let c_hi = (c_lo + chunk).min(hi);
+        let t_last = span.t(c_hi - 1);
+        for r in rows.iter_mut() {
+            r.clear();
         }
-        f(i, t, &buf)?;
+        for (si, s) in series.iter().enumerate() {
+            let mut c = cursors[si];
+            while let Some(p) = s.points.get(c) {
+                if p.t > t_last {
+                    break;
+                }
+                if p.t >= span.t(c_lo) && (p.t - span.start) % span.step == 0 {
+                    rows[span.index(p.t) - c_lo].push(Elem { s: si, v: p.v });
+                }
+                c += 1;
+            }
+            cursors[si] = c;
+        }
+        for (k, row) in rows.iter().enumerate().take(c_hi - c_lo) {
+            let i = c_lo + k;
+            f(i, span.t(i), row)?;
+        }
+        c_lo = c_hi;
     }
     Ok(())
 }
@@ -757,4 +832,55 @@ pub(crate) fn format_float_go(v: f64, eprec: i32) -> String {
         return format!("{m}e{sign}{digits}");
     }
     format!("{v}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_float_formatting() {
+        assert_eq!(format_float_go(0.5, 6), "0.5");
+        assert_eq!(format_float_go(1e6, 6), "1e+06");
+        assert_eq!(format_float_go(123456.0, 6), "123456");
+        assert_eq!(format_float_go(1e-5, 21), "1e-05");
+        assert_eq!(format_float_go(1.1, 21), "1.1");
+        assert_eq!(format_float_go(f64::NAN, 21), "NaN");
+        assert_eq!(format_float_go(f64::NEG_INFINITY, 21), "-Inf");
+        assert_eq!(format_float_go(1e21, 21), "1e+21");
+    }
+
+    #[test]
+    fn span_steps() {
+        let s = Span {
+            start: 10,
+            end: 40,
+            step: 15,
+        };
+        assert_eq!(s.len(), 3);
+        assert_eq!((s.t(0), s.t(2)), (10, 40));
+        assert_eq!(s.index(25), 1);
+        assert_eq!(
+            Span {
+                start: 5,
+                end: 4,
+                step: 1
+            }
+            .len(),
+            0
+        );
+    }
+
+    #[test]
+    fn collector_rejects_duplicates_at_one_step() {
+        let mut c = Collector::new();
+        let l = Labels::from_pairs([("a", "b")]);
+        c.push(l.clone(), false, 1, 1.0).unwrap();
+        c.push(l.clone(), true, 2, 2.0).unwrap();
+        assert!(c.push(l, false, 2, 3.0).is_err());
+        let s = c.finish();
+        assert_eq!(s.len(), 1);
+        assert!(s[0].drop_name);
+        assert_eq!(s[0].points.len(), 2);
+    }
 }

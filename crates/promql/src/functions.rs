@@ -334,12 +334,12 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, span: Span, depth: usize) -> Re
             let src = string_arg(ctx, args[3], span, depth)?;
             let re_s = string_arg(ctx, args[4], span, depth)?;
             let re = regex::Regex::new(&format!("^(?s:{re_s})$")).map_err(|e| {
-                QueryError::bad_data(format!(
+                QueryError::execution(format!(
                     "invalid regular expression in label_replace(): {re_s}: {e}"
                 ))
             })?;
             if !valid_label_name_in(ctx, &dst) {
-                return Err(QueryError::bad_data(format!(
+                return Err(QueryError::execution(format!(
                     "invalid destination label name in label_replace(): {dst}"
                 )));
             }
@@ -366,14 +366,14 @@ pub(crate) fn eval_call(ctx: &Ctx<'_>, c: &Call, span: Span, depth: usize) -> Re
             for a in &args[3..] {
                 let s = string_arg(ctx, a, span, depth)?;
                 if !valid_label_name_in(ctx, &s) {
-                    return Err(QueryError::bad_data(format!(
+                    return Err(QueryError::execution(format!(
                         "invalid source label name in label_join(): {s}"
                     )));
                 }
                 srcs.push(s);
             }
             if !valid_label_name_in(ctx, &dst) {
-                return Err(QueryError::bad_data(format!(
+                return Err(QueryError::execution(format!(
                     "invalid destination label name in label_join(): {dst}"
                 )));
             }
@@ -1025,4 +1025,53 @@ fn eval_range_fn(
     let produced: usize = out.iter().map(|s| s.points.len()).sum();
     ctx.add_samples(produced)?;
     Ok(Val::Vector(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[(i64, f64)]) -> Vec<Sample> {
+        v.iter().map(|&(t, v)| Sample::new(t, v)).collect()
+    }
+
+    #[test]
+    fn natural_order() {
+        assert_eq!(natural_cmp("a2", "a10"), std::cmp::Ordering::Less);
+        assert_eq!(natural_cmp("a10", "a2"), std::cmp::Ordering::Greater);
+        assert_eq!(natural_cmp("abc", "abd"), std::cmp::Ordering::Less);
+        assert_eq!(natural_cmp("a01", "a1"), std::cmp::Ordering::Equal);
+    }
+
+    #[test]
+    fn rate_extrapolation_and_resets() {
+        // Samples every 60s from 60s to 300s in a 300s window ending at 300s.
+        let w = s(&[
+            (60_000, 10.0),
+            (120_000, 20.0),
+            (180_000, 30.0),
+            (240_000, 40.0),
+            (300_000, 50.0),
+        ]);
+        let r = extrapolated_rate(&w, 0, 300_000, 300_000, true, true, false).unwrap();
+        assert!((r - 50.0 / 300.0).abs() < 1e-12, "{r}");
+        // A reset adds the value before it.
+        let w = s(&[(0, 10.0), (60_000, 2.0), (120_000, 4.0)]);
+        let inc = extrapolated_rate(&w, 0, 120_000, 120_000, true, false, false).unwrap();
+        assert!((inc - 4.0).abs() < 1e-12, "{inc}"); // 10 -> reset -> 2 -> 4: +2 +2
+        assert!(extrapolated_rate(&w[..1], 0, 1, 1, true, true, false).is_none());
+    }
+
+    #[test]
+    fn linear_regression_slope() {
+        let w = s(&[(0, 1.0), (1000, 3.0), (2000, 5.0)]);
+        let (slope, intercept) = linear_regression(&w, 0);
+        assert!((slope - 2.0).abs() < 1e-12 && (intercept - 1.0).abs() < 1e-12);
+        assert_eq!(
+            linear_regression(&s(&[(0, 4.0), (1000, 4.0)]), 0),
+            (0.0, 4.0)
+        );
+        let (a, b) = linear_regression(&s(&[(0, f64::INFINITY), (1000, f64::INFINITY)]), 0);
+        assert!(a.is_nan() && b.is_nan());
+    }
 }

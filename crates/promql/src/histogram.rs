@@ -355,3 +355,48 @@ fn parse_le(s: &str) -> Option<f64> {
         _ => s.parse::<f64>().ok(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(pairs: &[(f64, f64)]) -> Vec<Bucket> {
+        pairs
+            .iter()
+            .map(|&(upper, count)| Bucket { upper, count })
+            .collect()
+    }
+
+    #[test]
+    fn quantile_interpolates_within_buckets() {
+        let mut x = b(&[(1.0, 10.0), (2.0, 20.0), (f64::INFINITY, 20.0)]);
+        assert_eq!(bucket_quantile(0.5, &mut x), (1.0, false));
+        let mut x = b(&[(2.0, 20.0), (1.0, 10.0), (f64::INFINITY, 20.0)]);
+        assert_eq!(bucket_quantile(0.75, &mut x).0, 1.5);
+        // Highest finite bound when the rank falls into +Inf.
+        let mut x = b(&[(1.0, 10.0), (f64::INFINITY, 20.0)]);
+        assert_eq!(bucket_quantile(0.99, &mut x).0, 1.0);
+        // No +Inf bucket: NaN; q outside [0, 1]: -Inf / +Inf.
+        assert!(bucket_quantile(0.5, &mut b(&[(1.0, 1.0)])).0.is_nan());
+        assert_eq!(
+            bucket_quantile(-1.0, &mut b(&[(1.0, 1.0)])).0,
+            f64::NEG_INFINITY
+        );
+        assert_eq!(bucket_quantile(2.0, &mut b(&[(1.0, 1.0)])).0, f64::INFINITY);
+        // Non-monotonic counts are fixed and reported.
+        let mut x = b(&[(1.0, 10.0), (2.0, 5.0), (f64::INFINITY, 10.0)]);
+        assert!(bucket_quantile(0.5, &mut x).1);
+    }
+
+    #[test]
+    fn fraction_and_almost_equal() {
+        let mut x = b(&[(1.0, 10.0), (2.0, 20.0), (f64::INFINITY, 20.0)]);
+        assert!((bucket_fraction(0.0, 1.0, &mut x) - 0.5).abs() < 1e-12);
+        assert_eq!(bucket_fraction(2.0, 1.0, &mut x), 0.0);
+        assert!(almost_equal(1.0, 1.0 + 1e-9, 1e-6));
+        assert!(!almost_equal(1.0, 1.001, 1e-6));
+        assert!(almost_equal(f64::NAN, f64::NAN, 1e-6));
+        assert_eq!(om_float(0.0), "0.0");
+        assert_eq!(om_float(0.25), "0.25");
+    }
+}
