@@ -621,6 +621,84 @@ mod tests {
         );
     }
 
+    fn api(storage: &tidemark_storage::memory::MemStorage) -> Api {
+        Api::new(
+            std::sync::Arc::new(storage.clone()),
+            std::sync::Arc::new(storage.clone()),
+            tidemark_promql::Engine::new(Default::default()),
+            crate::ApiOptions::default(),
+        )
+    }
+
+    /// The model's idea of valid labels: non-empty names, strictly ascending, some non-empty
+    /// value, at most 4 labels.
+    fn model_valid(pairs: &[(String, String)]) -> bool {
+        pairs.len() <= 4
+            && pairs.iter().all(|(n, _)| !n.is_empty())
+            && pairs.windows(2).all(|w| w[0].0 < w[1].0)
+            && pairs.iter().any(|(_, v)| !v.is_empty())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 200, ..Default::default() })]
+
+        /// `apply` writes exactly the samples of valid series with timestamps not past `max_t`
+        /// (later samples of a timestamp replace earlier ones, as MemStorage commits them), and
+        /// counts every other sample as rejected.
+        #[test]
+        fn apply_matches_model(
+            batch in proptest::collection::vec((
+                proptest::collection::vec(("[a-c]{0,2}", "[xy]{0,1}"), 0..6),
+                proptest::collection::vec((0i64..30, 0u8..4), 0..6),
+            ), 0..6),
+        ) {
+            use std::collections::BTreeMap;
+            let storage = tidemark_storage::memory::MemStorage::new();
+            let a = api(&storage);
+            let lim = LabelLimits { max_labels: 4, max_name: 8, max_value: 8 };
+            let max_t = 25;
+            let mut model: BTreeMap<Labels, BTreeMap<i64, f64>> = BTreeMap::new();
+            let mut want_written = 0u64;
+            let mut want_rejected = 0u64;
+            let mut b = Batch::default();
+            for (pairs, samples) in &batch {
+                let labels = validate_labels(pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())), lim);
+                proptest::prop_assert_eq!(labels.is_ok(), model_valid(pairs), "{:?}", pairs);
+                let mut s = SeriesIn::new(labels.clone());
+                s.samples = samples.iter().map(|&(t, v)| (t, f64::from(v))).collect();
+                match &labels {
+                    Ok(l) => {
+                        for &(t, v) in &s.samples {
+                            if t > max_t {
+                                want_rejected += 1;
+                            } else {
+                                want_written += 1;
+                                model.entry(l.clone()).or_default().insert(t, v);
+                            }
+                        }
+                    }
+                    Err(_) => want_rejected += (s.samples.len() as u64).max(1),
+                }
+                b.series.push(s);
+            }
+            let out = apply(&a, b, None, Some(max_t));
+            proptest::prop_assert!(out.fatal.is_none());
+            proptest::prop_assert_eq!(out.samples_written, want_written);
+            proptest::prop_assert_eq!(out.rejected, want_rejected);
+            let q = tidemark_storage::Queryable::querier(&storage, i64::MIN / 2, i64::MAX / 2).unwrap();
+            let mut got: BTreeMap<Labels, BTreeMap<i64, f64>> = BTreeMap::new();
+            for series in q.select(true, None, &[]) {
+                let series = series.unwrap();
+                let mut it = series.iter();
+                while it.next() {
+                    let p = it.at();
+                    got.entry(series.labels().clone()).or_default().insert(p.t, p.v);
+                }
+            }
+            proptest::prop_assert_eq!(got, model);
+        }
+    }
+
     #[test]
     fn decompress_bounds() {
         let data = vec![7u8; 10_000];
