@@ -4,10 +4,13 @@
 use std::collections::HashMap;
 
 use promql_parser::parser::{AggregateExpr, Expr, LabelModifier};
+use rayon::prelude::*;
 use tidemark_model::{Labels, METRIC_NAME};
 
 use crate::error::QueryError;
-use crate::eval::{Collector, Ctx, Elem, Result, Series, Span, Val, for_each_step, tok};
+use crate::eval::{
+    Collector, Ctx, Elem, Result, Series, Span, Val, for_each_step, for_each_step_in, tok,
+};
 
 /// Neumaier-compensated summation step (Prometheus' `kahanSumInc`).
 #[inline]
@@ -180,6 +183,101 @@ pub(crate) fn eval_aggregate(
     Ok(Val::Vector(out))
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AggOp {
+    Sum,
+    Avg,
+    Count,
+    Group,
+    Min,
+    Max,
+    Stddev,
+    Stdvar,
+    Quantile,
+}
+
+impl AggOp {
+    fn parse(op: &str) -> Option<AggOp> {
+        Some(match op {
+            "sum" => AggOp::Sum,
+            "avg" => AggOp::Avg,
+            "count" => AggOp::Count,
+            "group" => AggOp::Group,
+            "min" => AggOp::Min,
+            "max" => AggOp::Max,
+            "stddev" => AggOp::Stddev,
+            "stdvar" => AggOp::Stdvar,
+            "quantile" => AggOp::Quantile,
+            _ => return None,
+        })
+    }
+}
+
+/// Adds one value to a group's running state (Prometheus' aggregation arithmetic).
+#[inline]
+fn acc_add(op: AggOp, a: &mut Acc, f: f64) {
+    if !a.seen {
+        *a = Acc {
+            seen: true,
+            count: 1.0,
+            value: f,
+            c: 0.0,
+            mean: f,
+            incremental: false,
+        };
+        match op {
+            AggOp::Count | AggOp::Group => a.value = 1.0,
+            AggOp::Stddev | AggOp::Stdvar => a.value = if f.is_finite() { 0.0 } else { f64::NAN },
+            _ => {}
+        }
+        return;
+    }
+    match op {
+        AggOp::Sum => (a.value, a.c) = kahan_inc(f, a.value, a.c),
+        AggOp::Avg => {
+            a.count += 1.0;
+            if !a.incremental {
+                let (nv, nc) = kahan_inc(f, a.value, a.c);
+                if !nv.is_infinite() {
+                    a.value = nv;
+                    a.c = nc;
+                    return;
+                }
+                a.incremental = true;
+                a.mean = a.value / (a.count - 1.0);
+                a.c /= a.count - 1.0;
+            }
+            let q = (a.count - 1.0) / a.count;
+            (a.mean, a.c) = kahan_inc(f / a.count, q * a.mean, q * a.c);
+        }
+        AggOp::Count => a.value += 1.0,
+        AggOp::Max if a.value < f || a.value.is_nan() => a.value = f,
+        AggOp::Min if a.value > f || a.value.is_nan() => a.value = f,
+        AggOp::Stddev | AggOp::Stdvar => {
+            a.count += 1.0;
+            let delta = f - a.mean;
+            a.mean += delta / a.count;
+            a.value += delta * (f - a.mean);
+        }
+        _ => {}
+    }
+}
+
+#[inline]
+fn acc_value(op: AggOp, a: &Acc) -> f64 {
+    match op {
+        AggOp::Sum => a.value + a.c,
+        AggOp::Avg if a.incremental => a.mean + a.c,
+        AggOp::Avg => (a.value + a.c) / a.count,
+        AggOp::Stdvar => a.value / a.count,
+        AggOp::Stddev => (a.value / a.count).sqrt(),
+        _ => a.value,
+    }
+}
+
+/// Most group x step cells the dense path holds per chunk.
+const DENSE_CELLS: usize = 1 << 18;
+
 fn simple_aggregate(
     op: &str,
     input: &[Series],
@@ -188,7 +286,11 @@ fn simple_aggregate(
     span: Span,
     params: Option<&[f64]>,
 ) -> Result<Vec<Series>> {
+    let Some(op) = AggOp::parse(op) else {
+        return Err(QueryError::bad_data(format!("unknown aggregation {op:?}")));
+    };
     let ng = groups.len();
+    let n = span.len();
     let mut out: Vec<Series> = groups
         .iter()
         .map(|(l, d)| Series {
@@ -197,8 +299,61 @@ fn simple_aggregate(
             drop_name: *d,
         })
         .collect();
+    if op != AggOp::Quantile && ng > 0 && n > 1 {
+        // Dense path: step chunks in parallel; each walks the series in input order, so every
+        // cell sees its values in the same order as the step-by-step path (same rounding).
+        let chunk =
+            (DENSE_CELLS / ng).clamp(1, n.div_ceil(2 * rayon::current_num_threads()).max(16));
+        let nchunks = n.div_ceil(chunk);
+        let parts: Vec<Vec<Vec<tidemark_model::Sample>>> = (0..nchunks)
+            .into_par_iter()
+            .map(|c| {
+                let lo = c * chunk;
+                let hi = (lo + chunk).min(n);
+                let len = hi - lo;
+                let mut acc = vec![Acc::default(); ng * len];
+                let (tlo, thi) = (span.t(lo), span.t(hi - 1));
+                for (si, s) in input.iter().enumerate() {
+                    let base = group_of[si] * len;
+                    let start = s.points.partition_point(|p| p.t < tlo);
+                    // Step index of each point; consecutive steps avoid the division.
+                    let (mut prev_t, mut k) = (i64::MIN, 0usize);
+                    for p in &s.points[start..] {
+                        if p.t > thi {
+                            break;
+                        }
+                        k = if prev_t != i64::MIN && p.t == prev_t + span.step {
+                            k + 1
+                        } else {
+                            span.index(p.t) - lo
+                        };
+                        prev_t = p.t;
+                        acc_add(op, &mut acc[base + k], p.v);
+                    }
+                }
+                (0..ng)
+                    .map(|g| {
+                        acc[g * len..(g + 1) * len]
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, a)| a.seen)
+                            .map(|(k, a)| {
+                                tidemark_model::Sample::new(span.t(lo + k), acc_value(op, a))
+                            })
+                            .collect()
+                    })
+                    .collect()
+            })
+            .collect();
+        for part in parts {
+            for (g, pts) in part.into_iter().enumerate() {
+                out[g].points.extend(pts);
+            }
+        }
+        return Ok(out.into_iter().filter(|s| !s.points.is_empty()).collect());
+    }
     let mut acc = vec![Acc::default(); ng];
-    let mut qvals: Vec<Vec<f64>> = if op == "quantile" {
+    let mut qvals: Vec<Vec<f64>> = if op == AggOp::Quantile {
         vec![Vec::new(); ng]
     } else {
         Vec::new()
@@ -208,91 +363,34 @@ fn simple_aggregate(
         touched.clear();
         for e in elems {
             let g = group_of[e.s];
-            let a = &mut acc[g];
-            let f = e.v;
-            if !a.seen {
+            if !acc[g].seen {
                 touched.push(g);
-                *a = Acc {
-                    seen: true,
-                    count: 1.0,
-                    value: f,
-                    c: 0.0,
-                    mean: f,
-                    incremental: false,
-                };
-                match op {
-                    "count" | "group" => a.value = 1.0,
-                    "stddev" | "stdvar" => a.value = if f.is_finite() { 0.0 } else { f64::NAN },
-                    "quantile" => qvals[g].push(f),
-                    _ => {}
-                }
-                continue;
             }
-            match op {
-                "sum" => {
-                    (a.value, a.c) = kahan_inc(f, a.value, a.c);
-                }
-                "avg" => {
-                    a.count += 1.0;
-                    if !a.incremental {
-                        let (nv, nc) = kahan_inc(f, a.value, a.c);
-                        if !nv.is_infinite() {
-                            a.value = nv;
-                            a.c = nc;
-                            continue;
-                        }
-                        a.incremental = true;
-                        a.mean = a.value / (a.count - 1.0);
-                        a.c /= a.count - 1.0;
-                    }
-                    let q = (a.count - 1.0) / a.count;
-                    (a.mean, a.c) = kahan_inc(f / a.count, q * a.mean, q * a.c);
-                }
-                "count" => a.value += 1.0,
-                "group" => {}
-                "max" if a.value < f || a.value.is_nan() => a.value = f,
-                "min" if a.value > f || a.value.is_nan() => a.value = f,
-                "stddev" | "stdvar" => {
-                    a.count += 1.0;
-                    let delta = f - a.mean;
-                    a.mean += delta / a.count;
-                    a.value += delta * (f - a.mean);
-                }
-                "quantile" => qvals[g].push(f),
-                _ => {}
+            if op == AggOp::Quantile {
+                acc[g].seen = true;
+                qvals[g].push(e.v);
+            } else {
+                acc_add(op, &mut acc[g], e.v);
             }
         }
         touched.sort_unstable();
         for &g in &touched {
-            let a = &mut acc[g];
-            let v = match op {
-                "sum" => a.value + a.c,
-                "avg" => {
-                    if a.incremental {
-                        a.mean + a.c
-                    } else {
-                        (a.value + a.c) / a.count
-                    }
-                }
-                "stdvar" => a.value / a.count,
-                "stddev" => (a.value / a.count).sqrt(),
-                "quantile" => {
-                    let q = params
-                        .and_then(|p| p.get(step))
-                        .copied()
-                        .unwrap_or(f64::NAN);
-                    let v = quantile(q, &mut qvals[g]);
-                    qvals[g].clear();
-                    v
-                }
-                _ => a.value,
+            let v = if op == AggOp::Quantile {
+                let q = params
+                    .and_then(|p| p.get(step))
+                    .copied()
+                    .unwrap_or(f64::NAN);
+                let v = quantile(q, &mut qvals[g]);
+                qvals[g].clear();
+                v
+            } else {
+                acc_value(op, &acc[g])
             };
-            a.seen = false;
+            acc[g].seen = false;
             out[g].points.push(tidemark_model::Sample::new(t, v));
         }
         Ok(())
     })?;
-    let _ = op;
     Ok(out.into_iter().filter(|s| !s.points.is_empty()).collect())
 }
 
@@ -345,6 +443,9 @@ pub(crate) fn format_value_label(v: f64) -> String {
     }
 }
 
+/// The elements chosen at one step (timestamp, elements in output order).
+type StepChoice = (i64, Vec<Elem>);
+
 #[allow(clippy::too_many_arguments)]
 fn k_aggregate(
     ctx: &Ctx<'_>,
@@ -356,89 +457,118 @@ fn k_aggregate(
     span: Span,
     param_text: &str,
 ) -> Result<Vec<Series>> {
+    let n = span.len();
+    // Where each series falls in [0, 1) for limit_ratio.
+    let offsets: Vec<f64> = if op == "limit_ratio" {
+        input
+            .iter()
+            .map(|s| s.labels.stable_hash() as f64 / u64::MAX as f64)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let chunk = n.div_ceil(2 * rayon::current_num_threads()).max(8);
+    let nchunks = n.div_ceil(chunk);
+    // Per chunk: the chosen elements of every step, in output order.
+    let parts: Vec<Result<Vec<StepChoice>>> = (0..nchunks)
+        .into_par_iter()
+        .map(|c| {
+            let lo = c * chunk;
+            let hi = (lo + chunk).min(n);
+            let mut per_group: Vec<Vec<Elem>> = vec![Vec::new(); ngroups];
+            let mut order: Vec<usize> = Vec::new();
+            let mut res = Vec::with_capacity(hi - lo);
+            for_each_step_in(input, span, lo, hi, |step, t, elems| {
+                let p = params.get(step).copied().unwrap_or(f64::NAN);
+                let mut chosen: Vec<Elem> = Vec::new();
+                if op == "limit_ratio" {
+                    if p.is_nan() {
+                        return Err(QueryError::execution("Ratio value is NaN"));
+                    }
+                    let ratio = if !(-1.0..=1.0).contains(&p) {
+                        let capped = p.clamp(-1.0, 1.0);
+                        ctx.warn(format!(
+                            "PromQL warning: ratio value should be between -1 and 1, got {}, capping to {} {}",
+                            crate::eval::format_float_go(p, 21),
+                            crate::eval::format_float_go(capped, 21),
+                            ctx.pos_of(param_text, "limit_ratio")
+                        ));
+                        capped
+                    } else {
+                        p
+                    };
+                    if ratio == 0.0 {
+                        return Ok(());
+                    }
+                    for e in elems {
+                        let off = offsets[e.s];
+                        if (ratio >= 0.0 && off < ratio) || (ratio < 0.0 && off >= 1.0 + ratio) {
+                            chosen.push(*e);
+                        }
+                    }
+                } else {
+                    if p.is_nan() {
+                        return Err(QueryError::execution("Parameter value is NaN"));
+                    }
+                    let k = if p >= i64::MAX as f64 { i64::MAX } else { p as i64 };
+                    if k < 1 {
+                        return Ok(());
+                    }
+                    let k = k.min(elems.len() as i64) as usize;
+                    order.clear();
+                    for e in elems {
+                        let g = group_of[e.s];
+                        if per_group[g].is_empty() {
+                            order.push(g);
+                        }
+                        per_group[g].push(*e);
+                    }
+                    for &g in &order {
+                        let v = &mut per_group[g];
+                        match op {
+                            "limitk" => v.truncate(k),
+                            "topk" => top_k(v, k, |a, b| cmp_desc_nan_last(a.v, b.v)),
+                            _ => top_k(v, k, |a, b| cmp_asc_nan_last(a.v, b.v)),
+                        }
+                        chosen.append(v);
+                    }
+                }
+                if !chosen.is_empty() {
+                    res.push((t, chosen));
+                }
+                Ok(())
+            })?;
+            Ok(res)
+        })
+        .collect();
     let mut out = Collector::new();
     let mut slots: Vec<Option<usize>> = vec![None; input.len()];
-    let mut per_group: Vec<Vec<Elem>> = vec![Vec::new(); ngroups];
-    let mut order: Vec<usize> = Vec::new();
-    for_each_step(input, span, |step, t, elems| {
-        let p = params.get(step).copied().unwrap_or(f64::NAN);
-        let mut chosen: Vec<Elem> = Vec::new();
-        if op == "limit_ratio" {
-            if p.is_nan() {
-                return Err(QueryError::execution("Ratio value is NaN"));
-            }
-            let ratio = if !(-1.0..=1.0).contains(&p) {
-                let capped = p.clamp(-1.0, 1.0);
-                ctx.warn(format!(
-                    "PromQL warning: ratio value should be between -1 and 1, got {}, capping to {} {}",
-                    crate::eval::format_float_go(p, 21),
-                    crate::eval::format_float_go(capped, 21),
-                    ctx.pos_of(param_text, "limit_ratio")
-                ));
-                capped
-            } else {
-                p
-            };
-            if ratio == 0.0 {
-                return Ok(());
-            }
-            for e in elems {
-                let off = input[e.s].labels.stable_hash() as f64 / u64::MAX as f64;
-                if (ratio >= 0.0 && off < ratio) || (ratio < 0.0 && off >= 1.0 + ratio) {
-                    chosen.push(*e);
-                }
-            }
-        } else {
-            if p.is_nan() {
-                return Err(QueryError::execution("Parameter value is NaN"));
-            }
-            let k = if p >= i64::MAX as f64 {
-                i64::MAX
-            } else {
-                p as i64
-            };
-            if k < 1 {
-                return Ok(());
-            }
-            let k = k.min(elems.len() as i64) as usize;
-            order.clear();
-            for e in elems {
-                let g = group_of[e.s];
-                if per_group[g].is_empty() {
-                    order.push(g);
-                }
-                per_group[g].push(*e);
-            }
-            for &g in &order {
-                let v = &mut per_group[g];
-                match op {
-                    "limitk" => v.truncate(k),
-                    "topk" => {
-                        v.sort_by(|a, b| cmp_desc_nan_last(a.v, b.v));
-                        v.truncate(k);
+    for part in parts {
+        for (t, chosen) in part? {
+            for e in chosen {
+                let slot = match slots[e.s] {
+                    Some(s) => s,
+                    None => {
+                        let s = out.slot(&input[e.s].labels, input[e.s].drop_name);
+                        slots[e.s] = Some(s);
+                        s
                     }
-                    _ => {
-                        v.sort_by(|a, b| cmp_asc_nan_last(a.v, b.v));
-                        v.truncate(k);
-                    }
-                }
-                chosen.append(v);
+                };
+                out.push_slot(slot, t, e.v)?;
             }
         }
-        for e in chosen {
-            let slot = match slots[e.s] {
-                Some(s) => s,
-                None => {
-                    let s = out.slot(&input[e.s].labels, input[e.s].drop_name);
-                    slots[e.s] = Some(s);
-                    s
-                }
-            };
-            out.push_slot(slot, t, e.v)?;
-        }
-        Ok(())
-    })?;
+    }
     Ok(out.finish())
+}
+
+/// Keeps the `k` first elements of `v` in `cmp` order, sorted (linear selection, then a sort
+/// of the `k` kept).
+fn top_k(v: &mut Vec<Elem>, k: usize, cmp: impl Fn(&Elem, &Elem) -> std::cmp::Ordering) {
+    if k < v.len() {
+        v.select_nth_unstable_by(k, &cmp);
+        v.truncate(k);
+    }
+    v.sort_by(&cmp);
 }
 
 fn cmp_desc_nan_last(a: f64, b: f64) -> std::cmp::Ordering {

@@ -273,33 +273,49 @@ fn vector_vector(
         .iter()
         .map(|s| signature(&s.labels, on, names))
         .collect();
-    // Only series whose signature exists on the other side can ever match.
-    let osig_set: HashSet<&Labels> = osig.iter().collect();
+    // Signatures as dense ids: per-step matching then needs no hashing.
+    let mut sig_ids: HashMap<&Labels, usize> = HashMap::new();
+    let oid: Vec<usize> = osig
+        .iter()
+        .map(|l| {
+            let n = sig_ids.len();
+            *sig_ids.entry(l).or_insert(n)
+        })
+        .collect();
+    let nsig = sig_ids.len();
+    let mid: Vec<Option<usize>> = msig.iter().map(|l| sig_ids.get(l).copied()).collect();
     let cmp = is_comparison(op);
     let drop_name_op = !cmp || return_bool;
-    let mut result_labels: HashMap<(usize, usize), Labels> = HashMap::new();
+    // (many index, one index) -> (output slot, result labels)
+    let mut result_slots: HashMap<(usize, usize), (usize, Labels)> = HashMap::new();
     let mut out = Collector::new();
     // Walk both sides step by step.
     let mut mc = vec![0usize; many.len()];
     let mut oc = vec![0usize; one.len()];
-    let mut right: HashMap<&Labels, (usize, f64)> = HashMap::new();
-    let mut matched: HashMap<&Labels, HashSet<Labels>> = HashMap::new();
-    let relevant_many: Vec<usize> = (0..many.len())
-        .filter(|&i| osig_set.contains(&msig[i]))
-        .collect();
+    let mut right: Vec<Option<(usize, f64)>> = vec![None; nsig];
+    let mut right_touched: Vec<usize> = Vec::new();
+    let mut matched_one: Vec<bool> = vec![false; nsig];
+    let mut matched_many: HashMap<usize, HashSet<Labels>> = HashMap::new();
+    let mut matched_touched: Vec<usize> = Vec::new();
+    let relevant_many: Vec<usize> = (0..many.len()).filter(|&i| mid[i].is_some()).collect();
     for step in 0..span.len() {
         let t = span.t(step);
-        right.clear();
-        matched.clear();
+        for id in right_touched.drain(..) {
+            right[id] = None;
+        }
+        for id in matched_touched.drain(..) {
+            matched_one[id] = false;
+        }
+        matched_many.clear();
         for (j, s) in one.iter().enumerate() {
             let c = oc[j];
             if let Some(p) = s.points.get(c)
                 && p.t == t
             {
                 oc[j] = c + 1;
-                if let Some((k, _)) = right.get(&osig[j]) {
+                if let Some((k, _)) = right[oid[j]] {
                     let side = if one_to_many { "left" } else { "right" };
-                    let (mut a, mut b) = (&s.labels, &one[*k].labels);
+                    let (mut a, mut b) = (&s.labels, &one[k].labels);
                     if b < a {
                         std::mem::swap(&mut a, &mut b);
                     }
@@ -308,7 +324,8 @@ fn vector_vector(
                         osig[j]
                     )));
                 }
-                right.insert(&osig[j], (j, p.v));
+                right[oid[j]] = Some((j, p.v));
+                right_touched.push(oid[j]);
             }
         }
         for &i in &relevant_many {
@@ -319,30 +336,25 @@ fn vector_vector(
                 continue;
             }
             mc[i] = c + 1;
-            let Some(&(j, ov)) = right.get(&msig[i]) else {
-                continue;
-            };
-            let labels = result_labels
-                .entry((i, j))
-                .or_insert_with(|| {
-                    result_metric(&s.labels, &one[j].labels, one_to_one, on, names, &include)
-                })
-                .clone();
-            let entry = matched.entry(&msig[i]);
+            let Some(id) = mid[i] else { continue };
+            let Some((j, ov)) = right[id] else { continue };
+            let (slot, labels) = result_slots.entry((i, j)).or_insert_with(|| {
+                let l = result_metric(&s.labels, &one[j].labels, one_to_one, on, names, &include);
+                (out.slot(&l, drop_name_op || s.drop_name), l)
+            });
+            let slot = *slot;
             if one_to_one {
-                if let std::collections::hash_map::Entry::Occupied(_) = entry {
+                if matched_one[id] {
                     return Err(QueryError::execution(
                         "multiple matches for labels: many-to-one matching must be explicit (group_left/group_right)",
                     ));
                 }
-                entry.or_default();
-            } else {
-                let set = entry.or_default();
-                if !set.insert(labels.clone()) {
-                    return Err(QueryError::execution(
-                        "multiple matches for labels: grouping labels must ensure unique matches",
-                    ));
-                }
+                matched_one[id] = true;
+                matched_touched.push(id);
+            } else if !matched_many.entry(id).or_default().insert(labels.clone()) {
+                return Err(QueryError::execution(
+                    "multiple matches for labels: grouping labels must ensure unique matches",
+                ));
             }
             let (fl, fr) = if one_to_many { (ov, p.v) } else { (p.v, ov) };
             let (mut v, keep) = apply_op(op, fl, fr);
@@ -351,7 +363,7 @@ fn vector_vector(
             } else if !keep {
                 continue;
             }
-            out.push(labels, drop_name_op || s.drop_name, t, v)?;
+            out.push_slot(slot, t, v)?;
         }
     }
     Ok(out.finish())

@@ -39,7 +39,7 @@ impl Default for EngineOptions {
             max_samples: 50_000_000,
             timeout: Duration::from_secs(120),
             max_points_per_series: 11_000,
-            max_depth: 200,
+            max_depth: 1000,
             default_subquery_step_ms: 60_000,
         }
     }
@@ -172,8 +172,32 @@ impl Engine {
         instant: bool,
         p: &QueryParams,
     ) -> Result<QueryResult, QueryError> {
+        // Parse, evaluate and drop the tree on the pool's big-stack threads: all three recurse.
+        match pool() {
+            Some(pl) => pl.install(|| self.exec_inner(q, expr, start, end, step, instant, p)),
+            None => self.exec_inner(q, expr, start, end, step, instant, p),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn exec_inner(
+        &self,
+        q: &dyn Queryable,
+        expr: &str,
+        start: i64,
+        end: i64,
+        step: i64,
+        instant: bool,
+        p: &QueryParams,
+    ) -> Result<QueryResult, QueryError> {
         let t0 = Instant::now();
         let ast = parse_expr(expr, self.opts.max_depth)?;
+        if expr_depth(&ast) > self.opts.max_depth {
+            return Err(QueryError::bad_data(format!(
+                "expression nesting too deep: more than {} levels",
+                self.opts.max_depth
+            )));
+        }
         if !instant && matches!(ast.value_type(), ValueType::Matrix | ValueType::String) {
             let t = if ast.value_type() == ValueType::Matrix {
                 "range vector"
@@ -198,7 +222,7 @@ impl Engine {
             max_samples: self.opts.max_samples,
             deadline: t0 + timeout,
             timeout,
-            max_depth: self.opts.max_depth,
+            max_depth: self.opts.max_depth * 2 + 16,
             default_subquery_step: self.opts.default_subquery_step_ms,
             cur_samples: AtomicUsize::new(0),
             peak_samples: AtomicUsize::new(0),
@@ -309,6 +333,19 @@ impl Engine {
             )));
         }
         self.exec(q, expr, start_ms, end_ms, step_ms, false, p)
+    }
+}
+
+/// Depth of an expression tree.
+fn expr_depth(e: &Expr) -> usize {
+    1 + match e {
+        Expr::Aggregate(a) => expr_depth(&a.expr).max(a.param.as_deref().map_or(0, expr_depth)),
+        Expr::Unary(u) => expr_depth(&u.expr),
+        Expr::Binary(b) => expr_depth(&b.lhs).max(expr_depth(&b.rhs)),
+        Expr::Paren(p) => expr_depth(&p.expr),
+        Expr::Subquery(s) => expr_depth(&s.expr),
+        Expr::Call(c) => c.args.args.iter().map(|a| expr_depth(a)).max().unwrap_or(0),
+        _ => 0,
     }
 }
 

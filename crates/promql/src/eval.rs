@@ -671,11 +671,32 @@ pub(crate) struct Elem {
 pub(crate) fn for_each_step(
     series: &[Series],
     span: Span,
+    f: impl FnMut(usize, i64, &[Elem]) -> Result<()>,
+) -> Result<()> {
+    for_each_step_in(series, span, 0, span.len(), f)
+}
+
+/// [`for_each_step`] over the steps `lo..hi` of `span` only.
+pub(crate) fn for_each_step_in(
+    series: &[Series],
+    span: Span,
+    lo: usize,
+    hi: usize,
     mut f: impl FnMut(usize, i64, &[Elem]) -> Result<()>,
 ) -> Result<()> {
-    let mut cursors = vec![0usize; series.len()];
+    let t0 = span.t(lo);
+    let mut cursors: Vec<usize> = series
+        .iter()
+        .map(|s| {
+            if lo == 0 {
+                0
+            } else {
+                s.points.partition_point(|p| p.t < t0)
+            }
+        })
+        .collect();
     let mut buf: Vec<Elem> = Vec::with_capacity(series.len());
-    for i in 0..span.len() {
+    for i in lo..hi {
         let t = span.t(i);
         buf.clear();
         for (si, s) in series.iter().enumerate() {

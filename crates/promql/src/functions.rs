@@ -588,6 +588,7 @@ fn extrapolated_rate(
     range: i64,
     counter: bool,
     rate: bool,
+    no_resets: bool,
 ) -> Option<f64> {
     if w.len() < 2 {
         return None;
@@ -595,7 +596,7 @@ fn extrapolated_rate(
     let first = w[0];
     let last = w[w.len() - 1];
     let mut result = last.v - first.v;
-    if counter {
+    if counter && !no_resets {
         let mut prev = first.v;
         for p in &w[1..] {
             if p.v < prev {
@@ -704,6 +705,7 @@ struct RangeParams {
     b: Vec<f64>,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn compute(
     name: &str,
     w: &[Sample],
@@ -712,12 +714,13 @@ fn compute(
     range: i64,
     i: usize,
     p: &RangeParams,
+    no_resets: bool,
 ) -> Option<f64> {
     let last = w[w.len() - 1];
     Some(match name {
-        "rate" => return extrapolated_rate(w, ts - range, ts, range, true, true),
-        "increase" => return extrapolated_rate(w, ts - range, ts, range, true, false),
-        "delta" => return extrapolated_rate(w, ts - range, ts, range, false, false),
+        "rate" => return extrapolated_rate(w, ts - range, ts, range, true, true, no_resets),
+        "increase" => return extrapolated_rate(w, ts - range, ts, range, true, false, no_resets),
+        "delta" => return extrapolated_rate(w, ts - range, ts, range, false, false, true),
         "irate" | "idelta" => {
             if w.len() < 2 {
                 return None;
@@ -941,6 +944,7 @@ fn eval_range_fn(
         }));
     }
     let keep_name = matches!(name, "last_over_time" | "first_over_time");
+    let counter_fn = matches!(name, "rate" | "increase");
     if matches!(name, "rate" | "increase") {
         let mut warned = std::collections::HashSet::new();
         for s in &src.series {
@@ -967,6 +971,21 @@ fn eval_range_fn(
         .filter_map(|s| {
             let mut points = Vec::new();
             let (mut lo, mut hi) = (0usize, 0usize);
+            // Counter resets before each sample (prefix counts), so windows without a reset
+            // skip the reset scan.
+            let resets: Vec<u32> = if counter_fn {
+                let mut acc = 0u32;
+                let mut v = Vec::with_capacity(s.points.len());
+                for (k, p) in s.points.iter().enumerate() {
+                    if k > 0 && p.v < s.points[k - 1].v {
+                        acc += 1;
+                    }
+                    v.push(acc);
+                }
+                v
+            } else {
+                Vec::new()
+            };
             for i in 0..n {
                 let t = span.t(i);
                 let ts = at.unwrap_or(t) - offset;
@@ -984,7 +1003,10 @@ fn eval_range_fn(
                 if lo >= hi {
                     continue;
                 }
-                if let Some(v) = compute(name, &s.points[lo..hi], t, ts, range, i, &params) {
+                let no_resets = counter_fn && resets[hi - 1] == resets[lo];
+                if let Some(v) =
+                    compute(name, &s.points[lo..hi], t, ts, range, i, &params, no_resets)
+                {
                     points.push(Sample::new(t, v));
                 }
             }

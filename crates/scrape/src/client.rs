@@ -500,6 +500,66 @@ mod tests {
     }
 
     #[test]
+    fn auth_headers_and_credential_files() {
+        use crate::config::{Authorization, BasicAuth, Secret};
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("token");
+        std::fs::write(&f, "tok1\n").unwrap();
+        let cfg = HttpClientConfig {
+            authorization: Some(Authorization {
+                kind: "Bearer".into(),
+                credentials: None,
+                credentials_file: Some(f.display().to_string()),
+            }),
+            ..Default::default()
+        };
+        let c = HttpClient::new(&cfg, true, 0);
+        assert_eq!(c.auth_header().unwrap().as_deref(), Some("Bearer tok1"));
+        std::fs::write(&f, "tok2").unwrap();
+        assert_eq!(
+            c.auth_header().unwrap().as_deref(),
+            Some("Bearer tok2"),
+            "file re-read per scrape"
+        );
+        let cfg = HttpClientConfig {
+            bearer_token: Some(Secret("abc".into())),
+            ..Default::default()
+        };
+        assert_eq!(
+            HttpClient::new(&cfg, true, 0)
+                .auth_header()
+                .unwrap()
+                .as_deref(),
+            Some("Bearer abc")
+        );
+        let cfg = HttpClientConfig {
+            basic_auth: Some(BasicAuth {
+                username: "user".into(),
+                password: Some(Secret("pass".into())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            HttpClient::new(&cfg, true, 0)
+                .auth_header()
+                .unwrap()
+                .as_deref(),
+            Some("Basic dXNlcjpwYXNz")
+        );
+        let cfg = HttpClientConfig {
+            bearer_token_file: Some("/nonexistent/tok".into()),
+            ..Default::default()
+        };
+        assert!(
+            HttpClient::new(&cfg, true, 0)
+                .auth_header()
+                .unwrap_err()
+                .contains("/nonexistent/tok")
+        );
+    }
+
+    #[test]
     fn tls_config_errors_are_reported() {
         let t = TlsConfig {
             ca_file: Some("/nonexistent/ca.pem".into()),

@@ -37,9 +37,9 @@ pub enum ConfigError {
 
 fn location(line: Option<usize>, column: Option<usize>) -> String {
     match (line, column) {
-        (Some(l), Some(c)) => format!("line {l} column {c}"),
-        (Some(l), None) => format!("line {l}"),
-        _ => "unknown location".to_string(),
+        (Some(l), Some(c)) => format!("{l}:{c}"),
+        (Some(l), None) => format!("{l}"),
+        _ => "?".to_string(),
     }
 }
 
@@ -629,13 +629,63 @@ struct ScrapeConfigFile {
     scrape_configs: Vec<ScrapeConfig>,
 }
 
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Shortens serde's "unknown field `x`, expected one of `a`, `b`, ..." to a suggestion of the
+/// closest known key, and drops the location suffix (the error prefix carries it).
+fn tidy_yaml_message(msg: &str) -> String {
+    let msg = match msg.rfind(" at line ") {
+        Some(i) => &msg[..i],
+        None => msg,
+    };
+    let Some(start) = msg.find("unknown field `") else {
+        return msg.to_string();
+    };
+    let rest = &msg[start + "unknown field `".len()..];
+    let Some(end) = rest.find('`') else {
+        return msg.to_string();
+    };
+    let field = &rest[..end];
+    let Some(exp) = rest.find("expected one of ") else {
+        return msg.to_string();
+    };
+    let options: Vec<&str> = rest[exp + "expected one of ".len()..]
+        .split(", ")
+        .map(|o| o.trim_matches('`'))
+        .collect();
+    let best = options.iter().min_by_key(|o| edit_distance(field, o));
+    let prefix = &msg[..start];
+    match best {
+        Some(b) if edit_distance(field, b) <= 3 => {
+            format!("{prefix}unknown field `{field}` (did you mean `{b}`?)")
+        }
+        _ => format!(
+            "{prefix}unknown field `{field}`; known fields: {}",
+            options.join(", ")
+        ),
+    }
+}
+
 fn yaml_error(path: &str, e: serde_yaml_ng::Error) -> ConfigError {
     let loc = e.location();
     ConfigError::Parse {
         path: path.to_string(),
         line: loc.as_ref().map(|l| l.line()),
         column: loc.as_ref().map(|l| l.column()),
-        msg: e.to_string(),
+        msg: tidy_yaml_message(&e.to_string()),
     }
 }
 
@@ -953,6 +1003,30 @@ impl PrometheusConfig {
         }
     }
 
+    /// The configuration `tidemark server` runs without a config file: it scrapes itself
+    /// (`job="tidemark"`) at `listen_addr` (`host:port`) every 15s, so a fresh instance has data.
+    pub fn self_scrape(listen_addr: &str) -> PrometheusConfig {
+        let mut cfg = PrometheusConfig {
+            global: GlobalConfig {
+                scrape_interval: Duration::from_secs(15),
+                evaluation_interval: Duration::from_secs(15),
+                ..GlobalConfig::default()
+            },
+            scrape_configs: vec![ScrapeConfig {
+                job_name: "tidemark".to_string(),
+                static_configs: vec![StaticConfig {
+                    targets: vec![listen_addr.to_string()],
+                    labels: BTreeMap::new(),
+                }],
+                ..ScrapeConfig::default()
+            }],
+            ..PrometheusConfig::default()
+        };
+        // Fills interval/timeout/limits; cannot fail for this config.
+        let _ = cfg.validate();
+        cfg
+    }
+
     /// The configuration as YAML (secrets shown as `<secret>`), for `/api/v1/status/config`.
     pub fn to_yaml(&self) -> String {
         serde_yaml_ng::to_string(self).unwrap_or_default()
@@ -1054,18 +1128,21 @@ scrape_configs:
         };
         assert_eq!(*line, Some(5), "{e}");
         assert!(msg.contains("scrape_intervall"), "{e}");
-        assert!(e.to_string().contains("line 5"), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "<config>:5:5: scrape_configs[0]: unknown field `scrape_intervall` (did you mean `scrape_interval`?)"
+        );
         let e = parse_config("globl:\n  x: 1\n").unwrap_err();
-        assert!(
-            e.to_string().contains("globl") && e.to_string().contains("line 1"),
-            "{e}"
+        assert_eq!(
+            e.to_string(),
+            "<config>:1:1: unknown field `globl` (did you mean `global`?)"
         );
         let e = parse_config(
             "scrape_configs:\n  - job_name: a\n    relabel_configs:\n      - actoin: drop\n",
         )
         .unwrap_err();
         assert!(
-            e.to_string().contains("actoin") && e.to_string().contains("line 4"),
+            e.to_string().contains("actoin") && e.to_string().contains(":4:"),
             "{e}"
         );
     }
@@ -1151,6 +1228,18 @@ scrape_configs:
             load_config(dir.path().join("missing.yml")),
             Err(ConfigError::Io { .. })
         ));
+    }
+
+    #[test]
+    fn self_scrape_default() {
+        let c = PrometheusConfig::self_scrape("127.0.0.1:9090");
+        assert_eq!(c.scrape_configs[0].job_name, "tidemark");
+        assert_eq!(c.scrape_configs[0].interval(), Duration(15_000));
+        assert_eq!(
+            c.scrape_configs[0].static_configs[0].targets,
+            vec!["127.0.0.1:9090"]
+        );
+        assert_eq!(parse_config(&c.to_yaml()).unwrap(), c);
     }
 
     #[test]

@@ -18,5 +18,48 @@ pub use client::ACCEPT_HEADER;
 pub use config::{ConfigError, PrometheusConfig, ScrapeConfig, load_config, parse_config};
 pub use manager::{
     ActiveTargetInfo, DroppedTargetInfo, Health, ScrapeError, ScrapeManager, ScrapeOptions,
-    TargetMetadata, TargetsSnapshot,
+    TargetFilter, TargetMetadata, TargetsSnapshot,
 };
+
+/// Benchmark access to the scrape append step (not a stable API).
+#[doc(hidden)]
+pub mod bench_support {
+    use tidemark_model::Labels;
+    use tidemark_storage::Appender;
+
+    use crate::parse::Format;
+    use crate::scrape::{AppendOptions, ScrapeCache};
+
+    /// One target's scrape cache, fed bodies as the scrape loop does.
+    #[derive(Debug, Default)]
+    pub struct ScrapeBench {
+        cache: ScrapeCache,
+        opts: AppendOptions,
+    }
+
+    impl ScrapeBench {
+        pub fn new() -> ScrapeBench {
+            ScrapeBench {
+                cache: ScrapeCache::default(),
+                opts: AppendOptions {
+                    honor_timestamps: true,
+                    ..Default::default()
+                },
+            }
+        }
+
+        /// Appends one scraped body; returns the number of samples appended.
+        pub fn append(
+            &mut self,
+            app: &mut dyn Appender,
+            body: &[u8],
+            ts: i64,
+            target: &Labels,
+        ) -> Result<u64, String> {
+            self.cache
+                .append(app, body, Format::PrometheusText, ts, target, &self.opts)
+                .map(|s| s.post_relabel)
+                .map_err(|e| e.msg)
+        }
+    }
+}

@@ -32,8 +32,13 @@ pub enum ScrapeError {
     Stopped,
 }
 
+/// Decides whether this node scrapes a target: called with the job name and the target's
+/// identity hash (xxh3 of its labels and URL: the same on every node). For spreading targets
+/// across a cluster (rendezvous hashing); `None` scrapes everything.
+pub type TargetFilter = Arc<dyn Fn(&str, u64) -> bool + Send + Sync>;
+
 /// Manager-wide options.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ScrapeOptions {
     /// How often file_sd files are checked for modification. Default 5s.
     pub file_sd_poll_interval: std::time::Duration,
@@ -46,6 +51,20 @@ pub struct ScrapeOptions {
     pub spread_offsets: bool,
     /// Runtime to spawn on; the current one when `None`.
     pub runtime: Option<Handle>,
+    /// Only targets it accepts are scraped (and listed); see [`ScrapeManager::resync`].
+    pub owns_target: Option<TargetFilter>,
+}
+
+impl std::fmt::Debug for ScrapeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScrapeOptions")
+            .field("file_sd_poll_interval", &self.file_sd_poll_interval)
+            .field("offset_seed", &self.offset_seed)
+            .field("hostname", &self.hostname)
+            .field("spread_offsets", &self.spread_offsets)
+            .field("owns_target", &self.owns_target.is_some())
+            .finish()
+    }
 }
 
 impl Default for ScrapeOptions {
@@ -60,6 +79,7 @@ impl Default for ScrapeOptions {
             hostname,
             spread_offsets: true,
             runtime: None,
+            owns_target: None,
         }
     }
 }
@@ -119,6 +139,24 @@ pub struct TargetsSnapshot {
     pub dropped_target_counts: BTreeMap<String, usize>,
 }
 
+impl TargetsSnapshot {
+    /// Applies `/api/v1/targets`' query parameters: `state` (`active`, `dropped`, `any` or
+    /// absent) and `scrapePool`.
+    pub fn filtered(mut self, state: Option<&str>, scrape_pool: Option<&str>) -> TargetsSnapshot {
+        match state.map(str::to_ascii_lowercase).as_deref() {
+            Some("active") => self.dropped_targets.clear(),
+            Some("dropped") => self.active_targets.clear(),
+            _ => {}
+        }
+        if let Some(pool) = scrape_pool {
+            self.active_targets.retain(|t| t.scrape_pool == pool);
+            self.dropped_targets.retain(|t| t.scrape_pool == pool);
+            self.dropped_target_counts.retain(|k, _| k == pool);
+        }
+        self
+    }
+}
+
 /// One entry of `/api/v1/targets/metadata`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TargetMetadata {
@@ -176,6 +214,8 @@ struct PoolShared {
     handle: Handle,
     targets: Mutex<PoolTargets>,
     forced_error: Mutex<Option<String>>,
+    /// The last discovery result, for [`ScrapeManager::resync`].
+    last_groups: Mutex<Vec<TargetGroup>>,
     /// Caches and statuses of a replaced pool's targets, taken over by hash.
     inherited: Mutex<Handover>,
 }
@@ -191,7 +231,19 @@ impl std::fmt::Debug for PoolShared {
 #[derive(Debug)]
 struct Pool {
     shared: Arc<PoolShared>,
+    /// The full config, discovery sections included (the pool's own copy may be older in them).
+    cfg: Arc<ScrapeConfig>,
     discovery: JoinHandle<()>,
+}
+
+/// Equal apart from discovery (static_configs, file_sd_configs).
+fn same_scrape_part(a: &ScrapeConfig, b: &ScrapeConfig) -> bool {
+    let strip = |c: &ScrapeConfig| ScrapeConfig {
+        static_configs: Vec::new(),
+        file_sd_configs: Vec::new(),
+        ..c.clone()
+    };
+    strip(a) == strip(b)
 }
 
 #[derive(Debug, Default)]
@@ -298,17 +350,26 @@ impl ScrapeManager {
         let mut handover: HashMap<String, Handover> = HashMap::new();
         let existing: Vec<String> = st.pools.keys().cloned().collect();
         for job in existing {
-            let keep = wanted
-                .get(job.as_str())
-                .is_some_and(|c| st.pools.get(&job).is_some_and(|p| **c == *p.shared.cfg));
-            if keep {
-                continue;
+            let new = wanted.get(job.as_str()).copied();
+            if let (Some(new), Some(pool)) = (new, st.pools.get_mut(&job)) {
+                if *new == *pool.cfg {
+                    continue;
+                }
+                if same_scrape_part(new, &pool.cfg) {
+                    // Only discovery changed: running targets stay as they are and the new
+                    // discovery result is reconciled against them.
+                    pool.discovery.abort();
+                    pool.cfg = Arc::new(new.clone());
+                    pool.discovery =
+                        handle.spawn(run_discovery(pool.shared.clone(), pool.cfg.clone()));
+                    continue;
+                }
             }
             let Some(pool) = st.pools.remove(&job) else {
                 continue;
             };
             pool.discovery.abort();
-            let replaced = wanted.contains_key(job.as_str());
+            let replaced = new.is_some();
             let mut t = pool.shared.targets.lock();
             let mut h = Handover::new();
             for (_, mut a) in std::mem::take(&mut t.active) {
@@ -341,11 +402,19 @@ impl ScrapeManager {
                 handle: handle.clone(),
                 targets: Mutex::new(PoolTargets::default()),
                 forced_error: Mutex::new(None),
+                last_groups: Mutex::new(Vec::new()),
                 inherited: Mutex::new(inherited),
             });
-            let discovery = handle.spawn(run_discovery(shared.clone()));
-            st.pools
-                .insert(sc.job_name.clone(), Pool { shared, discovery });
+            let cfg = Arc::new(sc.clone());
+            let discovery = handle.spawn(run_discovery(shared.clone(), cfg.clone()));
+            st.pools.insert(
+                sc.job_name.clone(),
+                Pool {
+                    shared,
+                    cfg,
+                    discovery,
+                },
+            );
         }
         st.order = cfg
             .scrape_configs
@@ -372,6 +441,23 @@ impl ScrapeManager {
         }
         for t in tasks {
             let _ = t.await;
+        }
+    }
+
+    /// Re-applies [`ScrapeOptions::owns_target`] to the last discovered targets of every pool
+    /// (call it when cluster membership changes): targets this node no longer owns stop with
+    /// staleness markers, newly owned ones start.
+    pub fn resync(&self) {
+        let pools: Vec<Arc<PoolShared>> = self
+            .state
+            .lock()
+            .pools
+            .values()
+            .map(|p| p.shared.clone())
+            .collect();
+        for shared in pools {
+            let groups = shared.last_groups.lock().clone();
+            sync(&shared, &groups);
         }
     }
 
@@ -464,10 +550,9 @@ impl ScrapeManager {
     }
 }
 
-async fn run_discovery(shared: Arc<PoolShared>) {
-    let statics = static_groups(&shared.cfg.static_configs);
-    let mut files: Vec<FileSd> = shared
-        .cfg
+async fn run_discovery(shared: Arc<PoolShared>, cfg: Arc<ScrapeConfig>) {
+    let statics = static_groups(&cfg.static_configs);
+    let mut files: Vec<FileSd> = cfg
         .file_sd_configs
         .iter()
         .cloned()
@@ -502,6 +587,7 @@ async fn run_discovery(shared: Arc<PoolShared>) {
 /// Reconciles a pool's running loops with freshly discovered groups.
 fn sync(shared: &Arc<PoolShared>, groups: &[TargetGroup]) {
     let cfg = &shared.cfg;
+    groups.clone_into(&mut shared.last_groups.lock());
     let mut active: BTreeMap<u64, Target> = BTreeMap::new();
     let mut dropped = Vec::new();
     for g in groups {
@@ -524,6 +610,9 @@ fn sync(shared: &Arc<PoolShared>, groups: &[TargetGroup]) {
             active.len()
         )
     });
+    if let Some(owns) = &shared.opts.owns_target {
+        active.retain(|h, _| owns(&cfg.job_name, *h));
+    }
     let mut t = shared.targets.lock();
     t.dropped_count = dropped.len();
     let keep = cfg.keep_dropped_targets.unwrap_or(0);

@@ -86,6 +86,10 @@ pub struct Parser<'a> {
     series: Span,
     name: Span,
     labels: Vec<LabelSpan>,
+    /// Position after the `{` of a label set not yet tokenized (see [`Parser::labels`]).
+    lazy_labels: Option<usize>,
+    /// Line of the current entry.
+    entry_line: usize,
     value: f64,
     ts: Option<i64>,
     has_exemplar: bool,
@@ -98,6 +102,24 @@ pub struct Parser<'a> {
     meta_type: MetricType,
 }
 
+/// Byte classes: bit 0 = metric name char, bit 1 = label name char.
+const CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        let alnum = c.is_ascii_alphanumeric() || c == b'_';
+        if alnum || c == b':' {
+            t[i] |= 1;
+        }
+        if alnum {
+            t[i] |= 2;
+        }
+        i += 1;
+    }
+    t
+};
+
 #[inline]
 fn is_name_start(b: u8) -> bool {
     b.is_ascii_alphabetic() || b == b'_' || b == b':'
@@ -105,7 +127,7 @@ fn is_name_start(b: u8) -> bool {
 
 #[inline]
 fn is_name_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b == b':'
+    CLASS[b as usize] & 1 != 0
 }
 
 #[inline]
@@ -115,7 +137,7 @@ fn is_label_start(b: u8) -> bool {
 
 #[inline]
 fn is_label_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_'
+    CLASS[b as usize] & 2 != 0
 }
 
 fn describe(b: Option<u8>) -> String {
@@ -152,6 +174,8 @@ impl<'a> Parser<'a> {
             series: Span::default(),
             name: Span::default(),
             labels: Vec::with_capacity(16),
+            lazy_labels: None,
+            entry_line: 1,
             value: 0.0,
             ts: None,
             has_exemplar: false,
@@ -284,6 +308,7 @@ impl<'a> Parser<'a> {
     fn comment(&mut self) -> Result<Option<EntryKind>, ParseError> {
         let om = self.format == Format::OpenMetrics;
         let start = self.pos;
+        self.entry_line = self.line;
         self.pos += 1; // '#'
         let rest = &self.bytes()[self.pos..];
         let kw = if rest.starts_with(b" HELP ") {
@@ -514,7 +539,7 @@ impl<'a> Parser<'a> {
         let t = self.token();
         if self.format == Format::OpenMetrics {
             match parse_float(t) {
-                Some(s) if s.is_finite() && s.abs() < 9.0e15 => Ok((s * 1000.0) as i64),
+                Some(s) if s.is_finite() && s.abs() < 9.0e15 => Ok((s * 1000.0).round() as i64),
                 _ => {
                     self.pos = start;
                     Err(self.err(format!("expected a timestamp in seconds, found {t:?}")))
@@ -528,8 +553,41 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// Skips a `{...}` label set (after the `{`) honouring quotes and escapes, without
+    /// tokenizing it: the hot path only needs the series text as a cache key.
+    fn skip_label_set(&mut self) -> Result<(), ParseError> {
+        let b = self.bytes();
+        let mut in_q = false;
+        while let Some(&c) = b.get(self.pos) {
+            match c {
+                b'\n' => break,
+                b'"' => in_q = !in_q,
+                b'\\' if in_q => {
+                    if b.get(self.pos + 1) == Some(&b'\n') {
+                        self.pos += 1;
+                        break;
+                    }
+                    self.pos += 1;
+                }
+                b'}' if !in_q => {
+                    self.pos += 1;
+                    return Ok(());
+                }
+                _ => {}
+            }
+            self.pos += 1;
+        }
+        if in_q {
+            Err(self.expected("a closing '\"'"))
+        } else {
+            Err(self.expected("',' or '}' in a label set"))
+        }
+    }
+
     fn sample(&mut self) -> Result<EntryKind, ParseError> {
+        self.entry_line = self.line;
         self.labels.clear();
+        self.lazy_labels = None;
         self.has_exemplar = false;
         self.ts = None;
         let start = self.pos;
@@ -546,7 +604,8 @@ impl<'a> Parser<'a> {
             self.name = self.metric_name_token()?;
             if self.peek() == Some(b'{') {
                 self.pos += 1;
-                self.label_set(false, false)?;
+                self.lazy_labels = Some(self.pos);
+                self.skip_label_set()?;
             }
         }
         self.series = Span {
@@ -631,8 +690,8 @@ impl<'a> Parser<'a> {
     }
 
     /// Line number of the current entry.
-    pub fn line(&self) -> usize {
-        self.line.saturating_sub(1).max(1)
+    pub fn entry_line(&self) -> usize {
+        self.entry_line
     }
 
     fn build_labels(&self, name: Option<Span>, spans: &[LabelSpan]) -> Result<Labels, ParseError> {
@@ -645,7 +704,7 @@ impl<'a> Parser<'a> {
             let n = self.span_str(l.name);
             if n.is_empty() {
                 return Err(ParseError {
-                    line: self.line(),
+                    line: self.entry_line(),
                     offset: l.name.start,
                     msg: "empty label name".into(),
                 });
@@ -656,7 +715,7 @@ impl<'a> Parser<'a> {
         for w in pairs.windows(2) {
             if w[0].0 == w[1].0 {
                 return Err(ParseError {
-                    line: self.line(),
+                    line: self.entry_line(),
                     offset: self.series.start,
                     msg: format!("duplicate label name {:?} in {}", w[0].0, self.series()),
                 });
@@ -673,7 +732,34 @@ impl<'a> Parser<'a> {
     /// The label set of the current sample (`__name__` included). Labels with empty values are
     /// dropped; duplicate label names are an error.
     pub fn labels(&self) -> Result<Labels, ParseError> {
-        self.build_labels(Some(self.name), &self.labels)
+        let Some(open) = self.lazy_labels else {
+            return self.build_labels(Some(self.name), &self.labels);
+        };
+        // Tokenize the label set now (cache misses only), with a parser positioned inside it.
+        let mut sub = Parser {
+            text: self.text,
+            pos: open,
+            line: self.entry_line,
+            line_start: self.line_start,
+            format: self.format,
+            done: false,
+            series: self.series,
+            name: self.name,
+            labels: Vec::with_capacity(8),
+            lazy_labels: None,
+            entry_line: self.entry_line,
+            value: 0.0,
+            ts: None,
+            has_exemplar: false,
+            ex_labels: Vec::new(),
+            ex_value: 0.0,
+            ex_ts: None,
+            meta_name: Span::default(),
+            meta_text: Span::default(),
+            meta_type: MetricType::Unknown,
+        };
+        sub.label_set(false, false)?;
+        sub.build_labels(Some(self.name), &sub.labels)
     }
 
     /// The exemplar of the current sample (OpenMetrics only).

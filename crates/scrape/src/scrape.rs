@@ -7,9 +7,27 @@
 use std::collections::HashMap;
 use std::io::Read;
 
+use std::hash::{BuildHasherDefault, Hasher};
 use tidemark_model::{Labels, LabelsBuilder, METRIC_NAME, Metadata, stale_nan};
 use tidemark_storage::{Appender, SeriesRef};
-use xxhash_rust::xxh3::Xxh3DefaultBuilder;
+
+/// One-shot xxh3 of the series text (the std `Hash` for `str` writes the bytes, then 0xff).
+#[derive(Debug, Default, Clone, Copy)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.0);
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.0 ^= u64::from(i);
+    }
+}
+
+type KeyBuild = BuildHasherDefault<KeyHasher>;
 
 use crate::parse::{EntryKind, Format, Parser};
 use crate::relabel::{self, RelabelConfig};
@@ -59,8 +77,8 @@ struct MetaEntry {
 /// Everything one target remembers between scrapes.
 #[derive(Debug, Default)]
 pub(crate) struct ScrapeCache {
-    entries: HashMap<String, CacheEntry, Xxh3DefaultBuilder>,
-    dropped: HashMap<String, u64, Xxh3DefaultBuilder>,
+    entries: HashMap<String, CacheEntry, KeyBuild>,
+    dropped: HashMap<String, u64, KeyBuild>,
     metadata: HashMap<String, MetaEntry>,
     iter: u64,
     /// Refs of the synthetic series, by name.
@@ -275,48 +293,53 @@ impl ScrapeCache {
                         ts
                     };
                     let track = !explicit || o.track_timestamps_staleness;
-                    if !self.entries.contains_key(key) {
-                        if let Some(d) = self.dropped.get_mut(key) {
-                            *d = iter;
-                            continue;
-                        }
-                        let raw = p.labels().map_err(|e| AppendError {
-                            msg: e.to_string(),
-                            stats,
-                        })?;
-                        let mutated = mutate_labels(&raw, target, o.honor_labels);
-                        let Some(lset) = relabel::process(&mutated, &o.metric_relabel_configs)
-                        else {
-                            self.dropped.insert(key.to_string(), iter);
-                            continue;
-                        };
-                        if !lset.has(METRIC_NAME) {
-                            return Err(AppendError {
-                                msg: "missing metric name (__name__ label)".into(),
+                    let mut new_meta: Option<Metadata> = None;
+                    let entry = match self.entries.get_mut(key) {
+                        Some(e) => e,
+                        None => {
+                            if let Some(d) = self.dropped.get_mut(key) {
+                                *d = iter;
+                                continue;
+                            }
+                            let raw = p.labels().map_err(|e| AppendError {
+                                msg: e.to_string(),
                                 stats,
-                            });
+                            })?;
+                            let mutated = mutate_labels(&raw, target, o.honor_labels);
+                            let Some(lset) = relabel::process(&mutated, &o.metric_relabel_configs)
+                            else {
+                                self.dropped.insert(key.to_string(), iter);
+                                continue;
+                            };
+                            if !lset.has(METRIC_NAME) {
+                                return Err(AppendError {
+                                    msg: "missing metric name (__name__ label)".into(),
+                                    stats,
+                                });
+                            }
+                            verify_label_limits(&lset, o)
+                                .map_err(|msg| AppendError { msg, stats })?;
+                            new_meta = lset
+                                .metric_name()
+                                .and_then(|name| family_of(&self.metadata, name))
+                                .and_then(|f| self.metadata.get(f))
+                                .map(|m| m.meta.clone());
+                            stats.added += 1;
+                            self.entries.insert(
+                                key.to_string(),
+                                CacheEntry {
+                                    series: None,
+                                    labels: lset,
+                                    last_iter: 0,
+                                    tracked_iter: 0,
+                                    live: false,
+                                },
+                            );
+                            let Some(e) = self.entries.get_mut(key) else {
+                                continue;
+                            };
+                            e
                         }
-                        verify_label_limits(&lset, o).map_err(|msg| AppendError { msg, stats })?;
-                        if let Some(name) = lset.metric_name()
-                            && let Some(f) = family_of(&self.metadata, name)
-                            && let Some(m) = self.metadata.get(f)
-                        {
-                            let _ = app.update_metadata(SeriesRef(0), &lset, &m.meta);
-                        }
-                        stats.added += 1;
-                        self.entries.insert(
-                            key.to_string(),
-                            CacheEntry {
-                                series: None,
-                                labels: lset,
-                                last_iter: 0,
-                                tracked_iter: 0,
-                                live: false,
-                            },
-                        );
-                    }
-                    let Some(entry) = self.entries.get_mut(key) else {
-                        continue;
                     };
                     if entry.last_iter == iter && !explicit {
                         return Err(AppendError {
@@ -336,6 +359,9 @@ impl ScrapeCache {
                     match app.append(entry.series, &entry.labels, t, p.value()) {
                         Ok(r) => {
                             entry.series = Some(r);
+                            if let Some(m) = &new_meta {
+                                let _ = app.update_metadata(r, &entry.labels, m);
+                            }
                             if track {
                                 entry.tracked_iter = iter;
                             }
@@ -380,7 +406,8 @@ impl ScrapeCache {
     /// successful scrape but not appended in this one; pruning.
     fn finish_iter(&mut self, app: &mut dyn Appender, ts: i64) {
         let iter = self.iter;
-        for e in self.entries.values_mut() {
+        // One pass: staleness markers and pruning.
+        self.entries.retain(|_, e| {
             if e.tracked_iter == iter {
                 e.live = true;
             } else if e.live {
@@ -392,9 +419,8 @@ impl ScrapeCache {
                     }
                 }
             }
-        }
-        self.entries
-            .retain(|_, e| e.live || e.last_iter + CACHE_KEEP_ITERS >= iter);
+            e.live || e.last_iter + CACHE_KEEP_ITERS >= iter
+        });
         self.dropped
             .retain(|_, last| *last + CACHE_KEEP_ITERS >= iter);
         self.metadata
@@ -741,5 +767,87 @@ mod tests {
             .find(|(n, _)| n.starts_with("{__name__=\"up\""))
             .unwrap();
         assert_eq!(up.1[0], (1000, 1.0));
+    }
+
+    /// Records metadata and exemplar calls.
+    #[derive(Default)]
+    struct Recorder {
+        meta: Vec<(SeriesRef, String, Metadata)>,
+        exemplars: Vec<(SeriesRef, String, tidemark_model::Exemplar)>,
+        n: u64,
+    }
+
+    impl Appender for Recorder {
+        fn append(
+            &mut self,
+            r: Option<SeriesRef>,
+            _l: &Labels,
+            _t: i64,
+            _v: f64,
+        ) -> tidemark_storage::Result<SeriesRef> {
+            self.n += 1;
+            Ok(r.unwrap_or(SeriesRef(self.n)))
+        }
+        fn append_exemplar(
+            &mut self,
+            r: SeriesRef,
+            l: &Labels,
+            e: &tidemark_model::Exemplar,
+        ) -> tidemark_storage::Result<()> {
+            self.exemplars.push((r, l.to_string(), e.clone()));
+            Ok(())
+        }
+        fn update_metadata(
+            &mut self,
+            r: SeriesRef,
+            l: &Labels,
+            m: &Metadata,
+        ) -> tidemark_storage::Result<()> {
+            self.meta.push((r, l.to_string(), m.clone()));
+            Ok(())
+        }
+        fn commit(&mut self) -> tidemark_storage::Result<()> {
+            Ok(())
+        }
+        fn rollback(&mut self) -> tidemark_storage::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn metadata_and_exemplars_reach_the_appender() {
+        let body =
+            "# TYPE foo counter\n# HELP foo Foos.\nfoo_total 3 # {trace_id=\"x\"} 1.5\n# EOF\n";
+        let mut c = ScrapeCache::default();
+        let mut app = Recorder::default();
+        c.append(
+            &mut app,
+            body.as_bytes(),
+            Format::OpenMetrics,
+            1000,
+            &target(),
+            &AppendOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(app.meta.len(), 1, "metadata once, for the new series");
+        let (r, l, m) = &app.meta[0];
+        assert_eq!(*r, SeriesRef(1));
+        assert_eq!(l, r#"{__name__="foo_total", instance="i:1", job="j"}"#);
+        assert_eq!((m.kind, m.help.as_str()), (MetricType::Counter, "Foos."));
+        assert_eq!(app.exemplars.len(), 1);
+        assert_eq!(app.exemplars[0].2.value, 1.5);
+        assert_eq!(app.exemplars[0].0, SeriesRef(1));
+        // Known series: no second metadata call.
+        c.append(
+            &mut app,
+            body.as_bytes(),
+            Format::OpenMetrics,
+            2000,
+            &target(),
+            &AppendOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(app.meta.len(), 1);
+        assert_eq!(app.exemplars.len(), 2);
     }
 }

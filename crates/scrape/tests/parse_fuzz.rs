@@ -92,3 +92,37 @@ fn mutated_seeds_never_panic() {
         check(&body);
     }
 }
+
+const CONFIG_SEED: &str = "global:\n  scrape_interval: 15s\n  external_labels: {a: b}\nscrape_configs:\n  - job_name: n\n    scrape_timeout: 5s\n    static_configs:\n      - targets: ['h:1']\n    relabel_configs:\n      - source_labels: [a]\n        regex: '(.*)'\n        target_label: b\n        action: hashmod\n        modulus: 3\n    body_size_limit: 1MB\n";
+
+#[test]
+fn mutated_config_and_file_sd_never_panic() {
+    let mut rng = StdRng::seed_from_u64(13);
+    for i in 0..3000 {
+        let seed: &[u8] = if i % 2 == 0 {
+            CONFIG_SEED.as_bytes()
+        } else {
+            br#"[{"targets": ["h:1"], "labels": {"a": "b"}}]"#
+        };
+        let mut body = seed.to_vec();
+        for _ in 0..rng.random_range(1..4) {
+            let len = body.len();
+            if len == 0 {
+                break;
+            }
+            let i = rng.random_range(0..len);
+            match rng.random_range(0..3) {
+                0 => body[i] = b"{}[]:,-\"' \n0sabc*"[rng.random_range(0..17)],
+                1 => {
+                    body.remove(i);
+                }
+                _ => body.truncate(i.max(1)),
+            }
+        }
+        if let Ok(text) = std::str::from_utf8(&body) {
+            let _ = tidemark_scrape::parse_config(text);
+        }
+        let _ = tidemark_scrape::discovery::parse_file_sd("x.json", &body);
+        let _ = tidemark_scrape::discovery::parse_file_sd("x.yml", &body);
+    }
+}

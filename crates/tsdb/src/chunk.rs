@@ -1,0 +1,1211 @@
+//! The chunk codec: Tidemark's own bit-level encoding of up to a few thousand float samples of one
+//! series, in the Gorilla family. The byte layout is documented in `docs/format/chunks.md`.
+//!
+//! A chunk holds two independent bit streams, so that the decoder's two dependency chains
+//! (timestamps and values) overlap in the CPU:
+//!
+//! - **timestamps**: the first timestamp, then the interval `d` (rounded to whole seconds when the
+//!   first delta is within 1.6% of them); every later timestamp is coded as its offset from a
+//!   grid point `g + d` (the grid does not follow scrape jitter, so a 2 ms jitter costs ~2 bits),
+//!   Rice-coded with an adaptive parameter; a large offset (missed scrape) is an escape that
+//!   re-anchors the grid.
+//! - **values**: while every value is an exact decimal `m / 10^e` (what exposition text holds: `12.5`,
+//!   `1048576`), the integer deltas `m_i - m_{i-1}` are Rice-coded with an adaptive parameter; a
+//!   value that needs more decimals switches `e`, a lone NaN/±Inf/-0.0 is stored raw, and any other
+//!   value switches the rest of the chunk to Gorilla XOR coding. Every f64 bit pattern round-trips.
+//!
+//! [`decode_all`] is the bulk path; [`ChunkIter`] decodes one sample per `next`.
+
+mod bits;
+
+use bits::{BitReader, BitWriter};
+use tidemark_model::Sample;
+use tidemark_storage::SampleIter;
+
+/// The encoding byte of Tidemark's float chunk format, version 1 (first byte of every chunk and the
+/// encoding stored beside it in chunk segment files).
+pub const ENCODING_XOR: u8 = 1;
+
+/// Upper bound of samples in one chunk accepted by the decoder (and the encoder).
+pub const MAX_SAMPLES: usize = 1 << 20;
+
+/// Unary prefixes of this many zero bits (or more) mark an escape.
+const RICE_LIMIT: u32 = 16;
+/// Cap of one observation in the adaptive Rice state.
+const RICE_CAP: u64 = 1 << 56;
+/// Mode code: values are XOR coded (sticky for the rest of the chunk).
+const MODE_FLOAT: u32 = 31;
+/// Mode code (first in the value stream only): every sample has the value that follows.
+const MODE_CONST: u32 = 30;
+/// Largest decimal exponent (10^22 is the largest power of ten exact in f64).
+const MAX_EXP: u32 = 22;
+/// Value escape sub-codes.
+const ESC_BIG_DELTA: u64 = 0;
+const ESC_EXCEPTION: u64 = 1;
+const ESC_SWITCH: u64 = 2;
+/// Initial state of the timestamp Rice parameter (k = 0: unary, right for scrape jitter).
+const TS_RICE_INIT: u64 = 4;
+/// Residuals of at most this magnitude are Rice coded; larger ones are escapes.
+const TS_SMALL: i64 = 1 << 40;
+
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// Errors of encoding and decoding chunks. Decoding errors say what was expected and what was
+/// found.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChunkError {
+    #[error("out of order sample: timestamp {t} is not after the previous {prev}")]
+    OutOfOrder { prev: i64, t: i64 },
+    #[error("chunk is full: it already holds {max} samples")]
+    Full { max: usize },
+    #[error("chunk is empty: expected at least 2 header bytes, found {found}")]
+    Empty { found: usize },
+    #[error("unknown chunk encoding: expected {expected}, found {found}")]
+    UnknownEncoding { expected: u8, found: u8 },
+    #[error("bad chunk header at byte {offset}: expected {expected}, found {found}")]
+    Header {
+        offset: usize,
+        expected: &'static str,
+        found: String,
+    },
+    #[error("chunk claims {samples} samples but its {stream} stream holds only {bits} bits")]
+    TooManySamples {
+        samples: u64,
+        stream: &'static str,
+        bits: usize,
+    },
+    #[error(
+        "chunk truncated in its {stream} stream by sample {index}: needed {needed} bits, found {available}"
+    )]
+    Truncated {
+        stream: &'static str,
+        index: usize,
+        needed: usize,
+        available: usize,
+    },
+    #[error("invalid {what} at sample {index}: expected {expected}, found {found}")]
+    Invalid {
+        what: &'static str,
+        index: usize,
+        expected: &'static str,
+        found: u64,
+    },
+    #[error("timestamps not increasing at sample {index}: {t} after {prev}")]
+    NotIncreasing { index: usize, prev: i64, t: i64 },
+}
+
+impl From<ChunkError> for tidemark_storage::Error {
+    fn from(e: ChunkError) -> Self {
+        tidemark_storage::Error::Corruption(e.to_string())
+    }
+}
+
+#[inline(always)]
+fn zigzag(x: i64) -> u64 {
+    ((x << 1) ^ (x >> 63)) as u64
+}
+
+#[inline(always)]
+fn unzigzag(z: u64) -> i64 {
+    ((z >> 1) as i64) ^ -((z & 1) as i64)
+}
+
+/// Maps a small timestamp residual to a code number, favouring late samples: 0, 1, 2 -> 0, 1, 2;
+/// -1 -> 3; 3, 4, 5 -> 4, 5, 6; -2 -> 7; ... (every fourth code is an early sample).
+#[inline(always)]
+fn ts_map(r: i64) -> u64 {
+    if r >= 0 {
+        r as u64 + r as u64 / 3
+    } else {
+        (!r as u64) * 4 + 3
+    }
+}
+
+#[inline(always)]
+fn ts_unmap(z: u64) -> i64 {
+    if z & 3 == 3 {
+        !((z >> 2) as i64)
+    } else {
+        (z - (z >> 2)) as i64
+    }
+}
+
+/// Adaptive Rice parameter. The parameter used for a sample comes from the state two samples
+/// back, which keeps the state update off the decoder's critical path.
+#[derive(Debug, Clone, Copy)]
+struct Rice {
+    k: u32,
+    /// About 4x the running mean of the coded numbers.
+    s: u64,
+}
+
+impl Rice {
+    #[inline(always)]
+    fn new(s: u64) -> Self {
+        Rice {
+            k: Self::k_of(s),
+            s,
+        }
+    }
+
+    #[inline(always)]
+    fn k_of(s: u64) -> u32 {
+        ((s >> 2) | 1).ilog2()
+    }
+
+    #[inline(always)]
+    fn update(&mut self, zz: u64) {
+        self.k = Self::k_of(self.s);
+        self.s = self.s - (self.s >> 2) + zz.min(RICE_CAP);
+    }
+}
+
+/// Writes `zz` Rice-coded with parameter `k`; false (and nothing written) when it needs an escape.
+#[inline(always)]
+fn write_rice(w: &mut BitWriter, zz: u64, k: u32) -> bool {
+    let q = zz >> k;
+    if q >= u64::from(RICE_LIMIT) {
+        return false;
+    }
+    let n = q as u32 + 1 + k;
+    if n <= 56 {
+        // q zeros, a one, the k low bits: one field.
+        w.write((1u64 << k) | (zz & ((1u64 << k) - 1)), n);
+    } else {
+        w.write(1, q as u32 + 1);
+        w.write_long(zz & ((1u64 << k) - 1), k);
+    }
+    true
+}
+
+/// Reads a Rice code with parameter `k <= 56`; `None` when the escape prefix was read (and consumed).
+#[inline(always)]
+fn read_rice(r: &mut BitReader<'_>, k: u32) -> Option<u64> {
+    let w = r.peek();
+    // The low bit is never part of a prefix shorter than RICE_LIMIT; setting it lets the compiler
+    // use a plain bit scan.
+    let q = (w | 1).leading_zeros();
+    if q >= RICE_LIMIT {
+        r.skip(RICE_LIMIT);
+        return None;
+    }
+    let used = q + 1;
+    let low = if used + k <= 57 {
+        r.skip(used + k);
+        ((w << used) >> 1) >> (63 - k)
+    } else {
+        r.skip(used);
+        r.read_long(k)
+    };
+    Some((u64::from(q) << k) | low)
+}
+
+/// `v` as `m / 10^e` exactly (bit for bit), if possible with `|m| < 2^53`.
+#[inline(always)]
+fn decimal_at(v: f64, e: u32) -> Option<i64> {
+    let p = POW10[e as usize];
+    let s = v * p;
+    // Also rejects NaN (the comparison is false).
+    if s.abs().partial_cmp(&9_007_199_254_740_992.0) != Some(std::cmp::Ordering::Less) {
+        return None;
+    }
+    let m = (s + 0.5f64.copysign(s)) as i64;
+    if ((m as f64) / p).to_bits() == v.to_bits() {
+        Some(m)
+    } else {
+        None
+    }
+}
+
+/// The smallest exponent `>= from` that represents `v` exactly.
+fn find_decimal(v: f64, from: u32) -> Option<(u32, i64)> {
+    if !v.is_finite() {
+        return None;
+    }
+    (from..=MAX_EXP).find_map(|e| decimal_at(v, e).map(|m| (e, m)))
+}
+
+#[inline(always)]
+fn is_special(v: f64) -> bool {
+    !v.is_finite() || v.to_bits() == (-0.0f64).to_bits()
+}
+
+/// Appends samples to one chunk. Cheap to keep open: it holds only the two encoded streams and a
+/// few words of state, and can be read ([`ChunkEncoder::iter`]) or copied out
+/// ([`ChunkEncoder::bytes`]) at any time.
+#[derive(Debug, Clone)]
+pub struct ChunkEncoder {
+    ts: BitWriter,
+    vs: BitWriter,
+    n: u32,
+    t_first: i64,
+    t_last: i64,
+    grid: i64,
+    delta: i64,
+    ts_rice: Rice,
+    /// Decimal exponent, or [`MODE_FLOAT`].
+    mode: u32,
+    m: i64,
+    vbits: u64,
+    lead: u32,
+    trail: u32,
+    v_rice: Rice,
+    last_exception: bool,
+    /// Bits of the value stream taken by the first sample.
+    v_first_bits: u32,
+    /// Every value so far has the bits of the first.
+    all_same: bool,
+    /// Bits of the first value.
+    first: u64,
+}
+
+impl Default for ChunkEncoder {
+    fn default() -> Self {
+        ChunkEncoder {
+            ts: BitWriter::default(),
+            vs: BitWriter::default(),
+            n: 0,
+            t_first: 0,
+            t_last: 0,
+            grid: 0,
+            delta: 0,
+            ts_rice: Rice::new(TS_RICE_INIT),
+            mode: 0,
+            m: 0,
+            vbits: 0,
+            lead: 64,
+            trail: 0,
+            v_rice: Rice::new(0),
+            last_exception: false,
+            v_first_bits: 0,
+            all_same: true,
+            first: 0,
+        }
+    }
+}
+
+impl ChunkEncoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends a sample. `t` must be greater than the previous timestamp.
+    #[inline]
+    pub fn append(&mut self, t: i64, v: f64) -> Result<(), ChunkError> {
+        if self.n > 0 && t <= self.t_last {
+            return Err(ChunkError::OutOfOrder {
+                prev: self.t_last,
+                t,
+            });
+        }
+        if self.n as usize >= MAX_SAMPLES {
+            return Err(ChunkError::Full { max: MAX_SAMPLES });
+        }
+        self.append_t(t);
+        if self.n == 0 {
+            self.first_v(v);
+            self.t_first = t;
+        } else {
+            self.all_same &= v.to_bits() == self.first_bits();
+            self.append_v(v);
+        }
+        self.t_last = t;
+        self.n += 1;
+        Ok(())
+    }
+
+    /// Bits of the first value (only meaningful while `all_same`).
+    #[inline(always)]
+    fn first_bits(&self) -> u64 {
+        self.first
+    }
+
+    #[inline(always)]
+    fn append_t(&mut self, t: i64) {
+        match self.n {
+            0 => {
+                self.ts.write_varbits(zigzag(t));
+                self.grid = t;
+                return;
+            }
+            1 => {
+                let raw = t.wrapping_sub(self.t_last) as u64;
+                let d = if (1000..=1 << 40).contains(&raw) {
+                    let r = (raw + 500) / 1000 * 1000;
+                    if raw.abs_diff(r) <= raw / 64 { r } else { raw }
+                } else {
+                    raw
+                };
+                self.ts.write_varbits(d);
+                self.delta = d as i64;
+            }
+            _ => {}
+        }
+        let pred = self.grid.wrapping_add(self.delta);
+        let r = t.wrapping_sub(pred);
+        if (-TS_SMALL..=TS_SMALL).contains(&r) {
+            let zz = ts_map(r);
+            if write_rice(&mut self.ts, zz, self.ts_rice.k) {
+                self.ts_rice.update(zz);
+                self.grid = pred.wrapping_add(r.min(0));
+                return;
+            }
+        }
+        self.ts.write(0, RICE_LIMIT);
+        self.ts.write_varbits(zigzag(r));
+        self.grid = t;
+    }
+
+    #[cold]
+    fn first_v(&mut self, v: f64) {
+        let bits = v.to_bits();
+        self.first = bits;
+        if let Some((e, m)) = find_decimal(v, 0) {
+            self.vs.write(u64::from(e), 5);
+            self.vs.write_varbits(zigzag(m));
+            self.mode = e;
+            self.m = m;
+        } else {
+            self.vs.write(u64::from(MODE_FLOAT), 5);
+            self.vs.write_long(bits, 64);
+            self.mode = MODE_FLOAT;
+            self.vbits = bits;
+        }
+        self.v_first_bits = self.vs.bit_len() as u32;
+    }
+
+    #[inline(always)]
+    fn append_v(&mut self, v: f64) {
+        if self.mode == MODE_FLOAT {
+            self.append_xor(v.to_bits());
+            return;
+        }
+        if let Some(m) = decimal_at(v, self.mode) {
+            let zz = zigzag(m.wrapping_sub(self.m));
+            if self.n == 1 {
+                // The first delta is written whole and sets the Rice parameter.
+                self.vs.write(1, 1);
+                self.vs.write_varbits(zz);
+                self.v_rice = Rice::new(zz.min(RICE_CAP) * 4);
+            } else {
+                if !write_rice(&mut self.vs, zz, self.v_rice.k) {
+                    self.vs.write(0, RICE_LIMIT);
+                    self.vs.write(ESC_BIG_DELTA, 2);
+                    self.vs.write_varbits(zz);
+                }
+                self.v_rice.update(zz);
+            }
+            self.m = m;
+            self.last_exception = false;
+            return;
+        }
+        self.append_v_slow(v);
+    }
+
+    #[cold]
+    fn append_v_slow(&mut self, v: f64) {
+        let bits = v.to_bits();
+        if self.n == 1 {
+            self.vs.write(0, 1);
+        } else {
+            self.vs.write(0, RICE_LIMIT);
+        }
+        if let Some((e, m)) = find_decimal(v, self.mode + 1) {
+            self.vs.write(ESC_SWITCH, 2);
+            self.vs.write(u64::from(e), 5);
+            self.vs.write_varbits(zigzag(m));
+            self.mode = e;
+            self.m = m;
+            self.last_exception = false;
+        } else if is_special(v) && !self.last_exception {
+            self.vs.write(ESC_EXCEPTION, 2);
+            self.vs.write_long(bits, 64);
+            self.last_exception = true;
+        } else {
+            self.vs.write(ESC_SWITCH, 2);
+            self.vs.write(u64::from(MODE_FLOAT), 5);
+            self.vs.write_long(bits, 64);
+            self.mode = MODE_FLOAT;
+            self.vbits = bits;
+        }
+    }
+
+    #[inline(always)]
+    fn append_xor(&mut self, bits: u64) {
+        let x = bits ^ self.vbits;
+        self.vbits = bits;
+        if x == 0 {
+            self.vs.write(0, 1);
+            return;
+        }
+        let lead = x.leading_zeros();
+        let trail = x.trailing_zeros();
+        if lead >= self.lead && trail >= self.trail {
+            let sig = 64 - self.lead - self.trail;
+            self.vs.write(0b10, 2);
+            self.vs.write_long(x >> self.trail, sig);
+        } else {
+            let sig = 64 - lead - trail;
+            self.vs.write(0b11, 2);
+            self.vs.write(u64::from(lead), 6);
+            self.vs.write(u64::from(sig - 1), 6);
+            self.vs.write_long(x >> trail, sig);
+            self.lead = lead;
+            self.trail = trail;
+        }
+    }
+
+    pub fn num_samples(&self) -> usize {
+        self.n as usize
+    }
+
+    pub fn min_time(&self) -> Option<i64> {
+        (self.n > 0).then_some(self.t_first)
+    }
+
+    pub fn max_time(&self) -> Option<i64> {
+        (self.n > 0).then_some(self.t_last)
+    }
+
+    /// True when the value stream is written in its constant form (all values bit-identical).
+    fn constant(&self) -> bool {
+        self.n >= 2 && self.all_same
+    }
+
+    fn value_bytes(&self) -> usize {
+        if self.constant() {
+            (5 + self.v_first_bits as usize).div_ceil(8)
+        } else {
+            self.vs.byte_len()
+        }
+    }
+
+    /// Size of [`ChunkEncoder::bytes`] right now.
+    pub fn size_bytes(&self) -> usize {
+        let ts = self.ts.byte_len();
+        let mut size = 1 + uvarint_len(u64::from(self.n));
+        if self.n > 0 {
+            size += uvarint_len(ts as u64) + ts + self.value_bytes();
+        }
+        size
+    }
+
+    /// Heap memory held by the encoder (both streams' capacity).
+    pub fn heap_bytes(&self) -> usize {
+        self.ts.capacity() + self.vs.capacity()
+    }
+
+    /// The encoded chunk of all samples so far; the encoder stays usable.
+    pub fn bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.size_bytes());
+        out.push(ENCODING_XOR);
+        put_uvarint(&mut out, u64::from(self.n));
+        if self.n > 0 {
+            put_uvarint(&mut out, self.ts.byte_len() as u64);
+            out.extend_from_slice(self.ts.bytes());
+            if self.constant() {
+                let mut w = BitWriter::default();
+                w.write(u64::from(MODE_CONST), 5);
+                let mut r = BitReader::new(self.vs.bytes());
+                let mut left = self.v_first_bits;
+                while left > 0 {
+                    let n = left.min(32);
+                    w.write(r.read(n), n);
+                    left -= n;
+                }
+                out.extend_from_slice(w.bytes());
+            } else {
+                out.extend_from_slice(self.vs.bytes());
+            }
+        }
+        out
+    }
+
+    /// Iterates the samples appended so far, without copying.
+    pub fn iter(&self) -> ChunkIter<'_> {
+        let ts = BitReader::with_padding(self.ts.padded(), self.ts.byte_len());
+        let vs = BitReader::with_padding(self.vs.padded(), self.vs.byte_len());
+        ChunkIter::with_decoder(Decoder::new(ts, vs, self.n as usize))
+    }
+}
+
+fn uvarint_len(mut x: u64) -> usize {
+    let mut n = 1;
+    while x >= 0x80 {
+        x >>= 7;
+        n += 1;
+    }
+    n
+}
+
+fn put_uvarint(out: &mut Vec<u8>, mut x: u64) {
+    while x >= 0x80 {
+        out.push((x as u8) | 0x80);
+        x >>= 7;
+    }
+    out.push(x as u8);
+}
+
+/// Reads a uvarint at `*pos`; `what` names the field in the error.
+fn get_uvarint(data: &[u8], pos: &mut usize, what: &'static str) -> Result<u64, ChunkError> {
+    let start = *pos;
+    let mut x = 0u64;
+    for i in 0..10 {
+        let Some(&b) = data.get(*pos) else {
+            return Err(ChunkError::Header {
+                offset: *pos,
+                expected: what,
+                found: format!("end of data after {} bytes", data.len()),
+            });
+        };
+        *pos += 1;
+        if i == 9 && b > 1 {
+            break;
+        }
+        x |= u64::from(b & 0x7f) << (7 * i);
+        if b < 0x80 {
+            return Ok(x);
+        }
+    }
+    Err(ChunkError::Header {
+        offset: start,
+        expected: what,
+        found: "a varint longer than 64 bits".into(),
+    })
+}
+
+/// Timestamp decoding state.
+#[derive(Debug, Clone)]
+struct TsDecoder<'a> {
+    r: BitReader<'a>,
+    grid: i64,
+    delta: i64,
+    rice: Rice,
+}
+
+impl TsDecoder<'_> {
+    /// The first timestamp (i = 0) or the second (i = 1).
+    #[cold]
+    fn first(&mut self, i: usize) -> i64 {
+        if i == 0 {
+            self.grid = unzigzag(self.r.read_varbits());
+            return self.grid;
+        }
+        self.delta = self.r.read_varbits() as i64;
+        self.next()
+    }
+
+    #[inline(always)]
+    fn next(&mut self) -> i64 {
+        let pred = self.grid.wrapping_add(self.delta);
+        match read_rice(&mut self.r, self.rice.k) {
+            Some(zz) => {
+                self.rice.update(zz);
+                let res = ts_unmap(zz);
+                self.grid = pred.wrapping_add(res.min(0));
+                pred.wrapping_add(res)
+            }
+            None => self.escape(pred),
+        }
+    }
+
+    #[cold]
+    fn escape(&mut self, pred: i64) -> i64 {
+        let t = pred.wrapping_add(unzigzag(self.r.read_varbits()));
+        self.grid = t;
+        t
+    }
+}
+
+/// Value decoding state.
+#[derive(Debug, Clone)]
+struct ValDecoder<'a> {
+    r: BitReader<'a>,
+    /// Decimal exponent, [`MODE_FLOAT`] or [`MODE_CONST`].
+    mode: u32,
+    /// 10^mode in decimal mode.
+    p: f64,
+    m: i64,
+    vbits: u64,
+    lead: u32,
+    trail: u32,
+    rice: Rice,
+    /// Set when the stream holds an invalid code (decoding then yields garbage until the end).
+    error: Option<(&'static str, &'static str, u64)>,
+}
+
+impl ValDecoder<'_> {
+    #[cold]
+    fn first(&mut self) -> f64 {
+        let mode = self.r.read(5) as u32;
+        if mode == MODE_CONST {
+            let inner = self.r.read(5) as u32;
+            let v = if inner == MODE_CONST {
+                self.invalid_mode(inner)
+            } else {
+                self.set_mode(inner)
+            };
+            self.mode = MODE_CONST;
+            self.vbits = v.to_bits();
+            return v;
+        }
+        self.set_mode(mode)
+    }
+
+    fn invalid_mode(&mut self, mode: u32) -> f64 {
+        self.error.get_or_insert((
+            "value mode",
+            "a decimal exponent 0..=22, 30 (constant, first only) or 31 (float)",
+            u64::from(mode),
+        ));
+        self.mode = MODE_FLOAT;
+        f64::NAN
+    }
+
+    /// Reads the payload of a mode code (the first sample or a switch).
+    fn set_mode(&mut self, mode: u32) -> f64 {
+        if mode == MODE_FLOAT {
+            self.mode = MODE_FLOAT;
+            self.vbits = self.r.read_long(64);
+            return f64::from_bits(self.vbits);
+        }
+        let Some(&p) = POW10.get(mode as usize) else {
+            return self.invalid_mode(mode);
+        };
+        self.mode = mode;
+        self.p = p;
+        self.m = unzigzag(self.r.read_varbits());
+        self.m as f64 / p
+    }
+
+    /// The second value: in decimal mode a flag bit, then the whole first delta (which sets the
+    /// Rice parameter) or an escape code.
+    #[cold]
+    fn second(&mut self) -> f64 {
+        if self.mode == MODE_FLOAT || self.mode == MODE_CONST {
+            return self.next();
+        }
+        if self.r.read(1) == 0 {
+            return self.escape();
+        }
+        let zz = self.r.read_varbits();
+        self.rice = Rice::new(zz.min(RICE_CAP) * 4);
+        self.m = self.m.wrapping_add(unzigzag(zz));
+        self.m as f64 / self.p
+    }
+
+    #[inline(always)]
+    fn next(&mut self) -> f64 {
+        match self.mode {
+            MODE_FLOAT => self.next_xor(),
+            MODE_CONST => f64::from_bits(self.vbits),
+            _ => self.next_decimal::<false>(),
+        }
+    }
+
+    /// The next value in decimal mode (`INT`: the exponent is 0, no division needed).
+    #[inline(always)]
+    fn next_decimal<const INT: bool>(&mut self) -> f64 {
+        match read_rice(&mut self.r, self.rice.k) {
+            Some(zz) => {
+                self.rice.update(zz);
+                self.m = self.m.wrapping_add(unzigzag(zz));
+                if INT {
+                    self.m as f64
+                } else {
+                    self.m as f64 / self.p
+                }
+            }
+            None => self.escape(),
+        }
+    }
+
+    #[cold]
+    fn escape(&mut self) -> f64 {
+        match self.r.read(2) {
+            ESC_BIG_DELTA => {
+                let zz = self.r.read_varbits();
+                self.rice.update(zz);
+                self.m = self.m.wrapping_add(unzigzag(zz));
+                self.m as f64 / self.p
+            }
+            ESC_EXCEPTION => f64::from_bits(self.r.read_long(64)),
+            ESC_SWITCH => {
+                let mode = self.r.read(5) as u32;
+                if mode == MODE_CONST {
+                    self.invalid_mode(mode)
+                } else {
+                    self.set_mode(mode)
+                }
+            }
+            other => {
+                self.error.get_or_insert((
+                    "value escape code",
+                    "0 (big delta), 1 (exception) or 2 (switch)",
+                    other,
+                ));
+                self.mode = MODE_FLOAT;
+                f64::NAN
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn next_xor(&mut self) -> f64 {
+        let w = self.r.peek();
+        if w >> 63 == 0 {
+            self.r.skip(1);
+        } else if w >> 62 == 0b10 {
+            self.r.skip(2);
+            let sig = 64u32.saturating_sub(self.lead + self.trail);
+            let x = self.r.read_long(sig);
+            self.vbits ^= x << self.trail.min(63);
+        } else {
+            self.r.skip(2);
+            let lead = self.r.read(6) as u32;
+            let sig = self.r.read(6) as u32 + 1;
+            let trail = 64u32.saturating_sub(lead + sig);
+            let x = self.r.read_long(sig);
+            self.vbits ^= x << trail.min(63);
+            self.lead = lead;
+            self.trail = trail;
+        }
+        f64::from_bits(self.vbits)
+    }
+}
+
+/// Decoding state over the two streams of one chunk.
+#[derive(Debug, Clone)]
+struct Decoder<'a> {
+    ts: TsDecoder<'a>,
+    vs: ValDecoder<'a>,
+    /// Index of the next sample to decode.
+    i: usize,
+    n: usize,
+}
+
+impl<'a> Decoder<'a> {
+    fn new(ts: BitReader<'a>, vs: BitReader<'a>, n: usize) -> Self {
+        Decoder {
+            ts: TsDecoder {
+                r: ts,
+                grid: 0,
+                delta: 0,
+                rice: Rice::new(TS_RICE_INIT),
+            },
+            vs: ValDecoder {
+                r: vs,
+                mode: 0,
+                p: 1.0,
+                m: 0,
+                vbits: 0,
+                lead: 64,
+                trail: 0,
+                rice: Rice::new(0),
+                error: None,
+            },
+            i: 0,
+            n,
+        }
+    }
+
+    /// Parses the header of a full chunk.
+    fn parse(data: &'a [u8]) -> Result<Self, ChunkError> {
+        if data.len() < 2 {
+            return Err(ChunkError::Empty { found: data.len() });
+        }
+        if data[0] != ENCODING_XOR {
+            return Err(ChunkError::UnknownEncoding {
+                expected: ENCODING_XOR,
+                found: data[0],
+            });
+        }
+        let mut pos = 1;
+        let n = get_uvarint(data, &mut pos, "sample count")?;
+        if n == 0 {
+            return Ok(Decoder::new(BitReader::new(&[]), BitReader::new(&[]), 0));
+        }
+        if n > MAX_SAMPLES as u64 {
+            return Err(ChunkError::Header {
+                offset: 1,
+                expected: "a sample count of at most 1048576",
+                found: n.to_string(),
+            });
+        }
+        let ts_len = get_uvarint(data, &mut pos, "timestamp stream length")?;
+        let rest = data.len() - pos;
+        if ts_len > rest as u64 {
+            return Err(ChunkError::Header {
+                offset: pos,
+                expected: "a timestamp stream length within the chunk",
+                found: format!("{ts_len} bytes but only {rest} remain"),
+            });
+        }
+        let streams = &data[pos..];
+        let ts_len = ts_len as usize;
+        // Every sample after the first takes at least one bit of the timestamp stream.
+        if n - 1 > ts_len as u64 * 8 {
+            return Err(ChunkError::TooManySamples {
+                samples: n,
+                stream: "timestamp",
+                bits: ts_len * 8,
+            });
+        }
+        let ts = BitReader::with_padding(streams, ts_len);
+        let vs = BitReader::new(&streams[ts_len..]);
+        Ok(Decoder::new(ts, vs, n as usize))
+    }
+
+    /// Decodes the next sample (the caller checks `i < n`).
+    #[inline(always)]
+    fn next_sample(&mut self) -> Sample {
+        let s = if self.i >= 2 {
+            Sample {
+                t: self.ts.next(),
+                v: self.vs.next(),
+            }
+        } else {
+            let t = self.ts.first(self.i);
+            let v = if self.i == 0 {
+                self.vs.first()
+            } else {
+                self.vs.second()
+            };
+            Sample { t, v }
+        };
+        self.i += 1;
+        s
+    }
+
+    /// Error for streams read past their end or invalid codes.
+    fn check(&self) -> Result<(), ChunkError> {
+        if let Some((what, expected, found)) = self.vs.error {
+            return Err(ChunkError::Invalid {
+                what,
+                index: self.i.saturating_sub(1),
+                expected,
+                found,
+            });
+        }
+        for (stream, r) in [("timestamp", &self.ts.r), ("value", &self.vs.r)] {
+            if r.overrun() {
+                return Err(ChunkError::Truncated {
+                    stream,
+                    index: self.i.saturating_sub(1),
+                    needed: r.pos(),
+                    available: r.bit_len(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Decodes every sample of `data` (a whole chunk) and appends them to `out`. On error `out` is
+/// left as it was.
+pub fn decode_all(data: &[u8], out: &mut Vec<Sample>) -> Result<(), ChunkError> {
+    let mut d = Decoder::parse(data)?;
+    let n = d.n;
+    let start = out.len();
+    out.reserve(n);
+    let head = n.min(2);
+    for _ in 0..head {
+        let s = d.next_sample();
+        out.push(s);
+    }
+    let mut increasing = n < 2 || out[start + 1].t > out[start].t;
+    let mut prev = out.last().map_or(i64::MIN, |s| s.t);
+    // One loop per value mode; a decimal loop ends early when an escape switches the mode.
+    let mut i = head;
+    while i < n {
+        match d.vs.mode {
+            MODE_CONST => {
+                let v = f64::from_bits(d.vs.vbits);
+                for _ in i..n {
+                    let t = d.ts.next();
+                    increasing &= t > prev;
+                    prev = t;
+                    out.push(Sample { t, v });
+                }
+                break;
+            }
+            MODE_FLOAT => {
+                for _ in i..n {
+                    let t = d.ts.next();
+                    let v = d.vs.next_xor();
+                    increasing &= t > prev;
+                    prev = t;
+                    out.push(Sample { t, v });
+                }
+                break;
+            }
+            0 => i += decimal_run::<true>(&mut d, out, n - i, &mut prev, &mut increasing),
+            _ => i += decimal_run::<false>(&mut d, out, n - i, &mut prev, &mut increasing),
+        }
+    }
+    d.i = n;
+    if let Err(e) = d.check() {
+        out.truncate(start);
+        return Err(e);
+    }
+    if !increasing {
+        let got = out.get(start..).unwrap_or(&[]);
+        let bad = got.windows(2).position(|w| w[1].t <= w[0].t).unwrap_or(0);
+        let (prev, t) = (got[bad].t, got[bad + 1].t);
+        out.truncate(start);
+        return Err(ChunkError::NotIncreasing {
+            index: bad + 1,
+            prev,
+            t,
+        });
+    }
+    Ok(())
+}
+
+/// Decodes up to `count` samples in decimal mode (`INT`: exponent 0) with the state of both
+/// streams in local variables (so in registers); the rare long codes and escapes go through the
+/// general path. Stops early after a sample whose escape switched the mode. Returns the number of
+/// samples decoded.
+#[inline(always)]
+fn decimal_run<const INT: bool>(
+    d: &mut Decoder<'_>,
+    out: &mut Vec<Sample>,
+    count: usize,
+    prev: &mut i64,
+    increasing: &mut bool,
+) -> usize {
+    let mode = d.vs.mode;
+    let (tdata, mut tpos) = d.ts.r.parts();
+    let (vdata, mut vpos) = d.vs.r.parts();
+    let (mut grid, delta, mut trice) = (d.ts.grid, d.ts.delta, d.ts.rice);
+    let (mut m, p, mut vrice) = (d.vs.m, d.vs.p, d.vs.rice);
+    let (mut last, mut inc) = (*prev, *increasing);
+    let mut done = 0;
+    while done < count {
+        let pred = grid.wrapping_add(delta);
+        let w = bits::peek_at(tdata, tpos);
+        let q = (w | 1).leading_zeros();
+        let k = trice.k;
+        let t = if q < RICE_LIMIT && q + 1 + k <= 57 {
+            tpos += (q + 1 + k) as usize;
+            let zz = (u64::from(q) << k) | (((w << (q + 1)) >> 1) >> (63 - k));
+            trice.update(zz);
+            let r = ts_unmap(zz);
+            grid = pred.wrapping_add(r.min(0));
+            pred.wrapping_add(r)
+        } else {
+            d.ts.r.set_pos(tpos);
+            (d.ts.grid, d.ts.rice) = (grid, trice);
+            let t = d.ts.next();
+            (tpos, grid, trice) = (d.ts.r.parts().1, d.ts.grid, d.ts.rice);
+            t
+        };
+        let w = bits::peek_at(vdata, vpos);
+        let q = (w | 1).leading_zeros();
+        let k = vrice.k;
+        let mut switched = false;
+        let v = if q < RICE_LIMIT && q + 1 + k <= 57 {
+            vpos += (q + 1 + k) as usize;
+            let zz = (u64::from(q) << k) | (((w << (q + 1)) >> 1) >> (63 - k));
+            vrice.update(zz);
+            m = m.wrapping_add(unzigzag(zz));
+            if INT { m as f64 } else { m as f64 / p }
+        } else {
+            d.vs.r.set_pos(vpos);
+            (d.vs.m, d.vs.rice) = (m, vrice);
+            let v = d.vs.next_decimal::<INT>();
+            (vpos, m, vrice) = (d.vs.r.parts().1, d.vs.m, d.vs.rice);
+            switched = d.vs.mode != mode;
+            v
+        };
+        inc &= t > last;
+        last = t;
+        out.push(Sample { t, v });
+        done += 1;
+        if switched {
+            break;
+        }
+    }
+    d.ts.r.set_pos(tpos);
+    (d.ts.grid, d.ts.rice) = (grid, trice);
+    if d.vs.mode == mode {
+        d.vs.r.set_pos(vpos);
+        (d.vs.m, d.vs.rice) = (m, vrice);
+    }
+    (*prev, *increasing) = (last, inc);
+    done
+}
+
+/// Iterates the samples of one chunk, decoding one per [`SampleIter::next`].
+#[derive(Debug, Clone)]
+pub struct ChunkIter<'a> {
+    d: Decoder<'a>,
+    cur: Sample,
+    valid: bool,
+    err: Option<ChunkError>,
+}
+
+impl<'a> ChunkIter<'a> {
+    /// An iterator over a whole chunk; fails when the header is invalid.
+    pub fn new(data: &'a [u8]) -> Result<Self, ChunkError> {
+        Ok(Self::with_decoder(Decoder::parse(data)?))
+    }
+
+    fn with_decoder(d: Decoder<'a>) -> Self {
+        ChunkIter {
+            d,
+            cur: Sample {
+                t: i64::MIN,
+                v: f64::NAN,
+            },
+            valid: false,
+            err: None,
+        }
+    }
+
+    /// Number of samples in the chunk.
+    pub fn num_samples(&self) -> usize {
+        self.d.n
+    }
+
+    /// The decoding error that ended iteration, if any.
+    pub fn error(&self) -> Option<&ChunkError> {
+        self.err.as_ref()
+    }
+
+    #[cold]
+    fn fail(&mut self, e: ChunkError) -> bool {
+        self.err = Some(e);
+        self.valid = false;
+        self.d.i = self.d.n;
+        false
+    }
+}
+
+impl SampleIter for ChunkIter<'_> {
+    #[inline]
+    fn next(&mut self) -> bool {
+        if self.d.i >= self.d.n {
+            self.valid = false;
+            return false;
+        }
+        let prev = self.cur.t;
+        let s = self.d.next_sample();
+        if (self.d.vs.error.is_some() || self.d.ts.r.overrun() || self.d.vs.r.overrun())
+            && let Err(e) = self.d.check()
+        {
+            return self.fail(e);
+        }
+        if self.d.i > 1 && s.t <= prev {
+            return self.fail(ChunkError::NotIncreasing {
+                index: self.d.i - 1,
+                prev,
+                t: s.t,
+            });
+        }
+        self.cur = s;
+        self.valid = true;
+        true
+    }
+
+    #[inline]
+    fn at(&self) -> Sample {
+        self.cur
+    }
+
+    #[inline]
+    fn is_valid(&self) -> bool {
+        self.valid
+    }
+
+    fn err(&mut self) -> Option<tidemark_storage::Error> {
+        self.err.clone().map(Into::into)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(samples: &[(i64, f64)]) {
+        let mut enc = ChunkEncoder::new();
+        for &(t, v) in samples {
+            enc.append(t, v).unwrap();
+        }
+        let data = enc.bytes();
+        assert_eq!(data.len(), enc.size_bytes());
+        let mut out = Vec::new();
+        decode_all(&data, &mut out).unwrap();
+        assert_eq!(out.len(), samples.len());
+        for (s, &(t, v)) in out.iter().zip(samples) {
+            assert_eq!((s.t, s.v.to_bits()), (t, v.to_bits()), "sample at {t}");
+        }
+        let mut it = enc.iter();
+        for &(t, v) in samples {
+            assert!(it.next());
+            assert_eq!((it.at().t, it.at().v.to_bits()), (t, v.to_bits()));
+        }
+        assert!(!it.next());
+        assert!(it.error().is_none());
+    }
+
+    #[test]
+    fn empty_and_single() {
+        round_trip(&[]);
+        round_trip(&[(0, 0.0)]);
+        round_trip(&[(-5, -0.0)]);
+        round_trip(&[(i64::MIN, f64::NAN)]);
+    }
+
+    #[test]
+    fn specials_and_modes() {
+        let stale = f64::from_bits(0x7ff0_0000_0000_0002);
+        round_trip(&[
+            (1000, 1.0),
+            (2000, 1.5),
+            (3000, 1.25),
+            (4000, stale),
+            (5000, 2.0),
+            (6000, f64::INFINITY),
+            (7000, f64::NEG_INFINITY),
+            (8000, -0.0),
+            (9000, 0.1 + 0.2),
+            (10000, 3.0),
+            (i64::MAX, f64::from_bits(1)),
+        ]);
+        round_trip(&[(i64::MIN, 1e300), (0, -1e-300), (i64::MAX, 5.0)]);
+    }
+
+    #[test]
+    fn scrape_like_is_small() {
+        let mut enc = ChunkEncoder::new();
+        let mut v = 1000.0;
+        for i in 0..120i64 {
+            let jitter = (i * 7919) % 3;
+            v += ((i * 31) % 50) as f64;
+            enc.append(1_700_000_000_000 + i * 15_000 + jitter, v)
+                .unwrap();
+        }
+        let size = enc.size_bytes();
+        assert!(size < 120 * 2, "size {size}");
+        round_trip(&[(1, 2.0), (3, 4.0)]);
+    }
+
+    #[test]
+    fn out_of_order_rejected() {
+        let mut enc = ChunkEncoder::new();
+        enc.append(10, 1.0).unwrap();
+        assert_eq!(
+            enc.append(10, 2.0),
+            Err(ChunkError::OutOfOrder { prev: 10, t: 10 })
+        );
+        assert_eq!(
+            enc.append(9, 2.0),
+            Err(ChunkError::OutOfOrder { prev: 10, t: 9 })
+        );
+        assert_eq!(enc.num_samples(), 1);
+    }
+}

@@ -1,0 +1,574 @@
+//! [`Db`]: the engine. It ties the head, the log and the blocks of one data directory together:
+//!
+//! ```text
+//! <dir>/
+//!   wal/            the log (segments + checkpoint.<upto>/), replayed into the head on open
+//!   chunks_head/    memory-mapped full chunks of the head (rebuilt from the log on open)
+//!   <block id>/     immutable blocks (meta.json, index, chunks/)
+//! ```
+//!
+//! - Appends go to the head; a commit is one log batch (fsynced per [`SyncPolicy`]) after which
+//!   the batch is visible.
+//! - Queries merge the head and every block overlapping the range.
+//! - When the head spans more than 1.5 block ranges, its oldest whole block range is written as a
+//!   block, dropped from the head, and the log is checkpointed and purged. A background thread
+//!   does this, then compaction and retention, every [`DbOptions::maintenance_interval`].
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+use tidemark_model::Matcher;
+use tidemark_storage::{
+    Appendable, Appender, MergeQuerier, Querier, Queryable, SelectHints, SeriesSet,
+    merge_series_sets,
+};
+
+use crate::block::{self, Block, BlockError, BlockMeta, BlockWriter};
+use crate::compact::{self, CompactOptions};
+use crate::head::{Head, HeadError, HeadOptions};
+use crate::head_log::ReplayStats;
+use crate::log::{self, Log, LogOptions, SyncPolicy};
+
+const DAY_MS: i64 = 24 * 3_600_000;
+/// Subdirectory of the log.
+pub const LOG_DIR: &str = "wal";
+/// Subdirectory of the head-chunk files.
+pub const HEAD_CHUNKS_DIR: &str = "chunks_head";
+
+/// Options of [`Db::open`].
+#[derive(Debug, Clone)]
+pub struct DbOptions {
+    /// Blocks whose newest sample is older than the newest sample minus this are deleted
+    /// (default 15d; 0 = no retention by time).
+    pub retention_time_ms: i64,
+    /// Oldest blocks are deleted while blocks + log + head chunks exceed this (0 = off).
+    pub retention_size_bytes: u64,
+    /// Range of the blocks cut from the head (default 2h).
+    pub block_range_ms: i64,
+    /// Out-of-order samples up to this much older than the newest are accepted (default 10m).
+    pub ooo_window_ms: i64,
+    /// When commits are fsynced (default: before `commit` returns).
+    pub log_sync: SyncPolicy,
+    /// Size of a log segment (default 128 MiB).
+    pub log_segment_size: u64,
+    /// Run cutting, compaction and retention in a background thread (default true).
+    pub background_maintenance: bool,
+    /// How often the background thread runs (default 1 min).
+    pub maintenance_interval: Duration,
+}
+
+impl Default for DbOptions {
+    fn default() -> Self {
+        DbOptions {
+            retention_time_ms: 15 * DAY_MS,
+            retention_size_bytes: 0,
+            block_range_ms: 2 * 3_600_000,
+            ooo_window_ms: 10 * 60_000,
+            log_sync: SyncPolicy::Always,
+            log_segment_size: log::DEFAULT_SEGMENT_SIZE,
+            background_maintenance: true,
+            maintenance_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Errors of the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("data directory {dir}: {source}")]
+    Io {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("log: {0}")]
+    Log(#[from] log::LogError),
+    #[error("head: {0}")]
+    Head(#[from] HeadError),
+    #[error("blocks: {0}")]
+    Block(#[from] BlockError),
+    #[error("the database is closed")]
+    Closed,
+}
+
+impl From<DbError> for tidemark_storage::Error {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Closed => {
+                tidemark_storage::Error::Unavailable("the database is closed".into())
+            }
+            other => tidemark_storage::Error::Other(other.to_string()),
+        }
+    }
+}
+
+/// What [`Db::open`] found: the log's repairs (torn tail truncated, corruption moved aside),
+/// what replay did, and problems with blocks (moved aside, leftovers removed).
+#[derive(Debug, Clone, Default)]
+pub struct OpenReport {
+    pub log: log::OpenReport,
+    pub replay: ReplayStats,
+    pub blocks: Vec<String>,
+}
+
+impl OpenReport {
+    /// True when nothing was truncated, moved aside or skipped.
+    pub fn is_clean(&self) -> bool {
+        self.log.is_clean() && self.blocks.is_empty() && self.replay.problems.is_empty()
+    }
+}
+
+impl fmt::Display for OpenReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}; {}", self.log, self.replay)?;
+        for b in &self.blocks {
+            write!(f, "; {b}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Figures of [`Db::stats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DbStats {
+    pub head_series: usize,
+    pub head_samples_appended: u64,
+    pub head_chunks_written: u64,
+    /// Oldest and newest time over the head (its samples) and the blocks (their bounds:
+    /// `min_time` and `max_time - 1`, as in meta.json); `None` when empty.
+    pub min_time: Option<i64>,
+    pub max_time: Option<i64>,
+    pub head_min_time: Option<i64>,
+    pub head_max_time: Option<i64>,
+    pub blocks: usize,
+    pub block_bytes: u64,
+    pub block_samples: u64,
+    pub log_bytes: u64,
+}
+
+struct DbInner {
+    dir: PathBuf,
+    opts: DbOptions,
+    head: Arc<Head>,
+    blocks: RwLock<Vec<Block>>,
+    report: OpenReport,
+    closed: AtomicBool,
+    /// Serializes cutting, compaction and retention.
+    maintenance: Mutex<()>,
+    /// Queriers read the block list and snapshot the head under the read side; changing the
+    /// block list together with the head (cut) or the blocks (compaction) takes the write side.
+    view: RwLock<()>,
+    bg: Mutex<Option<(std::thread::JoinHandle<()>, std::sync::mpsc::Sender<()>)>>,
+}
+
+/// The engine over one data directory. Cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<DbInner>,
+}
+
+impl fmt::Debug for Db {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Db")
+            .field("dir", &self.inner.dir)
+            .field("head_series", &self.inner.head.num_series())
+            .field("blocks", &self.inner.blocks.read().len())
+            .finish()
+    }
+}
+
+fn io(dir: &Path) -> impl Fn(std::io::Error) -> DbError + '_ {
+    move |source| DbError::Io {
+        dir: dir.to_path_buf(),
+        source,
+    }
+}
+
+impl Db {
+    /// Opens (or creates) the database in `dir`: opens the blocks (moving corrupt ones aside),
+    /// opens the log (truncating a torn tail, moving corruption aside) and replays it into the
+    /// head. What was repaired is in [`Db::open_report`].
+    pub fn open(dir: &Path, opts: DbOptions) -> Result<Db, DbError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let (blocks, block_problems) = block::open_blocks(dir)?;
+        let head = Arc::new(Head::new(HeadOptions {
+            chunk_dir: Some(dir.join(HEAD_CHUNKS_DIR)),
+            chunk_range_ms: opts.block_range_ms,
+            ooo_window_ms: opts.ooo_window_ms,
+        })?);
+        if let Some(max) = blocks.iter().map(|b| b.meta().max_time).max() {
+            head.set_min_valid_time(max);
+        }
+        let (log, log_report) = Log::open(
+            &dir.join(LOG_DIR),
+            LogOptions {
+                segment_size: opts.log_segment_size,
+                sync: opts.log_sync,
+            },
+        )?;
+        let replay = head.replay(&log)?;
+        head.set_log(log);
+        let report = OpenReport {
+            log: log_report,
+            replay,
+            blocks: block_problems,
+        };
+        if !report.is_clean() {
+            tracing::warn!(dir = %dir.display(), report = %report, "database opened with repairs");
+        } else {
+            tracing::info!(dir = %dir.display(), report = %report, "database opened");
+        }
+        let db = Db {
+            inner: Arc::new(DbInner {
+                dir: dir.to_path_buf(),
+                opts,
+                head,
+                blocks: RwLock::new(blocks),
+                report,
+                closed: AtomicBool::new(false),
+                maintenance: Mutex::new(()),
+                view: RwLock::new(()),
+                bg: Mutex::new(None),
+            }),
+        };
+        if db.inner.opts.background_maintenance {
+            db.start_background();
+        }
+        Ok(db)
+    }
+
+    fn start_background(&self) {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let weak = Arc::downgrade(&self.inner);
+        let every = self.inner.opts.maintenance_interval;
+        let h = std::thread::Builder::new()
+            .name("tidemark-db-maintenance".into())
+            .spawn(move || {
+                loop {
+                    match rx.recv_timeout(every) {
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                        _ => return,
+                    }
+                    let Some(inner) = weak.upgrade() else { return };
+                    let db = Db { inner };
+                    if db.inner.closed.load(Ordering::Acquire) {
+                        return;
+                    }
+                    if let Err(e) = db.compact_now() {
+                        tracing::error!(error = %e, "background maintenance failed");
+                    }
+                }
+            });
+        match h {
+            Ok(h) => *self.inner.bg.lock() = Some((h, tx)),
+            Err(e) => tracing::error!(error = %e, "could not start the maintenance thread"),
+        }
+    }
+
+    /// What opening repaired or skipped.
+    pub fn open_report(&self) -> &OpenReport {
+        &self.inner.report
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The head (tests, diagnostics).
+    pub fn head(&self) -> &Arc<Head> {
+        &self.inner.head
+    }
+
+    /// Metas of the open blocks, oldest first.
+    pub fn blocks(&self) -> Vec<BlockMeta> {
+        self.inner
+            .blocks
+            .read()
+            .iter()
+            .map(|b| b.meta().clone())
+            .collect()
+    }
+
+    /// Flushes and fsyncs everything, stops the background thread. Later appends fail; queries
+    /// keep working. Idempotent.
+    pub fn close(&self) -> Result<(), DbError> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        if let Some((h, tx)) = self.inner.bg.lock().take() {
+            drop(tx);
+            if h.thread().id() != std::thread::current().id() {
+                let _ = h.join();
+            }
+        }
+        let _m = self.inner.maintenance.lock();
+        self.inner.head.close_log()?;
+        self.inner.head.sync_chunks()?;
+        Ok(())
+    }
+
+    pub fn stats(&self) -> DbStats {
+        let h = self.inner.head.stats();
+        let blocks = self.inner.blocks.read();
+        let head_min = (h.min_time != i64::MAX).then_some(h.min_time);
+        let head_max = (h.max_time != i64::MIN && head_min.is_some()).then_some(h.max_time);
+        let bmin = blocks.iter().map(|b| b.meta().min_time).min();
+        let bmax = blocks.iter().map(|b| b.meta().max_time - 1).max();
+        DbStats {
+            head_series: h.series,
+            head_samples_appended: h.samples_appended,
+            head_chunks_written: h.chunks_written,
+            min_time: [bmin, head_min].into_iter().flatten().min(),
+            max_time: [bmax, head_max].into_iter().flatten().max(),
+            head_min_time: head_min,
+            head_max_time: head_max,
+            blocks: blocks.len(),
+            block_bytes: blocks.iter().map(Block::size_bytes).sum(),
+            block_samples: blocks.iter().map(|b| b.meta().stats.num_samples).sum(),
+            log_bytes: self.inner.head.log_size_bytes(),
+        }
+    }
+
+    /// Cuts the blocks that are due, compacts, applies retention.
+    pub fn compact_now(&self) -> Result<(), DbError> {
+        let _m = self.inner.maintenance.lock();
+        self.cut_blocks(false)?;
+        self.compact_blocks()?;
+        self.apply_retention()?;
+        Ok(())
+    }
+
+    /// Writes everything in the head into blocks (tests, snapshots, shutdown of a shard).
+    pub fn flush_head(&self) -> Result<(), DbError> {
+        let _m = self.inner.maintenance.lock();
+        self.cut_blocks(true)
+    }
+
+    /// Cuts the oldest block range of the head while the head spans more than 1.5 ranges (or,
+    /// with `all`, while it holds anything).
+    fn cut_blocks(&self, all: bool) -> Result<(), DbError> {
+        let head = &self.inner.head;
+        let range = self.inner.opts.block_range_ms.max(1);
+        let mut cut_any = false;
+        loop {
+            let (hmin, hmax) = (head.min_time(), head.max_time());
+            if hmin == i64::MAX || hmax < hmin {
+                break;
+            }
+            let due = if all {
+                true
+            } else {
+                hmax.saturating_sub(hmin) > range / 2 * 3
+            };
+            if !due {
+                break;
+            }
+            let start = hmin.div_euclid(range).saturating_mul(range);
+            let end = start.saturating_add(range);
+            self.cut_block(start, end)?;
+            cut_any = true;
+            if end > hmax {
+                break;
+            }
+        }
+        if cut_any {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Writes `[start, end)` of the head as a block, then drops it from the head.
+    fn cut_block(&self, start: i64, end: i64) -> Result<(), DbError> {
+        let head = &self.inner.head;
+        // From here on samples before `end` are out of bounds; commits already logged are applied
+        // (they hold the log lock while applying).
+        head.raise_min_valid_time_committed(end);
+        let mut series = head.series_list();
+        series.sort_by(|a, b| a.1.cmp(&b.1));
+        let mut w = BlockWriter::new(&self.inner.dir, start, end)?;
+        for (s, labels) in &series {
+            let samples = head.samples_of(s, start, end - 1)?;
+            if !samples.is_empty() {
+                w.add_samples(labels, &samples)?;
+            }
+        }
+        if w.num_series() > 0 {
+            let meta = w.finish()?;
+            let b = Block::open(&self.inner.dir.join(&meta.id))?;
+            tracing::info!(block = %meta.id, min_time = start, max_time = end, series = meta.stats.num_series, samples = meta.stats.num_samples, "cut block from head");
+            let _view = self.inner.view.write();
+            let mut blocks = self.inner.blocks.write();
+            blocks.push(b);
+            blocks.sort_by(|a, b| {
+                (a.meta().min_time, a.meta().max_time).cmp(&(b.meta().min_time, b.meta().max_time))
+            });
+            drop(blocks);
+            head.truncate_before(end);
+        } else {
+            drop(w);
+            let _view = self.inner.view.write();
+            head.truncate_before(end);
+        }
+        Ok(())
+    }
+
+    /// Checkpoints the log: what the head still holds is written to a checkpoint and every
+    /// record before it is purged.
+    fn checkpoint(&self) -> Result<(), DbError> {
+        self.inner.head.checkpoint_log()?;
+        Ok(())
+    }
+
+    fn compact_blocks(&self) -> Result<(), DbError> {
+        let opts = CompactOptions {
+            block_range_ms: self.inner.opts.block_range_ms,
+            retention_ms: self.inner.opts.retention_time_ms,
+            ..CompactOptions::default()
+        };
+        loop {
+            let metas = self.blocks();
+            let plans = compact::plan(&metas, &opts);
+            if plans.is_empty() {
+                return Ok(());
+            }
+            for p in plans {
+                let group: Vec<Block> = self
+                    .inner
+                    .blocks
+                    .read()
+                    .iter()
+                    .filter(|b| p.iter().any(|id| id == b.id()))
+                    .cloned()
+                    .collect();
+                if group.len() < 2 && p.len() >= 2 {
+                    continue;
+                }
+                let refs: Vec<&Block> = group.iter().collect();
+                let meta = compact::compact(&self.inner.dir, &refs)?;
+                let nb = Block::open(&self.inner.dir.join(&meta.id))?;
+                tracing::info!(block = %meta.id, sources = p.len(), "compacted blocks");
+                let _view = self.inner.view.write();
+                let mut blocks = self.inner.blocks.write();
+                blocks.retain(|b| !p.iter().any(|id| id == b.id()));
+                blocks.push(nb);
+                blocks.sort_by(|a, b| {
+                    (a.meta().min_time, a.meta().max_time)
+                        .cmp(&(b.meta().min_time, b.meta().max_time))
+                });
+            }
+        }
+    }
+
+    fn apply_retention(&self) -> Result<(), DbError> {
+        let metas = self.blocks();
+        if metas.is_empty() {
+            return Ok(());
+        }
+        let head_max = self.inner.head.max_time();
+        let newest = metas
+            .iter()
+            .map(|m| m.max_time - 1)
+            .max()
+            .unwrap_or(i64::MIN)
+            .max(head_max);
+        let deleted = crate::retention::apply(
+            &self.inner.dir,
+            &metas,
+            self.inner.opts.retention_time_ms,
+            self.inner.opts.retention_size_bytes,
+            newest,
+        )?;
+        if !deleted.is_empty() {
+            tracing::info!(blocks = ?deleted, "retention deleted blocks");
+            self.inner
+                .blocks
+                .write()
+                .retain(|b| !deleted.iter().any(|d| d == b.id()));
+        }
+        Ok(())
+    }
+}
+
+impl Appendable for Db {
+    fn appender(&self) -> Box<dyn Appender> {
+        Box::new(self.inner.head.appender())
+    }
+}
+
+impl Queryable for Db {
+    fn querier(&self, mint: i64, maxt: i64) -> tidemark_storage::Result<Box<dyn Querier>> {
+        Ok(Box::new(DbQuerier {
+            db: self.clone(),
+            mint,
+            maxt,
+        }))
+    }
+}
+
+/// A querier over the head and the blocks. Each call takes its view of the blocks and the
+/// head's snapshot together (under the view lock that cutting a block takes while it adds the
+/// block and truncates the head), so no sample is missed or half-seen while a block is cut.
+struct DbQuerier {
+    db: Db,
+    mint: i64,
+    maxt: i64,
+}
+
+impl DbQuerier {
+    fn parts(&self) -> Vec<Box<dyn Querier>> {
+        let mut qs: Vec<Box<dyn Querier>> = Vec::new();
+        for b in self.db.inner.blocks.read().iter() {
+            if b.meta().overlaps(self.mint, self.maxt) {
+                qs.push(b.querier(self.mint, self.maxt));
+            }
+        }
+        qs.push(Box::new(self.db.inner.head.querier(self.mint, self.maxt)));
+        qs
+    }
+}
+
+impl Querier for DbQuerier {
+    fn select(&self, sorted: bool, hints: Option<&SelectHints>, matchers: &[Matcher]) -> SeriesSet {
+        let _view = self.db.inner.view.read();
+        let qs = self.parts();
+        if qs.len() == 1 {
+            return qs[0].select(sorted, hints, matchers);
+        }
+        let sets: Vec<SeriesSet> = qs.iter().map(|q| q.select(true, hints, matchers)).collect();
+        drop(_view);
+        merge_series_sets(sets)
+    }
+
+    fn label_values(
+        &self,
+        name: &str,
+        matchers: &[Matcher],
+        limit: usize,
+    ) -> tidemark_storage::Result<Vec<String>> {
+        let _view = self.db.inner.view.read();
+        MergeQuerier::new(self.parts()).label_values(name, matchers, limit)
+    }
+
+    fn label_names(
+        &self,
+        matchers: &[Matcher],
+        limit: usize,
+    ) -> tidemark_storage::Result<Vec<String>> {
+        let _view = self.db.inner.view.read();
+        MergeQuerier::new(self.parts()).label_names(matchers, limit)
+    }
+}
+
+impl Drop for DbInner {
+    fn drop(&mut self) {
+        if !self.closed.load(Ordering::Acquire)
+            && let Err(e) = self.head.sync_chunks()
+        {
+            tracing::warn!(error = %e, "syncing head chunks on drop failed");
+        }
+    }
+}
