@@ -50,7 +50,36 @@ pub(crate) fn push_float(out: &mut String, v: f64) {
         out.push_str(if v.is_sign_negative() { "-0" } else { "0" });
         return;
     }
+    if v.fract() == 0.0 && abs < 1e15 {
+        // Integral values (counters, gauges of counts) are most values: skip float formatting.
+        push_int(out, v as i64);
+        return;
+    }
     let _ = write!(out, "{v}");
+}
+
+/// Writes a decimal integer without going through `fmt`.
+fn push_int(out: &mut String, v: i64) {
+    if v < 0 {
+        out.push('-');
+    }
+    push_uint(out, v.unsigned_abs());
+}
+
+fn push_uint(out: &mut String, mut v: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for &b in &buf[i..] {
+        out.push(b as char);
+    }
 }
 
 /// Writes a millisecond timestamp as Prometheus' `MarshalTimestamp`: seconds, and when not
@@ -61,32 +90,55 @@ pub(crate) fn push_ts(out: &mut String, t: i64) {
     if neg {
         out.push('-');
     }
-    let _ = write!(out, "{}", a / 1000);
-    let frac = a % 1000;
+    push_uint(out, a / 1000);
+    let frac = (a % 1000) as u32;
     if frac != 0 {
-        let _ = write!(out, ".{frac:03}");
+        out.push('.');
+        out.push((b'0' + (frac / 100) as u8) as char);
+        out.push((b'0' + (frac / 10 % 10) as u8) as char);
+        out.push((b'0' + (frac % 10) as u8) as char);
     }
 }
 
-/// Writes `s` as a JSON string, escaping like Go's `encoding/json` (HTML-safe).
+/// Writes `s` as a JSON string, escaping like Go's `encoding/json` (HTML-safe). Runs of bytes
+/// that need no escaping (almost every label) are copied at once.
 pub(crate) fn push_str(out: &mut String, s: &str) {
     out.push('"');
-    for c in s.chars() {
+    let b = s.as_bytes();
+    let mut start = 0;
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        let width = match c {
+            b'"' | b'\\' | b'<' | b'>' | b'&' => 1,
+            0..=0x1f => 1,
+            // U+2028 and U+2029 (E2 80 A8/A9): valid JSON but not valid JavaScript.
+            0xe2 if b.get(i + 1) == Some(&0x80) && matches!(b.get(i + 2), Some(0xa8 | 0xa9)) => 3,
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        out.push_str(&s[start..i]);
         match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            0xe2 => out.push_str(if b[i + 2] == 0xa8 {
+                "\\u2028"
+            } else {
+                "\\u2029"
+            }),
+            c => {
+                let _ = write!(out, "\\u{:04x}", c);
             }
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
         }
+        i += width;
+        start = i;
     }
+    out.push_str(&s[start..]);
     out.push('"');
 }
 
@@ -247,9 +299,36 @@ mod tests {
             (tidemark_model::stale_nan(), "NaN"),
             (f64::MAX, "1.7976931348623157e+308"),
             (5e-324, "5e-324"),
+            (-42.0, "-42"),
+            (123_456_789_012_345.0, "123456789012345"),
+            (1e15, "1000000000000000"),
+            (-9.007199254740993e15, "-9007199254740992"),
         ];
         for (v, want) in cases {
             assert_eq!(format_float(*v), *want, "value {v:e}");
+        }
+    }
+
+    #[test]
+    fn integer_fast_path_matches_general_formatting() {
+        for v in [
+            0.5f64,
+            1.0,
+            7.0,
+            99999.0,
+            1e14 + 1.0,
+            999_999_999_999_999.0,
+            -3.0,
+            12345.5,
+        ] {
+            let mut a = String::new();
+            push_float(&mut a, v);
+            let general = if v.fract() == 0.0 {
+                format!("{}", v as i64)
+            } else {
+                format!("{v}")
+            };
+            assert_eq!(a, general);
         }
     }
 
@@ -266,8 +345,44 @@ mod tests {
     #[test]
     fn strings_escape_like_go() {
         let mut s = String::new();
-        push_str(&mut s, "a\"b\\c\n<&>\u{1}é");
-        assert_eq!(s, r#""a\"b\\c\n\u003c\u0026\u003e\u0001é""#);
+        push_str(&mut s, "a\"b\\c\n<&>\u{1}é\u{2028}x\u{2029}\t\r€");
+        assert_eq!(
+            s,
+            r#""a\"b\\c\n\u003c\u0026\u003e\u0001é\u2028x\u2029\t\r€""#
+        );
+        let mut s = String::new();
+        push_str(&mut s, "plain");
+        assert_eq!(s, "\"plain\"");
+    }
+
+    /// The obvious char-by-char escaper, as a model for the fast one.
+    fn model_escape(s: &str) -> String {
+        let mut out = String::from("\"");
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '<' | '>' | '&' | '\u{2028}' | '\u{2029}' => {
+                    out.push_str(&format!("\\u{:04x}", c as u32))
+                }
+                c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fast_escape_matches_model(s in "(\\PC|[\"\\\\<>&\n\t\u{1}\u{2028}\u{2029}€])*") {
+            let mut out = String::new();
+            push_str(&mut out, &s);
+            proptest::prop_assert_eq!(out, model_escape(&s));
+        }
     }
 
     #[test]

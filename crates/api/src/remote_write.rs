@@ -213,8 +213,9 @@ fn exemplar_labels(pairs: &[pb::Label]) -> Labels {
     Labels::from_pairs(pairs.iter().map(|l| (l.name.as_str(), l.value.as_str())))
 }
 
-/// Decodes a (decompressed) 1.0 `WriteRequest`.
-pub(crate) fn decode_v1(bytes: &[u8], lim: LabelLimits) -> Result<Batch, DecodeError> {
+/// Decodes a (decompressed) 1.0 `WriteRequest` with prost (the reference for [`decode_v1`]).
+#[cfg(test)]
+pub(crate) fn decode_v1_prost(bytes: &[u8], lim: LabelLimits) -> Result<Batch, DecodeError> {
     let req = pb::WriteRequest::decode(bytes).map_err(|e| DecodeError::Protobuf(e.to_string()))?;
     let mut b = Batch::default();
     for ts in req.timeseries {
@@ -249,6 +250,221 @@ pub(crate) fn decode_v1(bytes: &[u8], lim: LabelLimits) -> Result<Batch, DecodeE
                 unit: m.unit,
             },
         ));
+    }
+    Ok(b)
+}
+
+/// A protobuf reader over a borrowed buffer (the hot part of the 1.0 decode: label strings are
+/// borrowed from the request instead of allocated one by one).
+struct Rd<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+fn pb_err(msg: String) -> DecodeError {
+    DecodeError::Protobuf(msg)
+}
+
+impl<'a> Rd<'a> {
+    fn new(b: &'a [u8]) -> Rd<'a> {
+        Rd { b, pos: 0 }
+    }
+
+    fn done(&self) -> bool {
+        self.pos >= self.b.len()
+    }
+
+    fn varint(&mut self) -> Result<u64, DecodeError> {
+        let start = self.pos;
+        let mut v = 0u64;
+        for i in 0..10 {
+            let Some(&byte) = self.b.get(self.pos) else {
+                return Err(pb_err(format!("truncated varint at byte {start}")));
+            };
+            self.pos += 1;
+            v |= u64::from(byte & 0x7f) << (7 * i);
+            if byte < 0x80 {
+                return Ok(v);
+            }
+        }
+        Err(pb_err(format!(
+            "varint longer than 10 bytes at byte {start}"
+        )))
+    }
+
+    /// A field key: (field number, wire type).
+    fn key(&mut self) -> Result<(u64, u8), DecodeError> {
+        let k = self.varint()?;
+        Ok((k >> 3, (k & 7) as u8))
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
+        let at = self.pos;
+        let n = self.varint()?;
+        let end = usize::try_from(n)
+            .ok()
+            .and_then(|n| self.pos.checked_add(n))
+            .filter(|&e| e <= self.b.len());
+        let Some(end) = end else {
+            return Err(pb_err(format!(
+                "length {n} at byte {at} runs past the end of the message ({} bytes)",
+                self.b.len()
+            )));
+        };
+        let s = &self.b[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn fixed64(&mut self) -> Result<u64, DecodeError> {
+        let s = self
+            .b
+            .get(self.pos..self.pos + 8)
+            .ok_or_else(|| pb_err(format!("truncated fixed64 at byte {}", self.pos)))?;
+        self.pos += 8;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(s);
+        Ok(u64::from_le_bytes(a))
+    }
+
+    fn skip(&mut self, wt: u8) -> Result<(), DecodeError> {
+        match wt {
+            0 => self.varint().map(|_| ()),
+            1 => self.fixed64().map(|_| ()),
+            2 => self.bytes().map(|_| ()),
+            5 => {
+                if self.pos + 4 > self.b.len() {
+                    return Err(pb_err(format!("truncated fixed32 at byte {}", self.pos)));
+                }
+                self.pos += 4;
+                Ok(())
+            }
+            w => Err(pb_err(format!(
+                "invalid wire type {w} at byte {}",
+                self.pos
+            ))),
+        }
+    }
+
+    fn expect(&self, field: u64, wt: u8, want: u8) -> Result<(), DecodeError> {
+        if wt == want {
+            Ok(())
+        } else {
+            Err(pb_err(format!(
+                "invalid wire type {wt} for field {field} (expected {want}) before byte {}",
+                self.pos
+            )))
+        }
+    }
+}
+
+fn utf8<'a>(b: &'a [u8], what: &str) -> Result<&'a str, DecodeError> {
+    std::str::from_utf8(b)
+        .map_err(|_| pb_err(format!("invalid string value: {what} is not UTF-8 encoded")))
+}
+
+/// `prometheus.Label` -> (name, value), borrowed.
+fn read_label(b: &[u8]) -> Result<(&str, &str), DecodeError> {
+    let mut r = Rd::new(b);
+    let (mut name, mut value) = ("", "");
+    while !r.done() {
+        match r.key()? {
+            (1, wt) => {
+                r.expect(1, wt, 2)?;
+                name = utf8(r.bytes()?, "label name")?;
+            }
+            (2, wt) => {
+                r.expect(2, wt, 2)?;
+                value = utf8(r.bytes()?, "label value")?;
+            }
+            (_, wt) => r.skip(wt)?,
+        }
+    }
+    Ok((name, value))
+}
+
+/// `prometheus.Sample` -> (timestamp, value).
+fn read_sample(b: &[u8]) -> Result<(i64, f64), DecodeError> {
+    let mut r = Rd::new(b);
+    let (mut t, mut v) = (0i64, 0f64);
+    while !r.done() {
+        match r.key()? {
+            (1, wt) => {
+                r.expect(1, wt, 1)?;
+                v = f64::from_bits(r.fixed64()?);
+            }
+            (2, wt) => {
+                r.expect(2, wt, 0)?;
+                t = r.varint()? as i64;
+            }
+            (_, wt) => r.skip(wt)?,
+        }
+    }
+    Ok((t, v))
+}
+
+fn read_series(b: &[u8], lim: LabelLimits) -> Result<SeriesIn, DecodeError> {
+    let mut r = Rd::new(b);
+    let mut labels: Vec<(&str, &str)> = Vec::with_capacity(16);
+    let mut s = SeriesIn::new(Ok(Labels::empty()));
+    while !r.done() {
+        match r.key()? {
+            (1, wt) => {
+                r.expect(1, wt, 2)?;
+                labels.push(read_label(r.bytes()?)?);
+            }
+            (2, wt) => {
+                r.expect(2, wt, 2)?;
+                s.samples.push(read_sample(r.bytes()?)?);
+            }
+            (3, wt) => {
+                r.expect(3, wt, 2)?;
+                let e = pb::Exemplar::decode(r.bytes()?).map_err(|e| pb_err(e.to_string()))?;
+                s.exemplars.push(Exemplar {
+                    labels: exemplar_labels(&e.labels),
+                    value: e.value,
+                    ts: Some(e.timestamp),
+                });
+            }
+            (4, wt) => {
+                r.expect(4, wt, 2)?;
+                pb::Histogram::decode(r.bytes()?).map_err(|e| pb_err(e.to_string()))?;
+                s.histograms += 1;
+            }
+            (_, wt) => r.skip(wt)?,
+        }
+    }
+    s.labels = validate_labels(labels.iter().copied(), lim);
+    Ok(s)
+}
+
+/// Decodes a (decompressed) 1.0 `WriteRequest`. Hand-written for the hot path (label strings
+/// borrowed from the buffer, one allocation per series for its `Labels`); it agrees with prost's
+/// decoding on every valid message (differential property test) and is fuzzed.
+pub(crate) fn decode_v1(bytes: &[u8], lim: LabelLimits) -> Result<Batch, DecodeError> {
+    let mut r = Rd::new(bytes);
+    let mut b = Batch::default();
+    while !r.done() {
+        match r.key()? {
+            (1, wt) => {
+                r.expect(1, wt, 2)?;
+                b.series.push(read_series(r.bytes()?, lim)?);
+            }
+            (3, wt) => {
+                r.expect(3, wt, 2)?;
+                let m =
+                    pb::MetricMetadata::decode(r.bytes()?).map_err(|e| pb_err(e.to_string()))?;
+                b.metadata.push((
+                    m.metric_family_name,
+                    Metadata {
+                        kind: metric_type_v1(m.r#type),
+                        help: m.help,
+                        unit: m.unit,
+                    },
+                ));
+            }
+            (_, wt) => r.skip(wt)?,
+        }
     }
     Ok(b)
 }
@@ -619,6 +835,154 @@ mod tests {
             v(&[("a", "1"), ("b", "")]).unwrap(),
             Labels::from_pairs([("a", "1")])
         );
+    }
+
+    fn api(storage: &tidemark_storage::memory::MemStorage) -> Api {
+        Api::new(
+            std::sync::Arc::new(storage.clone()),
+            std::sync::Arc::new(storage.clone()),
+            tidemark_promql::Engine::new(Default::default()),
+            crate::ApiOptions::default(),
+        )
+    }
+
+    /// The model's idea of valid labels: non-empty names, strictly ascending, some non-empty
+    /// value, at most 4 labels.
+    fn model_valid(pairs: &[(String, String)]) -> bool {
+        pairs.len() <= 4
+            && pairs.iter().all(|(n, _)| !n.is_empty())
+            && pairs.windows(2).all(|w| w[0].0 < w[1].0)
+            && pairs.iter().any(|(_, v)| !v.is_empty())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 200, ..Default::default() })]
+
+        /// `apply` writes exactly the samples of valid series with timestamps not past `max_t`
+        /// (later samples of a timestamp replace earlier ones, as MemStorage commits them), and
+        /// counts every other sample as rejected.
+        #[test]
+        fn apply_matches_model(
+            batch in proptest::collection::vec((
+                proptest::collection::vec(("[a-c]{0,2}", "[xy]{0,1}"), 0..6),
+                proptest::collection::vec((0i64..30, 0u8..4), 0..6),
+            ), 0..6),
+        ) {
+            use std::collections::BTreeMap;
+            let storage = tidemark_storage::memory::MemStorage::new();
+            let a = api(&storage);
+            let lim = LabelLimits { max_labels: 4, max_name: 8, max_value: 8 };
+            let max_t = 25;
+            let mut model: BTreeMap<Labels, BTreeMap<i64, f64>> = BTreeMap::new();
+            let mut want_written = 0u64;
+            let mut want_rejected = 0u64;
+            let mut b = Batch::default();
+            for (pairs, samples) in &batch {
+                let labels = validate_labels(pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())), lim);
+                proptest::prop_assert_eq!(labels.is_ok(), model_valid(pairs), "{:?}", pairs);
+                let mut s = SeriesIn::new(labels.clone());
+                s.samples = samples.iter().map(|&(t, v)| (t, f64::from(v))).collect();
+                match &labels {
+                    Ok(l) => {
+                        for &(t, v) in &s.samples {
+                            if t > max_t {
+                                want_rejected += 1;
+                            } else {
+                                want_written += 1;
+                                model.entry(l.clone()).or_default().insert(t, v);
+                            }
+                        }
+                    }
+                    Err(_) => want_rejected += (s.samples.len() as u64).max(1),
+                }
+                b.series.push(s);
+            }
+            let out = apply(&a, b, None, Some(max_t));
+            proptest::prop_assert!(out.fatal.is_none());
+            proptest::prop_assert_eq!(out.samples_written, want_written);
+            proptest::prop_assert_eq!(out.rejected, want_rejected);
+            let q = tidemark_storage::Queryable::querier(&storage, i64::MIN / 2, i64::MAX / 2).unwrap();
+            let mut got: BTreeMap<Labels, BTreeMap<i64, f64>> = BTreeMap::new();
+            for series in q.select(true, None, &[]) {
+                let series = series.unwrap();
+                let mut it = series.iter();
+                while it.next() {
+                    let p = it.at();
+                    got.entry(series.labels().clone()).or_default().insert(p.t, p.v);
+                }
+            }
+            proptest::prop_assert_eq!(got, model);
+        }
+    }
+
+    fn summary(b: &Batch) -> Vec<String> {
+        let mut out: Vec<String> = b
+            .series
+            .iter()
+            .map(|s| {
+                let samples: Vec<(i64, u64)> =
+                    s.samples.iter().map(|(t, v)| (*t, v.to_bits())).collect();
+                format!(
+                    "{:?} {:?} {:?} {}",
+                    s.labels, samples, s.exemplars, s.histograms
+                )
+            })
+            .collect();
+        out.extend(b.metadata.iter().map(|m| format!("{m:?}")));
+        out
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 300, ..Default::default() })]
+
+        /// The hand-written 1.0 decoder agrees with prost on every message prost encodes.
+        #[test]
+        fn fast_v1_decode_matches_prost(
+            series in proptest::collection::vec((
+                proptest::collection::vec(("[a-c_]{0,3}|é|\\PC{0,4}", "[xy]{0,2}|\\PC{0,3}"), 0..5),
+                proptest::collection::vec((proptest::prelude::any::<i64>(), proptest::prelude::any::<u64>()), 0..5),
+                0usize..2,
+                0usize..2,
+            ), 0..5),
+            meta in proptest::collection::vec(("[a-z]{0,5}", 0i32..9, "\\PC{0,5}"), 0..3),
+        ) {
+            let req = pb::WriteRequest {
+                timeseries: series.iter().map(|(labels, samples, ex, hist)| pb::TimeSeries {
+                    labels: labels.iter().map(|(n, v)| pb::Label { name: n.clone(), value: v.clone() }).collect(),
+                    samples: samples.iter().map(|&(t, v)| pb::Sample { value: f64::from_bits(v), timestamp: t }).collect(),
+                    exemplars: (0..*ex).map(|i| pb::Exemplar { labels: vec![pb::Label { name: "id".into(), value: i.to_string() }], value: 1.0, timestamp: i as i64 }).collect(),
+                    histograms: (0..*hist).map(|_| pb::Histogram { sum: 1.0, ..Default::default() }).collect(),
+                }).collect(),
+                metadata: meta.iter().map(|(n, t, h)| pb::MetricMetadata { r#type: *t, metric_family_name: n.clone(), help: h.clone(), unit: String::new() }).collect(),
+            };
+            let bytes = req.encode_to_vec();
+            let fast = decode_v1(&bytes, lim()).unwrap();
+            let slow = decode_v1_prost(&bytes, lim()).unwrap();
+            proptest::prop_assert_eq!(summary(&fast), summary(&slow));
+            // Every truncation fails or decodes without panicking in both.
+            for cut in [bytes.len() / 2, bytes.len().saturating_sub(1)] {
+                let _ = decode_v1(&bytes[..cut], lim());
+            }
+        }
+    }
+
+    #[test]
+    fn fast_v1_decode_errors() {
+        assert!(
+            decode_v1(&[0x0a, 0x05, 0x0a], lim())
+                .unwrap_err()
+                .to_string()
+                .contains("runs past the end")
+        );
+        assert!(
+            decode_v1(&[0x0b], lim())
+                .unwrap_err()
+                .to_string()
+                .contains("invalid wire type")
+        );
+        assert!(decode_v1(&[0x08; 11], lim()).is_err());
+        let e = decode_v1(&[0x0a, 0x06, 0x0a, 0x04, 0x0a, 0x02, 0xff, 0xfe], lim()).unwrap_err();
+        assert!(e.to_string().contains("UTF-8"), "{e}");
     }
 
     #[test]
