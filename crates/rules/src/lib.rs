@@ -1,0 +1,17 @@
+//! tidemark-rules: Prometheus recording and alerting rules over the storage traits.
+//!
+//! - [`file`]: rule files (`groups:` of `record`/`alert` rules) and `promtool check rules`
+//!   validation.
+//! - [`template`]: the Go-template subset of labels and annotations.
+//! - [`group`]: evaluation of one group (recording output, staleness, alert states, `ALERTS`,
+//!   `ALERTS_FOR_STATE`, restore of `for` state).
+//! - [`manager`]: the set of groups from `rule_files`, their schedule, reload, and the JSON of
+//!   `/api/v1/rules` and `/api/v1/alerts`.
+//! - [`notifier`]: the Alertmanager API v2 client (queue, batching, resend).
+//! - [`unittest`]: promtool's rule unit-test format (`tidemark test rules`).
+
+mod error;
+pub mod file;
+pub mod template;
+
+pub use error::{Error, Result};
