@@ -12,6 +12,7 @@
 
 mod error;
 pub mod file;
+pub mod group;
 pub mod template;
 
 pub use error::{Error, Result};
