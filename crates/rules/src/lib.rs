@@ -13,6 +13,11 @@
 mod error;
 pub mod file;
 pub mod group;
+pub mod manager;
+pub mod notifier;
 pub mod template;
 
 pub use error::{Error, Result};
+pub use group::{Alert, AlertState, EvalContext, Group, GroupOptions};
+pub use manager::{RuleManager, RulesFilter, load_groups};
+pub use notifier::Notifier;
