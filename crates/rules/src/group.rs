@@ -469,7 +469,7 @@ fn eval_alerting(
             .iter()
             .map(|(a, b)| (a.as_str(), b.as_str())),
     );
-    let qf = |e: &str| -> Result<Vec<(Vec<(String, String)>, f64)>, String> {
+    let qf = |e: &str| -> template::QueryResult {
         Ok(query_vector(ctx, e, ts)?
             .into_iter()
             .map(|(l, v)| {

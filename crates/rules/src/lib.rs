@@ -16,6 +16,7 @@ pub mod group;
 pub mod manager;
 pub mod notifier;
 pub mod template;
+pub mod unittest;
 
 pub use error::{Error, Result};
 pub use group::{Alert, AlertState, EvalContext, Group, GroupOptions};

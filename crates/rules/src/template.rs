@@ -89,8 +89,11 @@ fn parse_go_float(s: &str) -> Option<f64> {
     }
 }
 
-/// One result of a `query` call: labels and value.
-pub type QueryFn<'a> = dyn Fn(&str) -> Result<Vec<(Vec<(String, String)>, f64)>, String> + 'a;
+/// The samples a `query` call returns: labels and value.
+pub type QueryResult = Result<Vec<(Vec<(String, String)>, f64)>, String>;
+
+/// The function behind `query`.
+pub type QueryFn<'a> = dyn Fn(&str) -> QueryResult + 'a;
 
 /// What a template sees: `.Labels`/`$labels`, `.ExternalLabels`/`$externalLabels`,
 /// `.ExternalURL`/`$externalURL`, `.Value`/`$value`, and a query function.
@@ -1583,7 +1586,7 @@ mod tests {
 
     #[test]
     fn query_function() {
-        let q = |e: &str| -> Result<Vec<(Vec<(String, String)>, f64)>, String> {
+        let q = |e: &str| -> QueryResult {
             assert_eq!(e, "up");
             Ok(vec![(vec![("job".into(), "a".into())], 42.0)])
         };

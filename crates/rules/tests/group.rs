@@ -1,6 +1,8 @@
 //! Group evaluation over the in-memory storage: recording output, staleness markers, alert
 //! states with `for` and `keep_firing_for`, ALERTS/ALERTS_FOR_STATE, restore after restart.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use tidemark_model::{Labels, Matcher, is_stale_nan};
 use tidemark_promql::{Engine, EngineOptions};
 use tidemark_rules::file;
