@@ -12,6 +12,7 @@
 
 mod error;
 pub mod file;
+pub mod fuzzing;
 pub mod group;
 pub mod manager;
 pub mod notifier;

@@ -1373,7 +1373,9 @@ pub fn sprintf(fmtstr: &str, args: &[TVal]) -> String {
         }
         let mut width = 0usize;
         while i < c.len() && c[i].is_ascii_digit() {
-            width = width * 10 + (c[i] as usize - '0' as usize);
+            width = width
+                .saturating_mul(10)
+                .saturating_add(c[i] as usize - '0' as usize);
             i += 1;
         }
         let mut prec = None;
@@ -1381,11 +1383,16 @@ pub fn sprintf(fmtstr: &str, args: &[TVal]) -> String {
             i += 1;
             let mut p = 0usize;
             while i < c.len() && c[i].is_ascii_digit() {
-                p = p * 10 + (c[i] as usize - '0' as usize);
+                p = p
+                    .saturating_mul(10)
+                    .saturating_add(c[i] as usize - '0' as usize);
                 i += 1;
             }
             prec = Some(p);
         }
+        // Bounded: a hostile format must not allocate gigabytes.
+        let width = width.min(4096);
+        let prec = prec.map(|p| p.min(1024));
         let Some(&verb) = c.get(i) else {
             out.push_str("%!(NOVERB)");
             break;

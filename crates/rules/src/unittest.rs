@@ -125,6 +125,9 @@ pub fn expand_values(text: &str) -> Result<Vec<Option<f64>>, String> {
         }
         if let Some(n) = tok.strip_prefix("_x") {
             let n: usize = n.parse().map_err(|_| format!("bad repetition {tok:?}"))?;
+            if n > 1_000_000 || out.len() + n > 1_000_000 {
+                return Err(format!("{tok:?}: too many values"));
+            }
             out.extend(std::iter::repeat_n(None, n));
             continue;
         }
@@ -132,7 +135,7 @@ pub fn expand_values(text: &str) -> Result<Vec<Option<f64>>, String> {
             let n: u64 = times
                 .parse()
                 .map_err(|_| format!("bad repetition count in {tok:?}"))?;
-            if n > 1_000_000 {
+            if n > 1_000_000 || out.len() as u64 + n > 1_000_000 {
                 return Err(format!("{tok:?}: too many values"));
             }
             // head is `a`, `a+b` or `a-b` (a may itself be signed).
