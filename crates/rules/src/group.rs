@@ -297,7 +297,6 @@ impl Group {
     pub fn eval(&mut self, ctx: &EvalContext<'_>, ts: i64) {
         let start = Instant::now();
         let ts = ts - self.query_offset_ms;
-        let mut app = ctx.appendable.appender();
         let restore_now = !self.restored;
         for i in 0..self.rules.len() {
             let t0 = Instant::now();
@@ -325,6 +324,8 @@ impl Group {
                     Vec::new()
                 }
             };
+            // One commit per rule, as Prometheus: later rules of the group see this output.
+            let mut app = ctx.appendable.appender();
             let mut now_series = HashSet::with_capacity(out.len());
             for (l, v) in &out {
                 if let Err(e) = app.append(None, l, ts, *v) {
@@ -338,12 +339,12 @@ impl Group {
                 }
                 rule.prev_series = now_series;
             }
+            if let Err(e) = app.commit() {
+                debug!(group = %self.name, rule = %rule.name(), error = %e, "committing rule output failed");
+            }
             rule.health.evaluated = true;
             rule.health.last_evaluation = ts + self.query_offset_ms;
             rule.health.evaluation_time = t0.elapsed().as_secs_f64();
-        }
-        if let Err(e) = app.commit() {
-            debug!(group = %self.name, error = %e, "committing rule output failed");
         }
         self.restored = true;
         self.last_evaluation = ts + self.query_offset_ms;

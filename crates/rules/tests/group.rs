@@ -226,3 +226,23 @@ fn eval_timestamps_are_aligned() {
     assert!(a <= 1_000_000 && a > 1_000_000 - 15_000);
     assert_eq!((a - g.eval_timestamp(a)), 0);
 }
+
+#[test]
+fn later_rules_see_earlier_output_of_the_same_evaluation() {
+    let st = MemStorage::new();
+    let engine = Engine::new(EngineOptions::default());
+    let opts = GroupOptions::default();
+    let ctx = EvalContext {
+        engine: &engine,
+        queryable: &st,
+        appendable: &st,
+        opts: &opts,
+    };
+    st.insert(l(&[("__name__", "x")]), 0, 3.0);
+    let mut g = group(
+        "groups:\n- name: g\n  rules:\n  - record: y\n    expr: x * 2\n  - alert: Big\n    expr: y > 5\n",
+    );
+    g.eval(&ctx, 1000);
+    assert_eq!(samples(&st, "y")[0].1, vec![(1000, 6.0)]);
+    assert_eq!(g.rules[1].state(), AlertState::Firing);
+}

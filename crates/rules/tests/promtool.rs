@@ -22,6 +22,7 @@ const TEST_FILES: &[(&str, bool)] = &[
     ("fail_alert.test.yml", false),
     ("fail_annotation.test.yml", false),
     ("fail_expr.test.yml", false),
+    ("chain.test.yml", true),
 ];
 
 const RULE_FILES: &[(&str, bool)] = &[
@@ -29,6 +30,7 @@ const RULE_FILES: &[(&str, bool)] = &[
     ("bad_rules.yml", false),
     ("bad_labels.yml", false),
     ("bad_record_for.yml", false),
+    ("chain_rules.yml", true),
 ];
 
 #[test]
