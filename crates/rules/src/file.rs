@@ -16,6 +16,10 @@ use crate::template;
 pub struct RuleFile {
     #[serde(default)]
     pub groups: Vec<GroupDef>,
+    /// Tidemark extension: service level objectives, each expanded by [`parse`] into one more
+    /// group (`slo:<name>`) appended to `groups`. See [`crate::slo`].
+    #[serde(default)]
+    pub slos: Vec<crate::slo::SloDef>,
 }
 
 /// A `groups:` entry.
@@ -107,14 +111,23 @@ pub fn parse(text: &str, path: &str) -> Result<RuleFile> {
     if text.trim().is_empty() {
         return Ok(RuleFile::default());
     }
-    serde_yaml_ng::from_str(text).map_err(|e| {
+    let mut f: RuleFile = serde_yaml_ng::from_str(text).map_err(|e| {
         let loc = e.location();
         Error::Parse {
             path: path.to_string(),
             line: loc.as_ref().map(|l| l.line()).unwrap_or(0),
             msg: e.to_string(),
         }
-    })
+    })?;
+    for s in &f.slos {
+        let g = crate::slo::generate(s).map_err(|msg| Error::Parse {
+            path: path.to_string(),
+            line: 0,
+            msg,
+        })?;
+        f.groups.push(g);
+    }
+    Ok(f)
 }
 
 /// Every problem `promtool check rules` would report for `f`; empty when the file is valid.

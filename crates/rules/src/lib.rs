@@ -8,6 +8,7 @@
 //! - [`manager`]: the set of groups from `rule_files`, their schedule, reload, and the JSON of
 //!   `/api/v1/rules` and `/api/v1/alerts`.
 //! - [`notifier`]: the Alertmanager API v2 client (queue, batching, resend).
+//! - [`slo`]: `slos:` generating SRE-workbook multi-window multi-burn-rate rules.
 //! - [`unittest`]: promtool's rule unit-test format (`tidemark test rules`).
 
 mod error;
@@ -16,6 +17,7 @@ pub mod fuzzing;
 pub mod group;
 pub mod manager;
 pub mod notifier;
+pub mod slo;
 pub mod template;
 pub mod unittest;
 

@@ -246,3 +246,47 @@ fn later_rules_see_earlier_output_of_the_same_evaluation() {
     assert_eq!(samples(&st, "y")[0].1, vec![(1000, 6.0)]);
     assert_eq!(g.rules[1].state(), AlertState::Firing);
 }
+
+#[test]
+fn slo_section_generates_rules_that_alert_on_fast_burn() {
+    let st = MemStorage::new();
+    let engine = Engine::new(EngineOptions::default());
+    let opts = GroupOptions::default();
+    let ctx = EvalContext {
+        engine: &engine,
+        queryable: &st,
+        appendable: &st,
+        opts: &opts,
+    };
+    let f = file::parse(
+        "groups: []\nslos:\n- name: api\n  objective: 99.9\n  error_query: sum(rate(errors_total[{{.window}}]))\n  total_query: sum(rate(requests_total[{{.window}}]))\n",
+        "slo.yml",
+    )
+    .unwrap();
+    assert!(file::validate(&f).is_empty(), "{:?}", file::validate(&f));
+    let mut g = Group::new("slo.yml", &f.groups[0], 60_000, 0);
+    // 10 req/s, 50% errors, for an hour.
+    for i in 0..=70 {
+        let t = i * 60_000;
+        st.insert(l(&[("__name__", "requests_total")]), t, (i * 600) as f64);
+        st.insert(l(&[("__name__", "errors_total")]), t, (i * 300) as f64);
+    }
+    g.eval(&ctx, 3_600_000);
+    let ratio = samples(&st, "slo:sli_error:ratio_rate5m");
+    assert_eq!(ratio[0].0.get("slo"), Some("api"));
+    assert!((ratio[0].1[0].1 - 0.5).abs() < 1e-9);
+    let page = g
+        .rules
+        .iter()
+        .find(|r| r.is_alert() && r.labels.get("long_window").map(String::as_str) == Some("1h"))
+        .unwrap();
+    assert_eq!(page.state(), AlertState::Pending);
+    g.eval(&ctx, 3_600_000 + 120_000);
+    let page = g
+        .rules
+        .iter()
+        .find(|r| r.is_alert() && r.labels.get("long_window").map(String::as_str) == Some("1h"))
+        .unwrap();
+    assert_eq!(page.state(), AlertState::Firing);
+    assert_eq!(page.alerts()[0].labels.get("severity"), Some("page"));
+}
