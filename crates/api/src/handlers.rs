@@ -622,8 +622,41 @@ pub(crate) async fn rules(State(state): State<AppState>, p: Params) -> ApiResult
             format!("not supported value {k:?}"),
         ));
     }
+    let exclude_alerts = match p.get_nonempty("exclude_alerts") {
+        None => false,
+        Some(s) => s.parse::<bool>().map_err(|_| {
+            ApiError::invalid_param("exclude_alerts", format!("cannot parse {s:?} as a boolean"))
+        })?,
+    };
+    let q = crate::RulesQuery {
+        kind,
+        rule_names: p
+            .get_all("rule_name[]")
+            .into_iter()
+            .map(str::to_string)
+            .collect(),
+        rule_groups: p
+            .get_all("rule_group[]")
+            .into_iter()
+            .map(str::to_string)
+            .collect(),
+        files: p
+            .get_all("file[]")
+            .into_iter()
+            .map(str::to_string)
+            .collect(),
+        exclude_alerts,
+        group_limit: p.limit("group_limit")?,
+        group_next_token: p.get_nonempty("group_next_token").map(str::to_string),
+    };
+    if q.group_next_token.is_some() && q.group_limit == 0 {
+        return Err(ApiError::invalid_param(
+            "group_next_token",
+            "group_limit needs to be present in order to paginate over the groups",
+        ));
+    }
     let data = match &state.rules {
-        Some(r) => r.rules(kind.as_deref()),
+        Some(r) => r.rules_query(&q).map_err(ApiError::bad_data)?,
         None => serde_json::json!({ "groups": [] }),
     };
     success(&data, &[])

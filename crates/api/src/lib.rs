@@ -54,7 +54,7 @@ pub use error::{ApiError, ErrorType};
 pub use json::format_float;
 pub use metrics::Metrics;
 pub use providers::{
-    BuildInfo, ExpositionParser, ImportEntry, MetricsSource, Reloader, RulesProvider,
+    BuildInfo, ExpositionParser, ImportEntry, MetricsSource, Reloader, RulesProvider, RulesQuery,
     TargetsProvider, TsdbAdmin, TsdbStatus,
 };
 pub use server::{ServeError, ServeOptions, serve, serve_with};

@@ -71,10 +71,31 @@ pub trait TargetsProvider: Send + Sync {
     fn metadata(&self) -> Vec<(String, Metadata)>;
 }
 
+/// The parameters of `/api/v1/rules` (Grafana sends all of them).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RulesQuery {
+    /// `type`: `alert`, `record` or None for both.
+    pub kind: Option<String>,
+    /// `rule_name[]`, `rule_group[]`, `file[]`: keep only these (empty: all).
+    pub rule_names: Vec<String>,
+    pub rule_groups: Vec<String>,
+    pub files: Vec<String>,
+    /// `exclude_alerts=true`: leave out the alerts of alerting rules.
+    pub exclude_alerts: bool,
+    /// `group_limit` (0: all groups) and `group_next_token` (from a previous page).
+    pub group_limit: usize,
+    pub group_next_token: Option<String>,
+}
+
 /// Recording/alerting rules (implemented by the binary over the rule manager).
 pub trait RulesProvider: Send + Sync {
     /// `data` of `/api/v1/rules`; `kind` is `alert`, `record` or None for both.
     fn rules(&self, kind: Option<&str>) -> serde_json::Value;
+    /// `data` of `/api/v1/rules` with every filter; an `Err` (e.g. an unknown
+    /// `group_next_token`) becomes a `bad_data` error. By default only `type` is honoured.
+    fn rules_query(&self, q: &RulesQuery) -> Result<serde_json::Value, String> {
+        Ok(self.rules(q.kind.as_deref()))
+    }
     /// `data` of `/api/v1/alerts`.
     fn alerts(&self) -> serde_json::Value;
 }

@@ -39,12 +39,31 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: CheckCommand,
     },
+    /// Run unit tests.
+    Test {
+        #[command(subcommand)]
+        command: TestCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TestCommand {
+    /// Run rule unit-test files in promtool's format (`promtool test rules`).
+    Rules {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum CheckCommand {
     /// Validate configuration files (Prometheus format plus the `tidemark:` section).
     Config {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Validate rule files like `promtool check rules`.
+    Rules {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },

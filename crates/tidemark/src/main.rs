@@ -5,6 +5,7 @@
 mod cli;
 mod config;
 mod logging;
+mod rules_cmd;
 mod server;
 mod status;
 mod tsdb_cmd;
@@ -41,7 +42,11 @@ fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+        cli::Command::Test { command } => match command {
+            cli::TestCommand::Rules { files } => Ok(rules_cmd::test_rules(&files)),
+        },
         cli::Command::Check { command } => match command {
+            cli::CheckCommand::Rules { files } => Ok(rules_cmd::check_rules(&files)),
             cli::CheckCommand::Config { files } => {
                 let mut ok = true;
                 for f in files {

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use parking_lot::Mutex;
-use tidemark_api::{Api, ApiOptions, MetricsSource, Reloader, TargetsProvider, TsdbAdmin};
+use tidemark_api::{
+    Api, ApiOptions, MetricsSource, Reloader, RulesProvider, RulesQuery, TargetsProvider, TsdbAdmin,
+};
 use tidemark_model::time::parse_duration_millis;
 use tidemark_model::{Matcher, Metadata};
 use tidemark_promql::{Engine, EngineOptions};
@@ -135,6 +137,16 @@ async fn serve(
     scrape
         .apply_config(&cfg.prometheus)
         .context("applying scrape configuration")?;
+    let external_url = external_url(&args);
+    let rules = tidemark_rules::RuleManager::new(
+        Arc::new(engine.clone()),
+        queryable.clone(),
+        appendable.clone(),
+        tidemark_rules::GroupOptions::default(),
+    );
+    rules
+        .apply_config(&cfg.prometheus, &external_url)
+        .context("loading rule files")?;
     let cfg = Arc::new(Mutex::new(cfg));
 
     let mut flags = BTreeMap::new();
@@ -185,6 +197,8 @@ async fn serve(
         args: args.clone(),
         cfg: cfg.clone(),
         scrape: scrape.clone(),
+        rules: rules.clone(),
+        external_url,
     });
     let cfg_for_text = cfg.clone();
     let api = Api::new(queryable, appendable, engine, opts)
@@ -198,7 +212,13 @@ async fn serve(
         .with_config_text(move || cfg_for_text.lock().prometheus.to_yaml())
         .with_flags(flags)
         .with_reload(reloader.clone())
-        .with_metrics_source(Arc::new(DbMetrics { db: db.clone() }));
+        .with_metrics_source(Arc::new(DbMetrics { db: db.clone() }))
+        .with_rules(Arc::new(RulesApi {
+            rules: rules.clone(),
+        }))
+        .with_metrics_source(Arc::new(RulesApi {
+            rules: rules.clone(),
+        }));
 
     let listener = TcpListener::bind(&args.listen_address)
         .await
@@ -214,6 +234,7 @@ async fn serve(
     };
     let served = tidemark_api::serve(listener, api.router(), web_config, shutdown).await;
     scrape.stop().await;
+    rules.stop();
     served.map_err(|e| anyhow::anyhow!("HTTP server: {e}"))
 }
 
@@ -248,11 +269,17 @@ struct ConfigReloader {
     args: ServerArgs,
     cfg: Arc<Mutex<Config>>,
     scrape: ScrapeManager,
+    rules: tidemark_rules::RuleManager,
+    external_url: String,
 }
 
 impl Reloader for ConfigReloader {
     fn reload(&self) -> Result<(), String> {
         let new = load_config(&self.args).map_err(|e| format!("{e:#}"))?;
+        // Rule files are validated first: a bad rule file keeps the old configuration.
+        self.rules
+            .apply_config(&new.prometheus, &self.external_url)
+            .map_err(|e| format!("loading rule files: {e}"))?;
         self.scrape
             .apply_config(&new.prometheus)
             .map_err(|e| e.to_string())?;
@@ -356,5 +383,54 @@ struct DbMetrics {
 impl MetricsSource for DbMetrics {
     fn render(&self, out: &mut String) {
         crate::status::render_metrics(&self.db, out);
+    }
+}
+
+/// `--web.external-url`, or `http://<listen address>` (Prometheus' default is the hostname and
+/// port; the listen address is what a test or a laptop user reaches).
+fn external_url(args: &ServerArgs) -> String {
+    match &args.external_url {
+        Some(u) => u.trim_end_matches('/').to_string(),
+        None => {
+            let a = args.listen_address.replace("0.0.0.0", "localhost");
+            format!("http://{a}")
+        }
+    }
+}
+
+/// Rules and alerts for the API, and the rule manager's own metrics.
+struct RulesApi {
+    rules: tidemark_rules::RuleManager,
+}
+
+impl RulesProvider for RulesApi {
+    fn rules(&self, kind: Option<&str>) -> serde_json::Value {
+        let q = RulesQuery {
+            kind: kind.map(str::to_string),
+            ..RulesQuery::default()
+        };
+        self.rules_query(&q).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn rules_query(&self, q: &RulesQuery) -> Result<serde_json::Value, String> {
+        self.rules.rules_json(&tidemark_rules::RulesFilter {
+            kind: q.kind.clone(),
+            rule_names: q.rule_names.clone(),
+            rule_groups: q.rule_groups.clone(),
+            files: q.files.clone(),
+            exclude_alerts: q.exclude_alerts,
+            group_limit: q.group_limit,
+            group_next_token: q.group_next_token.clone(),
+        })
+    }
+
+    fn alerts(&self) -> serde_json::Value {
+        self.rules.alerts_json()
+    }
+}
+
+impl MetricsSource for RulesApi {
+    fn render(&self, out: &mut String) {
+        self.rules.render_metrics(out);
     }
 }
