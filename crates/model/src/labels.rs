@@ -99,7 +99,10 @@ impl Labels {
         let mut out = Vec::with_capacity(64);
         let mut prev: Option<&str> = None;
         for (n, v) in pairs {
-            debug_assert!(prev.is_none_or(|p| p < n), "labels not sorted: {prev:?} then {n:?}");
+            debug_assert!(
+                prev.is_none_or(|p| p < n),
+                "labels not sorted: {prev:?} then {n:?}"
+            );
             prev = Some(n);
             put_uvarint(&mut out, n.len());
             out.extend_from_slice(n.as_bytes());
@@ -113,7 +116,9 @@ impl Labels {
         if out.is_empty() {
             return Labels::empty();
         }
-        Labels { buf: Arc::from(out) }
+        Labels {
+            buf: Arc::from(out),
+        }
     }
 
     /// Decodes the canonical encoding (see the module docs), validating UTF-8, order and
@@ -151,7 +156,10 @@ impl Labels {
 
     /// Iterates labels in sorted order.
     pub fn iter(&self) -> LabelsIter<'_> {
-        LabelsIter { buf: &self.buf, pos: 0 }
+        LabelsIter {
+            buf: &self.buf,
+            pos: 0,
+        }
     }
 
     /// The value of label `name`, if present.
@@ -476,7 +484,12 @@ mod tests {
     fn stable_hash_is_fixed() {
         // Pinned: this value routes series to shards in every deployed cluster. Never change it.
         let l = Labels::from_pairs([("__name__", "up"), ("job", "node"), ("instance", "a:9100")]);
-        assert_eq!(l.stable_hash(), 0x2770_3277_07bb_071d, "hash = {:#x}", l.stable_hash());
+        assert_eq!(
+            l.stable_hash(),
+            0x2770_3277_07bb_071d,
+            "hash = {:#x}",
+            l.stable_hash()
+        );
     }
 
     #[test]

@@ -73,7 +73,11 @@ fn literal_alternatives(pattern: &str) -> Option<Vec<String>> {
 
 impl Matcher {
     /// Builds a matcher; regexes are compiled (anchored) here, errors name the label.
-    pub fn new(kind: MatchType, name: impl Into<String>, value: impl Into<String>) -> Result<Matcher, MatcherError> {
+    pub fn new(
+        kind: MatchType,
+        name: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Result<Matcher, MatcherError> {
         let name = name.into();
         let value = value.into();
         let (re, fast) = match kind {
@@ -88,21 +92,43 @@ impl Matcher {
                     .size_limit(MAX_REGEX_SIZE * 10)
                     .dfa_size_limit(MAX_REGEX_SIZE * 10)
                     .build()
-                    .map_err(|e| MatcherError { name: name.clone(), pattern: value.clone(), reason: e.to_string() })?;
+                    .map_err(|e| MatcherError {
+                        name: name.clone(),
+                        pattern: value.clone(),
+                        reason: e.to_string(),
+                    })?;
                 (Some(re), fast)
             }
         };
-        Ok(Matcher { name, value, kind, re, fast })
+        Ok(Matcher {
+            name,
+            value,
+            kind,
+            re,
+            fast,
+        })
     }
 
     /// `name="value"`; never fails.
     pub fn equal(name: impl Into<String>, value: impl Into<String>) -> Matcher {
-        Matcher { name: name.into(), value: value.into(), kind: MatchType::Equal, re: None, fast: Fast::None }
+        Matcher {
+            name: name.into(),
+            value: value.into(),
+            kind: MatchType::Equal,
+            re: None,
+            fast: Fast::None,
+        }
     }
 
     /// `name!="value"`; never fails.
     pub fn not_equal(name: impl Into<String>, value: impl Into<String>) -> Matcher {
-        Matcher { name: name.into(), value: value.into(), kind: MatchType::NotEqual, re: None, fast: Fast::None }
+        Matcher {
+            name: name.into(),
+            value: value.into(),
+            kind: MatchType::NotEqual,
+            re: None,
+            fast: Fast::None,
+        }
     }
 
     /// Does `value` (the series' value of this label, `""` when absent) match?
@@ -135,7 +161,9 @@ impl Matcher {
     pub fn set_matches(&self) -> Option<Vec<&str>> {
         match (self.kind, &self.fast) {
             (MatchType::Equal, _) => Some(vec![self.value.as_str()]),
-            (MatchType::Regex, Fast::Literals(set)) => Some(set.iter().map(String::as_str).collect()),
+            (MatchType::Regex, Fast::Literals(set)) => {
+                Some(set.iter().map(String::as_str).collect())
+            }
             _ => None,
         }
     }
@@ -177,7 +205,10 @@ mod tests {
         assert!(m(MatchType::Regex, "f.*").matches("foo"));
         assert!(m(MatchType::Regex, "a|b").matches("b"));
         assert!(!m(MatchType::Regex, "a|b").matches("ab"));
-        assert!(m(MatchType::Regex, "a.b").matches("a\nb"), "dot matches newline in Prometheus 3");
+        assert!(
+            m(MatchType::Regex, "a.b").matches("a\nb"),
+            "dot matches newline in Prometheus 3"
+        );
         assert!(m(MatchType::NotRegex, "a.+").matches("b"));
         assert!(m(MatchType::Regex, ".*").matches(""));
         assert!(!m(MatchType::Regex, ".+").matches(""));

@@ -39,7 +39,10 @@ impl Error {
     pub fn is_sample_error(&self) -> bool {
         matches!(
             self,
-            Error::OutOfOrder | Error::OutOfBounds | Error::DuplicateSampleForTimestamp | Error::TooOld
+            Error::OutOfOrder
+                | Error::OutOfBounds
+                | Error::DuplicateSampleForTimestamp
+                | Error::TooOld
         )
     }
 

@@ -100,7 +100,13 @@ impl SampleIter for VecSampleIter<'_> {
     }
 
     fn at(&self) -> Sample {
-        self.samples.get(self.pos.wrapping_sub(1)).copied().unwrap_or(Sample { t: i64::MIN, v: f64::NAN })
+        self.samples
+            .get(self.pos.wrapping_sub(1))
+            .copied()
+            .unwrap_or(Sample {
+                t: i64::MIN,
+                v: f64::NAN,
+            })
     }
 
     fn is_valid(&self) -> bool {

@@ -35,15 +35,31 @@ pub trait Appender: Send {
     /// Adds a sample. `series` is a reference from an earlier append to the same storage (a
     /// hint; a stale one is ignored and the labels are used). Per-sample errors (out of order,
     /// duplicate timestamp, out of bounds) reject that sample only; the batch stays usable.
-    fn append(&mut self, series: Option<SeriesRef>, labels: &Labels, t: i64, v: f64) -> Result<SeriesRef>;
+    fn append(
+        &mut self,
+        series: Option<SeriesRef>,
+        labels: &Labels,
+        t: i64,
+        v: f64,
+    ) -> Result<SeriesRef>;
 
     /// Attaches an exemplar to a series. Storages without exemplar support ignore it.
-    fn append_exemplar(&mut self, _series: SeriesRef, _labels: &Labels, _e: &Exemplar) -> Result<()> {
+    fn append_exemplar(
+        &mut self,
+        _series: SeriesRef,
+        _labels: &Labels,
+        _e: &Exemplar,
+    ) -> Result<()> {
         Ok(())
     }
 
     /// Records metric metadata for the series' metric family. Optional.
-    fn update_metadata(&mut self, _series: SeriesRef, _labels: &Labels, _m: &Metadata) -> Result<()> {
+    fn update_metadata(
+        &mut self,
+        _series: SeriesRef,
+        _labels: &Labels,
+        _m: &Metadata,
+    ) -> Result<()> {
         Ok(())
     }
 

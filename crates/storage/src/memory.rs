@@ -9,7 +9,8 @@ use parking_lot::RwLock;
 use tidemark_model::{Labels, Matcher, Sample};
 
 use crate::{
-    Appendable, Appender, Error, ListSeries, Querier, Queryable, Result, SelectHints, Series, SeriesRef, SeriesSet,
+    Appendable, Appender, Error, ListSeries, Querier, Queryable, Result, SelectHints, Series,
+    SeriesRef, SeriesSet,
 };
 
 /// An in-memory storage: every series is a sorted `Vec<Sample>`.
@@ -46,7 +47,10 @@ impl MemStorage {
 
 impl Appendable for MemStorage {
     fn appender(&self) -> Box<dyn Appender> {
-        Box::new(MemAppender { store: self.clone(), pending: Vec::new() })
+        Box::new(MemAppender {
+            store: self.clone(),
+            pending: Vec::new(),
+        })
     }
 }
 
@@ -56,7 +60,13 @@ struct MemAppender {
 }
 
 impl Appender for MemAppender {
-    fn append(&mut self, _series: Option<SeriesRef>, labels: &Labels, t: i64, v: f64) -> Result<SeriesRef> {
+    fn append(
+        &mut self,
+        _series: Option<SeriesRef>,
+        labels: &Labels,
+        t: i64,
+        v: f64,
+    ) -> Result<SeriesRef> {
         if labels.is_empty() {
             return Err(Error::InvalidLabels("empty label set".into()));
         }
@@ -86,7 +96,11 @@ impl Appender for MemAppender {
 
 impl Queryable for MemStorage {
     fn querier(&self, mint: i64, maxt: i64) -> Result<Box<dyn Querier>> {
-        Ok(Box::new(MemQuerier { store: self.clone(), mint, maxt }))
+        Ok(Box::new(MemQuerier {
+            store: self.clone(),
+            mint,
+            maxt,
+        }))
     }
 }
 
@@ -98,11 +112,18 @@ struct MemQuerier {
 
 /// True when `labels` satisfy every matcher (an absent label has the value "").
 pub fn matches_all(labels: &Labels, matchers: &[Matcher]) -> bool {
-    matchers.iter().all(|m| m.matches(labels.get_or_empty(&m.name)))
+    matchers
+        .iter()
+        .all(|m| m.matches(labels.get_or_empty(&m.name)))
 }
 
 impl Querier for MemQuerier {
-    fn select(&self, _sorted: bool, hints: Option<&SelectHints>, matchers: &[Matcher]) -> SeriesSet {
+    fn select(
+        &self,
+        _sorted: bool,
+        hints: Option<&SelectHints>,
+        matchers: &[Matcher],
+    ) -> SeriesSet {
         let g = self.store.inner.read();
         let limit = hints.map_or(0, |h| h.limit);
         let mut out: Vec<Arc<dyn Series>> = Vec::new();
@@ -115,7 +136,10 @@ impl Querier for MemQuerier {
             if lo >= hi {
                 continue;
             }
-            out.push(Arc::new(ListSeries::new(l.clone(), samples[lo..hi].to_vec())));
+            out.push(Arc::new(ListSeries::new(
+                l.clone(),
+                samples[lo..hi].to_vec(),
+            )));
             if limit > 0 && out.len() >= limit {
                 break;
             }
@@ -127,7 +151,9 @@ impl Querier for MemQuerier {
         let g = self.store.inner.read();
         let mut set = BTreeSet::new();
         for (l, samples) in g.iter() {
-            if !samples.iter().any(|s| s.t >= self.mint && s.t <= self.maxt) || !matches_all(l, matchers) {
+            if !samples.iter().any(|s| s.t >= self.mint && s.t <= self.maxt)
+                || !matches_all(l, matchers)
+            {
                 continue;
             }
             if let Some(v) = l.get(name) {
@@ -145,7 +171,9 @@ impl Querier for MemQuerier {
         let g = self.store.inner.read();
         let mut set = BTreeSet::new();
         for (l, samples) in g.iter() {
-            if !samples.iter().any(|s| s.t >= self.mint && s.t <= self.maxt) || !matches_all(l, matchers) {
+            if !samples.iter().any(|s| s.t >= self.mint && s.t <= self.maxt)
+                || !matches_all(l, matchers)
+            {
                 continue;
             }
             for x in l.iter() {
@@ -176,15 +204,27 @@ mod tests {
         assert_eq!(s.num_series(), 0, "invisible before commit");
         app.commit().unwrap();
         let mut app = s.appender();
-        assert!(matches!(app.append(None, &a, 10, 5.0), Err(Error::DuplicateSampleForTimestamp)));
+        assert!(matches!(
+            app.append(None, &a, 10, 5.0),
+            Err(Error::DuplicateSampleForTimestamp)
+        ));
         app.append(None, &a, 10, 1.0).unwrap();
         app.commit().unwrap();
         let q = s.querier(0, 100).unwrap();
         let m = Matcher::new(MatchType::Regex, "job", "a|c").unwrap();
-        let got: Vec<_> = q.select(true, None, &[m]).map(|r| r.unwrap().labels().clone()).collect();
+        let got: Vec<_> = q
+            .select(true, None, &[m])
+            .map(|r| r.unwrap().labels().clone())
+            .collect();
         assert_eq!(got, vec![a]);
         assert_eq!(q.label_values("job", &[], 0).unwrap(), vec!["a", "b"]);
         assert_eq!(q.label_names(&[], 0).unwrap(), vec!["__name__", "job"]);
-        assert!(s.querier(11, 100).unwrap().select(true, None, &[]).next().is_none());
+        assert!(
+            s.querier(11, 100)
+                .unwrap()
+                .select(true, None, &[])
+                .next()
+                .is_none()
+        );
     }
 }

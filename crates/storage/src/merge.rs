@@ -73,7 +73,12 @@ impl Series for MergedSeries {
     fn iter(&self) -> Box<dyn SampleIter + '_> {
         let its: Vec<Box<dyn SampleIter + '_>> = self.parts.iter().map(|p| p.iter()).collect();
         let n = its.len();
-        Box::new(MergeSampleIter { its, valid: vec![false; n], started: false, cur: None })
+        Box::new(MergeSampleIter {
+            its,
+            valid: vec![false; n],
+            started: false,
+            cur: None,
+        })
     }
 }
 
@@ -136,7 +141,10 @@ impl SampleIter for MergeSampleIter<'_> {
     }
 
     fn at(&self) -> Sample {
-        self.cur.unwrap_or(Sample { t: i64::MIN, v: f64::NAN })
+        self.cur.unwrap_or(Sample {
+            t: i64::MIN,
+            v: f64::NAN,
+        })
     }
 
     fn is_valid(&self) -> bool {
@@ -181,7 +189,12 @@ impl Querier for MergeQuerier {
         if self.queriers.len() == 1 {
             return self.queriers[0].select(sorted, hints, matchers);
         }
-        merge_series_sets(self.queriers.iter().map(|q| q.select(true, hints, matchers)).collect())
+        merge_series_sets(
+            self.queriers
+                .iter()
+                .map(|q| q.select(true, hints, matchers))
+                .collect(),
+        )
     }
 
     fn label_values(&self, name: &str, matchers: &[Matcher], limit: usize) -> Result<Vec<String>> {
@@ -194,7 +207,11 @@ impl Querier for MergeQuerier {
     }
 
     fn label_names(&self, matchers: &[Matcher], limit: usize) -> Result<Vec<String>> {
-        let lists = self.queriers.iter().map(|q| q.label_names(matchers, limit)).collect::<Result<Vec<_>>>()?;
+        let lists = self
+            .queriers
+            .iter()
+            .map(|q| q.label_names(matchers, limit))
+            .collect::<Result<Vec<_>>>()?;
         Ok(union_sorted(lists, limit))
     }
 }

@@ -1229,6 +1229,26 @@ mod tests {
         round_trip(&[(1, 2.0), (3, 4.0)]);
     }
 
+    /// What the head pays per open chunk: a small struct plus two stream buffers.
+    #[test]
+    fn encoder_memory_stays_small() {
+        let mut enc = ChunkEncoder::new();
+        let mut v = 1e9;
+        for i in 0..120i64 {
+            v += ((i * 7919) % 100_000) as f64;
+            enc.append(1_700_000_000_000 + i * 15_000 + i % 3, v)
+                .unwrap();
+        }
+        let inline = std::mem::size_of::<ChunkEncoder>();
+        assert!(inline <= 192, "ChunkEncoder is {inline} bytes");
+        assert!(
+            enc.heap_bytes() <= 2 * enc.size_bytes() + 64,
+            "heap {} for {} encoded",
+            enc.heap_bytes(),
+            enc.size_bytes()
+        );
+    }
+
     #[test]
     fn out_of_order_rejected() {
         let mut enc = ChunkEncoder::new();

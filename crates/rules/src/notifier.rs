@@ -1,0 +1,454 @@
+//! The Alertmanager client: `POST {scheme}://{target}{path_prefix}/api/v2/alerts` with a JSON
+//! array of alerts (labels, annotations, startsAt, endsAt, generatorURL), batches of at most 64,
+//! a bounded queue (10000, oldest dropped first, counted) and one sender task.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use parking_lot::Mutex;
+use serde::Serialize;
+use tidemark_scrape::config::{AlertingConfig, Secret};
+use tracing::{debug, warn};
+
+use crate::group::{Alert, AlertState};
+
+/// Queue capacity (Prometheus' `--alertmanager.notification-queue-capacity` default).
+pub const QUEUE_CAPACITY: usize = 10_000;
+/// Alerts per request.
+pub const MAX_BATCH: usize = 64;
+
+/// One alert as Alertmanager's API v2 wants it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AmAlert {
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    #[serde(rename = "startsAt")]
+    pub starts_at: String,
+    #[serde(rename = "endsAt")]
+    pub ends_at: String,
+    #[serde(rename = "generatorURL")]
+    pub generator_url: String,
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+/// Prometheus' generator URL: the expression in the graph page.
+pub fn generator_url(external_url: &str, expr: &str) -> String {
+    let q: String = form_urlencoded::byte_serialize(expr.as_bytes()).collect();
+    format!(
+        "{}/graph?g0.expr={q}&g0.tab=1",
+        external_url.trim_end_matches('/')
+    )
+}
+
+impl AmAlert {
+    /// From a rule's alert (its external labels already added).
+    pub fn from_alert(a: &Alert, generator_url: String) -> AmAlert {
+        let ends = match (a.state, a.resolved_at) {
+            (AlertState::Inactive, Some(r)) => r,
+            _ => a.valid_until,
+        };
+        AmAlert {
+            labels: a
+                .labels
+                .iter()
+                .map(|l| (l.name.to_string(), l.value.to_string()))
+                .collect(),
+            annotations: a.annotations.clone(),
+            starts_at: rfc3339(a.fired_at.unwrap_or(a.active_at)),
+            ends_at: rfc3339(ends),
+            generator_url,
+        }
+    }
+}
+
+/// One Alertmanager to send to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AmTarget {
+    /// Full URL of the alerts endpoint.
+    pub url: String,
+    /// `Authorization` header value, if any.
+    pub auth: Option<String>,
+    pub timeout: Duration,
+}
+
+fn base64(input: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
+    for c in input.chunks(3) {
+        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        out.push(T[(n >> 18) as usize & 63] as char);
+        out.push(T[(n >> 12) as usize & 63] as char);
+        out.push(if c.len() > 1 {
+            T[(n >> 6) as usize & 63] as char
+        } else {
+            '='
+        });
+        out.push(if c.len() > 2 {
+            T[n as usize & 63] as char
+        } else {
+            '='
+        });
+    }
+    out
+}
+
+fn read_secret(inline: &Option<Secret>, file: &Option<String>) -> Result<String, String> {
+    if let Some(s) = inline {
+        return Ok(s.0.clone());
+    }
+    if let Some(f) = file {
+        return std::fs::read_to_string(f)
+            .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
+            .map_err(|e| format!("{f}: {e}"));
+    }
+    Ok(String::new())
+}
+
+/// The targets of `alerting.alertmanagers` (static configs; `api_version` v2 only).
+pub fn targets_from_config(cfg: &AlertingConfig) -> Result<Vec<AmTarget>, String> {
+    let mut out = Vec::new();
+    for am in &cfg.alertmanagers {
+        if !am.file_sd_configs.is_empty() {
+            warn!("alertmanagers file_sd_configs are not supported yet; use static_configs");
+        }
+        if am.scheme != "http" {
+            return Err(format!(
+                "alertmanager scheme {:?} is not supported yet (only http)",
+                am.scheme
+            ));
+        }
+        let auth = if let Some(b) = &am.basic_auth {
+            let user = if let Some(f) = &b.username_file {
+                read_secret(&None, &Some(f.clone()))?
+            } else {
+                b.username.clone()
+            };
+            let pw = read_secret(&b.password, &b.password_file)?;
+            Some(format!(
+                "Basic {}",
+                base64(format!("{user}:{pw}").as_bytes())
+            ))
+        } else if let Some(a) = &am.authorization {
+            Some(format!(
+                "{} {}",
+                a.kind,
+                read_secret(&a.credentials, &a.credentials_file)?
+            ))
+        } else if am.bearer_token.is_some() || am.bearer_token_file.is_some() {
+            Some(format!(
+                "Bearer {}",
+                read_secret(&am.bearer_token, &am.bearer_token_file)?
+            ))
+        } else {
+            None
+        };
+        let prefix = am.path_prefix.trim_end_matches('/');
+        let prefix = if prefix.is_empty() || prefix.starts_with('/') {
+            prefix.to_string()
+        } else {
+            format!("/{prefix}")
+        };
+        for sc in &am.static_configs {
+            for t in &sc.targets {
+                out.push(AmTarget {
+                    url: format!("{}://{t}{prefix}/api/v2/alerts", am.scheme),
+                    auth: auth.clone(),
+                    timeout: am.timeout.to_std(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    sent: AtomicU64,
+    errors: AtomicU64,
+    dropped: AtomicU64,
+}
+
+struct Inner {
+    queue: Mutex<VecDeque<AmAlert>>,
+    targets: Mutex<Vec<AmTarget>>,
+    wake: tokio::sync::Notify,
+    counters: Counters,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// Queues alerts and sends them to every configured Alertmanager.
+#[derive(Clone)]
+pub struct Notifier {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Notifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notifier")
+            .field("targets", &*self.inner.targets.lock())
+            .field("queued", &self.inner.queue.lock().len())
+            .finish()
+    }
+}
+
+impl Notifier {
+    /// Starts the sender task on the current tokio runtime.
+    pub fn start(targets: Vec<AmTarget>) -> Notifier {
+        let mut conn = HttpConnector::new();
+        conn.set_connect_timeout(Some(Duration::from_secs(10)));
+        let client = Client::builder(TokioExecutor::new()).build(conn);
+        let inner = Arc::new(Inner {
+            queue: Mutex::new(VecDeque::new()),
+            targets: Mutex::new(targets),
+            wake: tokio::sync::Notify::new(),
+            counters: Counters::default(),
+            client,
+        });
+        let task_inner = inner.clone();
+        tokio::spawn(async move {
+            let inner = task_inner;
+            loop {
+                // The notifier was dropped by everyone else: end the task.
+                if Arc::strong_count(&inner) == 1 {
+                    return;
+                }
+                if inner.queue.lock().is_empty() {
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(1), inner.wake.notified()).await;
+                    continue;
+                }
+                send_all(&inner).await;
+            }
+        });
+        Notifier { inner }
+    }
+
+    /// Replaces the Alertmanager list (on reload).
+    pub fn set_targets(&self, targets: Vec<AmTarget>) {
+        *self.inner.targets.lock() = targets;
+    }
+
+    pub fn targets(&self) -> Vec<AmTarget> {
+        self.inner.targets.lock().clone()
+    }
+
+    /// Queues alerts; when the queue is full the oldest are dropped (and counted).
+    pub fn send(&self, alerts: Vec<AmAlert>) {
+        if alerts.is_empty() {
+            return;
+        }
+        {
+            let mut q = self.inner.queue.lock();
+            q.extend(alerts);
+            let over = q.len().saturating_sub(QUEUE_CAPACITY);
+            if over > 0 {
+                q.drain(..over);
+                self.inner
+                    .counters
+                    .dropped
+                    .fetch_add(over as u64, Ordering::Relaxed);
+                warn!(
+                    dropped = over,
+                    "alert notification queue full, dropped oldest alerts"
+                );
+            }
+        }
+        self.inner.wake.notify_one();
+    }
+
+    pub fn queue_length(&self) -> usize {
+        self.inner.queue.lock().len()
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.inner.counters.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Own metrics in the text format.
+    pub fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let c = &self.inner.counters;
+        let _ = writeln!(
+            out,
+            "# HELP tidemark_notifications_dropped_total Alerts dropped because the queue was full.\n# TYPE tidemark_notifications_dropped_total counter\ntidemark_notifications_dropped_total {}",
+            c.dropped.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP tidemark_notifications_sent_total Alerts sent to Alertmanagers.\n# TYPE tidemark_notifications_sent_total counter\ntidemark_notifications_sent_total {}",
+            c.sent.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP tidemark_notifications_errors_total Alerts whose sending failed.\n# TYPE tidemark_notifications_errors_total counter\ntidemark_notifications_errors_total {}",
+            c.errors.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP tidemark_notifications_queue_length Alerts waiting to be sent.\n# TYPE tidemark_notifications_queue_length gauge\ntidemark_notifications_queue_length {}\n# HELP tidemark_notifications_queue_capacity Capacity of the alert queue.\n# TYPE tidemark_notifications_queue_capacity gauge\ntidemark_notifications_queue_capacity {QUEUE_CAPACITY}",
+            self.queue_length()
+        );
+    }
+}
+
+async fn send_all(inner: &Inner) {
+    loop {
+        let batch: Vec<AmAlert> = {
+            let mut q = inner.queue.lock();
+            let n = q.len().min(MAX_BATCH);
+            q.drain(..n).collect()
+        };
+        if batch.is_empty() {
+            return;
+        }
+        let body = match serde_json::to_vec(&batch) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => {
+                warn!(error = %e, "encoding alerts failed");
+                continue;
+            }
+        };
+        let targets = inner.targets.lock().clone();
+        let mut tasks = Vec::new();
+        for t in targets {
+            let body = body.clone();
+            let client = inner.client.clone();
+            tasks.push(async move {
+                let r = post(&client, &t, body).await;
+                (t, r)
+            });
+        }
+        for (t, r) in futures_join(tasks).await {
+            match r {
+                Ok(()) => {
+                    inner
+                        .counters
+                        .sent
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    debug!(url = %t.url, alerts = batch.len(), "alerts sent");
+                }
+                Err(e) => {
+                    inner
+                        .counters
+                        .errors
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    warn!(url = %t.url, alerts = batch.len(), error = %e, "sending alerts failed");
+                }
+            }
+        }
+    }
+}
+
+async fn futures_join<F: std::future::Future + Send + 'static>(fs: Vec<F>) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = fs.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        if let Ok(v) = h.await {
+            out.push(v);
+        }
+    }
+    out
+}
+
+async fn post(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    t: &AmTarget,
+    body: Bytes,
+) -> Result<(), String> {
+    let mut req = hyper::Request::post(&t.url)
+        .header("content-type", "application/json")
+        .header(
+            "user-agent",
+            concat!("Tidemark/", env!("CARGO_PKG_VERSION")),
+        );
+    if let Some(a) = &t.auth {
+        req = req.header("authorization", a);
+    }
+    let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
+    let fut = async {
+        let resp = client.request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&body[..body.len().min(512)]).to_string();
+            return Err(format!("bad response status {status}: {text}"));
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(t.timeout.max(Duration::from_millis(1)), fut).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("timeout after {:?}", t.timeout)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"user:pass"), "dXNlcjpwYXNz");
+    }
+
+    #[test]
+    fn targets_from_yaml() {
+        let y = "alertmanagers:\n- static_configs: [{targets: ['a:9093', 'b:9093']}]\n  path_prefix: am\n  basic_auth: {username: u, password: p}\n  timeout: 3s\n";
+        let c: AlertingConfig = serde_yaml_ng::from_str(y).unwrap();
+        let t = targets_from_config(&c).unwrap();
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[0].url, "http://a:9093/am/api/v2/alerts");
+        assert_eq!(t[1].auth.as_deref(), Some("Basic dTpw"));
+        assert_eq!(t[0].timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn generator_url_encodes_expr() {
+        assert_eq!(
+            generator_url("http://h:9190/", "up == 0"),
+            "http://h:9190/graph?g0.expr=up+%3D%3D+0&g0.tab=1"
+        );
+    }
+
+    #[tokio::test]
+    async fn queue_is_bounded_and_counts_drops() {
+        let n = Notifier::start(Vec::new());
+        let a = AmAlert {
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            starts_at: String::new(),
+            ends_at: String::new(),
+            generator_url: String::new(),
+        };
+        n.send(vec![a; QUEUE_CAPACITY + 5]);
+        assert_eq!(n.dropped(), 5);
+        assert!(n.queue_length() <= QUEUE_CAPACITY);
+        let mut m = String::new();
+        n.render_metrics(&mut m);
+        assert!(m.contains("tidemark_notifications_dropped_total 5"));
+    }
+}

@@ -1,0 +1,163 @@
+//! Command-line interface. Flag names follow Prometheus where one exists (`--storage.tsdb.path`
+//! etc. are accepted as aliases of Tidemark's shorter spellings).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Default HTTP port: 9190 — clashes with neither Prometheus (9090), Alertmanager (9093),
+/// node_exporter (9100) nor Grafana (3000). See docs/api.md.
+pub(crate) const DEFAULT_LISTEN: &str = "0.0.0.0:9190";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tidemark",
+    version,
+    about = "A clustered, Prometheus-compatible time-series database"
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the server: storage, scraping, PromQL and the Prometheus HTTP API.
+    Server(Box<ServerArgs>),
+    /// Offline tools for a data directory.
+    Tsdb {
+        #[command(subcommand)]
+        command: TsdbCommand,
+    },
+    /// Run Prometheus `.test` PromQL scripts; ends with `N passed, M failed, K skipped`.
+    Promqltest {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Validate files.
+    Check {
+        #[command(subcommand)]
+        command: CheckCommand,
+    },
+    /// Run unit tests.
+    Test {
+        #[command(subcommand)]
+        command: TestCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TestCommand {
+    /// Run rule unit-test files in promtool's format (`promtool test rules`).
+    Rules {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CheckCommand {
+    /// Validate configuration files (Prometheus format plus the `tidemark:` section).
+    Config {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Validate rule files like `promtool check rules`.
+    Rules {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TsdbCommand {
+    /// Print series, samples, chunks, bytes per sample and the highest-cardinality metrics/labels.
+    Analyze {
+        dir: PathBuf,
+        /// How many entries per top-N list.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Backfill a text/OpenMetrics file (timestamps of any age) into blocks in DIR.
+    Import {
+        file: PathBuf,
+        dir: PathBuf,
+        /// Block duration of the created blocks.
+        #[arg(long = "block-duration", default_value = "2h")]
+        block_duration: String,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ServerArgs {
+    /// Configuration file (Prometheus `prometheus.yml` plus an optional `tidemark:` section).
+    /// Without one, Tidemark scrapes itself (job "tidemark").
+    #[arg(long = "config.file")]
+    pub(crate) config_file: Option<PathBuf>,
+
+    /// Data directory.
+    #[arg(
+        long = "storage.path",
+        visible_alias = "storage.tsdb.path",
+        default_value = "data/"
+    )]
+    pub(crate) storage_path: PathBuf,
+
+    /// How long to keep samples (Prometheus duration). Default 15d.
+    #[arg(
+        long = "storage.retention.time",
+        visible_alias = "storage.tsdb.retention.time"
+    )]
+    pub(crate) retention_time: Option<String>,
+
+    /// Maximum bytes of blocks to keep (e.g. 512MB, 10GB); oldest blocks go first. 0 = off.
+    #[arg(
+        long = "storage.retention.size",
+        visible_alias = "storage.tsdb.retention.size"
+    )]
+    pub(crate) retention_size: Option<String>,
+
+    /// Address to listen on for the HTTP API.
+    #[arg(long = "web.listen-address", default_value = DEFAULT_LISTEN)]
+    pub(crate) listen_address: String,
+
+    /// Prometheus web config file (TLS, basic auth).
+    #[arg(long = "web.config.file")]
+    pub(crate) web_config_file: Option<PathBuf>,
+
+    /// Enable the admin API (delete_series, clean_tombstones, snapshot, flush).
+    #[arg(long = "web.enable-admin-api")]
+    pub(crate) enable_admin_api: bool,
+
+    /// Accepted for Prometheus compatibility; the remote-write receiver is always on.
+    #[arg(long = "web.enable-remote-write-receiver", hide = true)]
+    pub(crate) enable_remote_write_receiver: bool,
+
+    /// Accepted for Prometheus compatibility (lifecycle endpoints are always on).
+    #[arg(long = "web.enable-lifecycle", hide = true)]
+    pub(crate) enable_lifecycle: bool,
+
+    /// External URL (used in generator URLs); accepted for compatibility.
+    #[arg(long = "web.external-url")]
+    pub(crate) external_url: Option<String>,
+
+    /// Lookback delta of instant selectors.
+    #[arg(long = "query.lookback-delta", default_value = "5m")]
+    pub(crate) lookback_delta: String,
+
+    /// Maximum samples a query may load.
+    #[arg(long = "query.max-samples", default_value_t = 50_000_000)]
+    pub(crate) max_samples: usize,
+
+    /// Maximum time a query may take.
+    #[arg(long = "query.timeout", default_value = "2m")]
+    pub(crate) query_timeout: String,
+
+    /// Log level (debug, info, warn, error).
+    #[arg(long = "log.level", default_value = "info")]
+    pub(crate) log_level: String,
+
+    /// Log format: json (default) or logfmt.
+    #[arg(long = "log.format", default_value = "json")]
+    pub(crate) log_format: String,
+}

@@ -1,0 +1,73 @@
+//! `tidemark`: the binary. The only crate that knows every concrete type: it opens the engine,
+//! builds the PromQL engine, the scrape manager and the HTTP API over the storage traits, and
+//! handles signals.
+
+mod cli;
+mod config;
+mod logging;
+mod rules_cmd;
+mod server;
+mod status;
+mod tsdb_cmd;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    match run(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
+    match args.command {
+        cli::Command::Server(s) => {
+            logging::init(&s.log_level, &s.log_format);
+            server::run(*s)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        cli::Command::Tsdb { command } => tsdb_cmd::run(command),
+        cli::Command::Promqltest { files } => {
+            let summary = tidemark_promql::promqltest::run_test_files(&files);
+            println!("{summary}");
+            Ok(if summary.failed() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        cli::Command::Test { command } => match command {
+            cli::TestCommand::Rules { files } => Ok(rules_cmd::test_rules(&files)),
+        },
+        cli::Command::Check { command } => match command {
+            cli::CheckCommand::Rules { files } => Ok(rules_cmd::check_rules(&files)),
+            cli::CheckCommand::Config { files } => {
+                let mut ok = true;
+                for f in files {
+                    match config::load(&f) {
+                        Ok(c) => println!(
+                            "SUCCESS: {} is valid ({} scrape configs)",
+                            f.display(),
+                            c.scrape_jobs()
+                        ),
+                        Err(e) => {
+                            ok = false;
+                            println!("FAILED: {}: {e:#}", f.display());
+                        }
+                    }
+                }
+                Ok(if ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                })
+            }
+        },
+    }
+}

@@ -1,0 +1,436 @@
+//! `tidemark server`: opens the engine, starts scraping, serves the HTTP API, and handles
+//! SIGHUP (reload), SIGINT/SIGTERM (flush and exit).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use parking_lot::Mutex;
+use tidemark_api::{
+    Api, ApiOptions, MetricsSource, Reloader, RulesProvider, RulesQuery, TargetsProvider, TsdbAdmin,
+};
+use tidemark_model::time::parse_duration_millis;
+use tidemark_model::{Matcher, Metadata};
+use tidemark_promql::{Engine, EngineOptions};
+use tidemark_scrape::{ScrapeManager, ScrapeOptions};
+use tidemark_storage::{Appendable, Queryable};
+use tidemark_tsdb::log::SyncPolicy;
+use tidemark_tsdb::{Db, DbOptions};
+use tokio::net::TcpListener;
+use tracing::{error, info, warn};
+
+use crate::cli::ServerArgs;
+use crate::config::{self, Config};
+
+/// Resolved engine options: flags given explicitly win over the file, the file over defaults.
+fn db_options(args: &ServerArgs, cfg: &Config) -> anyhow::Result<DbOptions> {
+    let mut o = DbOptions::default();
+    let st = &cfg.tidemark.storage;
+    if let Some(t) = args.retention_time.as_ref().or(st.retention.time.as_ref()) {
+        o.retention_time_ms = parse_duration_millis(t).context("--storage.retention.time")?;
+    }
+    if let Some(s) = args.retention_size.as_ref().or(st.retention.size.as_ref()) {
+        o.retention_size_bytes = config::parse_bytes(s).context("--storage.retention.size")?;
+    }
+    if let Some(w) = &st.out_of_order_time_window {
+        o.ooo_window_ms = parse_duration_millis(w)?;
+    }
+    if let Some(b) = &st.block_range {
+        o.block_range_ms = parse_duration_millis(b)?.max(60_000);
+    }
+    if let Some(s) = &st.log_sync {
+        o.log_sync = match s.as_str() {
+            "always" => SyncPolicy::Always,
+            "never" => SyncPolicy::Never,
+            d => SyncPolicy::Interval(Duration::from_millis(
+                parse_duration_millis(d)?.max(1) as u64
+            )),
+        };
+    }
+    Ok(o)
+}
+
+fn engine_options(args: &ServerArgs, cfg: &Config) -> anyhow::Result<EngineOptions> {
+    let q = &cfg.tidemark.query;
+    let lookback = q.lookback_delta.as_deref().unwrap_or(&args.lookback_delta);
+    let timeout = q.timeout.as_deref().unwrap_or(&args.query_timeout);
+    let timeout_ms = parse_duration_millis(timeout).context("--query.timeout")?;
+    let o = EngineOptions {
+        lookback_delta_ms: parse_duration_millis(lookback).context("--query.lookback-delta")?,
+        max_samples: q.max_samples.unwrap_or(args.max_samples),
+        timeout: Duration::from_millis(timeout_ms.max(1) as u64),
+        ..EngineOptions::default()
+    };
+    Ok(o)
+}
+
+fn load_config(args: &ServerArgs) -> anyhow::Result<Config> {
+    match &args.config_file {
+        Some(p) => config::load(p),
+        None => Ok(config::self_scrape(&args.listen_address)),
+    }
+}
+
+/// Runs the server until SIGINT/SIGTERM.
+pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let cfg = load_config(&args)?;
+    let storage_path = match (&cfg.tidemark.storage.path, args.storage_path.as_path()) {
+        (Some(p), d) if d == Path::new("data/") => PathBuf::from(p),
+        _ => args.storage_path.clone(),
+    };
+    let dbo = db_options(&args, &cfg)?;
+    let engine = Engine::new(engine_options(&args, &cfg)?);
+    let web_config = match &args.web_config_file {
+        Some(p) => Some(
+            tidemark_api::load_web_config(p)
+                .with_context(|| format!("--web.config.file {}", p.display()))?,
+        ),
+        None => None,
+    };
+
+    info!(path = %storage_path.display(), retention_ms = dbo.retention_time_ms, "opening storage");
+    let db = Db::open(&storage_path, dbo.clone())
+        .with_context(|| format!("opening {}", storage_path.display()))?;
+    let report = db.open_report();
+    if report.is_clean() {
+        info!(report = %report, "storage opened");
+    } else {
+        warn!(report = %report, "storage repaired on open: data after the damage was dropped or moved aside");
+    }
+    info!(series = db.stats().head_series, "storage ready");
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("tidemark")
+        .build()?;
+    let result = rt.block_on(serve(
+        args,
+        cfg,
+        db.clone(),
+        engine,
+        web_config,
+        storage_path,
+        dbo,
+    ));
+    info!("closing storage");
+    if let Err(e) = db.close() {
+        error!(error = %e, "closing storage failed");
+    }
+    rt.shutdown_timeout(Duration::from_secs(5));
+    result
+}
+
+async fn serve(
+    args: ServerArgs,
+    cfg: Config,
+    db: Db,
+    engine: Engine,
+    web_config: Option<tidemark_api::WebConfig>,
+    storage_path: PathBuf,
+    dbo: DbOptions,
+) -> anyhow::Result<()> {
+    let appendable: Arc<dyn Appendable> = Arc::new(db.clone());
+    let queryable: Arc<dyn Queryable> = Arc::new(db.clone());
+    let scrape = ScrapeManager::new(appendable.clone(), ScrapeOptions::default());
+    scrape
+        .apply_config(&cfg.prometheus)
+        .context("applying scrape configuration")?;
+    let external_url = external_url(&args);
+    let rules = tidemark_rules::RuleManager::new(
+        Arc::new(engine.clone()),
+        queryable.clone(),
+        appendable.clone(),
+        tidemark_rules::GroupOptions::default(),
+    );
+    rules
+        .apply_config(&cfg.prometheus, &external_url)
+        .context("loading rule files")?;
+    let cfg = Arc::new(Mutex::new(cfg));
+
+    let mut flags = BTreeMap::new();
+    flags.insert(
+        "storage.tsdb.path".to_string(),
+        storage_path.display().to_string(),
+    );
+    flags.insert(
+        "storage.tsdb.retention.time".to_string(),
+        tidemark_model::time::format_duration_millis(dbo.retention_time_ms),
+    );
+    flags.insert(
+        "storage.tsdb.retention.size".to_string(),
+        dbo.retention_size_bytes.to_string(),
+    );
+    flags.insert(
+        "web.listen-address".to_string(),
+        args.listen_address.clone(),
+    );
+    flags.insert(
+        "web.enable-admin-api".to_string(),
+        args.enable_admin_api.to_string(),
+    );
+    flags.insert(
+        "query.lookback-delta".to_string(),
+        args.lookback_delta.clone(),
+    );
+    flags.insert(
+        "query.max-samples".to_string(),
+        args.max_samples.to_string(),
+    );
+    flags.insert("query.timeout".to_string(), args.query_timeout.clone());
+    flags.insert(
+        "config.file".to_string(),
+        args.config_file
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+    );
+
+    let opts = ApiOptions {
+        enable_admin_api: args.enable_admin_api,
+        enable_lifecycle: true,
+        storage_retention: tidemark_model::time::format_duration_millis(dbo.retention_time_ms),
+        ..ApiOptions::default()
+    };
+    let reloader = Arc::new(ConfigReloader {
+        args: args.clone(),
+        cfg: cfg.clone(),
+        scrape: scrape.clone(),
+        rules: rules.clone(),
+        external_url,
+    });
+    let cfg_for_text = cfg.clone();
+    let api = Api::new(queryable, appendable, engine, opts)
+        .with_admin(Arc::new(DbAdmin {
+            db: db.clone(),
+            dir: storage_path.clone(),
+        }))
+        .with_targets(Arc::new(ScrapeTargets {
+            scrape: scrape.clone(),
+        }))
+        .with_config_text(move || cfg_for_text.lock().prometheus.to_yaml())
+        .with_flags(flags)
+        .with_reload(reloader.clone())
+        .with_metrics_source(Arc::new(DbMetrics { db: db.clone() }))
+        .with_rules(Arc::new(RulesApi {
+            rules: rules.clone(),
+        }))
+        .with_metrics_source(Arc::new(RulesApi {
+            rules: rules.clone(),
+        }));
+
+    let listener = TcpListener::bind(&args.listen_address)
+        .await
+        .with_context(|| format!("listening on {}", args.listen_address))?;
+    info!(address = %listener.local_addr()?, "HTTP API listening");
+
+    // SIGHUP reloads; SIGINT/SIGTERM end the server.
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(signals(reloader, stop_tx));
+    let shutdown = async move {
+        let _ = stop_rx.await;
+        info!("shutting down");
+    };
+    let served = tidemark_api::serve(listener, api.router(), web_config, shutdown).await;
+    scrape.stop().await;
+    rules.stop();
+    served.map_err(|e| anyhow::anyhow!("HTTP server: {e}"))
+}
+
+async fn signals(reloader: Arc<ConfigReloader>, stop: tokio::sync::oneshot::Sender<()>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut hup), Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                match reloader.reload() {
+                    Ok(()) => info!("configuration reloaded (SIGHUP)"),
+                    Err(e) => error!(error = %e, "configuration reload failed; keeping the old one"),
+                }
+            }
+            _ = int.recv() => break,
+            _ = term.recv() => break,
+        }
+    }
+    let _ = stop.send(());
+}
+
+/// Re-reads the configuration file and applies it (SIGHUP, `POST /-/reload`). Unchanged targets
+/// keep their state and schedule (the scrape manager diffs the configs).
+struct ConfigReloader {
+    args: ServerArgs,
+    cfg: Arc<Mutex<Config>>,
+    scrape: ScrapeManager,
+    rules: tidemark_rules::RuleManager,
+    external_url: String,
+}
+
+impl Reloader for ConfigReloader {
+    fn reload(&self) -> Result<(), String> {
+        let new = load_config(&self.args).map_err(|e| format!("{e:#}"))?;
+        // Rule files are validated first: a bad rule file keeps the old configuration.
+        self.rules
+            .apply_config(&new.prometheus, &self.external_url)
+            .map_err(|e| format!("loading rule files: {e}"))?;
+        self.scrape
+            .apply_config(&new.prometheus)
+            .map_err(|e| e.to_string())?;
+        *self.cfg.lock() = new;
+        Ok(())
+    }
+}
+
+struct ScrapeTargets {
+    scrape: ScrapeManager,
+}
+
+impl TargetsProvider for ScrapeTargets {
+    fn targets(&self, state: &str, scrape_pool: Option<&str>) -> serde_json::Value {
+        let snap = self.scrape.targets().filtered(Some(state), scrape_pool);
+        serde_json::to_value(&snap).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn targets_metadata(
+        &self,
+        match_target: Option<&str>,
+        metric: Option<&str>,
+        limit: usize,
+    ) -> serde_json::Value {
+        let matchers: Vec<Matcher> = match match_target {
+            Some(s) if !s.is_empty() => match tidemark_promql::parse_series_selector(s) {
+                Ok(m) => m,
+                Err(_) => return serde_json::Value::Array(Vec::new()),
+            },
+            _ => Vec::new(),
+        };
+        let mut out = Vec::new();
+        for m in self.scrape.metadata() {
+            if metric.is_some_and(|x| x != m.metric) {
+                continue;
+            }
+            if !matchers
+                .iter()
+                .all(|x| x.matches(m.target.get_or_empty(&x.name)))
+            {
+                continue;
+            }
+            out.push(m);
+            if limit > 0 && out.len() >= limit {
+                break;
+            }
+        }
+        serde_json::to_value(&out).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn metadata(&self) -> Vec<(String, Metadata)> {
+        let mut seen = BTreeMap::new();
+        for m in self.scrape.metadata() {
+            seen.entry(m.metric.clone()).or_insert_with(|| Metadata {
+                kind: m.kind,
+                help: m.help.clone(),
+                unit: m.unit.clone(),
+            });
+        }
+        seen.into_iter().collect()
+    }
+}
+
+/// Engine statistics and admin operations for the API.
+struct DbAdmin {
+    db: Db,
+    dir: PathBuf,
+}
+
+impl TsdbAdmin for DbAdmin {
+    fn status(&self, limit: usize) -> Result<tidemark_api::TsdbStatus, tidemark_storage::Error> {
+        crate::status::tsdb_status(&self.db, limit)
+    }
+
+    fn delete_series(
+        &self,
+        _m: &[Vec<Matcher>],
+        _mint: i64,
+        _maxt: i64,
+    ) -> Result<(), tidemark_storage::Error> {
+        Err(tidemark_storage::Error::Other(
+            "delete_series is not supported yet: the engine has no tombstones (see docs/api.md)"
+                .into(),
+        ))
+    }
+
+    fn clean_tombstones(&self) -> Result<(), tidemark_storage::Error> {
+        Ok(())
+    }
+
+    fn snapshot(&self, skip_head: bool) -> Result<String, tidemark_storage::Error> {
+        crate::status::snapshot(&self.db, &self.dir, skip_head)
+    }
+}
+
+/// The engine's own metrics on `/metrics`.
+struct DbMetrics {
+    db: Db,
+}
+
+impl MetricsSource for DbMetrics {
+    fn render(&self, out: &mut String) {
+        crate::status::render_metrics(&self.db, out);
+    }
+}
+
+/// `--web.external-url`, or `http://<listen address>` (Prometheus' default is the hostname and
+/// port; the listen address is what a test or a laptop user reaches).
+fn external_url(args: &ServerArgs) -> String {
+    match &args.external_url {
+        Some(u) => u.trim_end_matches('/').to_string(),
+        None => {
+            let a = args.listen_address.replace("0.0.0.0", "localhost");
+            format!("http://{a}")
+        }
+    }
+}
+
+/// Rules and alerts for the API, and the rule manager's own metrics.
+struct RulesApi {
+    rules: tidemark_rules::RuleManager,
+}
+
+impl RulesProvider for RulesApi {
+    fn rules(&self, kind: Option<&str>) -> serde_json::Value {
+        let q = RulesQuery {
+            kind: kind.map(str::to_string),
+            ..RulesQuery::default()
+        };
+        self.rules_query(&q).unwrap_or(serde_json::Value::Null)
+    }
+
+    fn rules_query(&self, q: &RulesQuery) -> Result<serde_json::Value, String> {
+        self.rules.rules_json(&tidemark_rules::RulesFilter {
+            kind: q.kind.clone(),
+            rule_names: q.rule_names.clone(),
+            rule_groups: q.rule_groups.clone(),
+            files: q.files.clone(),
+            exclude_alerts: q.exclude_alerts,
+            group_limit: q.group_limit,
+            group_next_token: q.group_next_token.clone(),
+        })
+    }
+
+    fn alerts(&self) -> serde_json::Value {
+        self.rules.alerts_json()
+    }
+}
+
+impl MetricsSource for RulesApi {
+    fn render(&self, out: &mut String) {
+        self.rules.render_metrics(out);
+    }
+}

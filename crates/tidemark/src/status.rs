@@ -1,0 +1,182 @@
+//! Engine-side helpers for the API: `/api/v1/status/tsdb`, snapshots and the engine's own
+//! metrics.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use tidemark_api::TsdbStatus;
+use tidemark_api::providers::{HeadStats, Stat};
+use tidemark_model::{MatchType, Matcher};
+use tidemark_storage::{Error, Queryable};
+use tidemark_tsdb::Db;
+
+fn top(map: HashMap<String, u64>, limit: usize) -> Vec<Stat> {
+    let mut v: Vec<Stat> = map
+        .into_iter()
+        .map(|(name, value)| Stat { name, value })
+        .collect();
+    v.sort_by(|a, b| b.value.cmp(&a.value).then_with(|| a.name.cmp(&b.name)));
+    v.truncate(limit);
+    v
+}
+
+/// Cardinality statistics over the head, computed by walking its series (as Prometheus does
+/// over its head index).
+pub(crate) fn tsdb_status(db: &Db, limit: usize) -> Result<TsdbStatus, Error> {
+    let st = db.stats();
+    let (mint, maxt) = (st.head_min_time.unwrap_or(0), st.head_max_time.unwrap_or(0));
+    let q = db.querier(mint, maxt)?;
+    let all = Matcher::new(MatchType::Regex, "__name__", ".+")
+        .map_err(|e| Error::Other(e.to_string()))?;
+    let mut by_metric: HashMap<String, u64> = HashMap::new();
+    let mut values_by_name: HashMap<String, std::collections::HashSet<String>> = HashMap::new();
+    let mut bytes_by_name: HashMap<String, u64> = HashMap::new();
+    let mut pairs: HashMap<String, u64> = HashMap::new();
+    let mut n = 0u64;
+    for s in q.select(false, None, &[all]) {
+        let s = s?;
+        n += 1;
+        let l = s.labels();
+        *by_metric
+            .entry(l.metric_name().unwrap_or("").to_string())
+            .or_default() += 1;
+        for x in l.iter() {
+            *pairs.entry(format!("{}={}", x.name, x.value)).or_default() += 1;
+            if values_by_name
+                .entry(x.name.to_string())
+                .or_default()
+                .insert(x.value.to_string())
+            {
+                *bytes_by_name.entry(x.name.to_string()).or_default() += x.value.len() as u64;
+            }
+        }
+    }
+    let label_pairs: u64 = values_by_name.values().map(|v| v.len() as u64).sum();
+    Ok(TsdbStatus {
+        head_stats: HeadStats {
+            num_series: n.max(st.head_series as u64),
+            num_label_pairs: label_pairs,
+            chunk_count: st.head_chunks_written,
+            min_time: mint,
+            max_time: maxt,
+        },
+        series_count_by_metric_name: top(by_metric, limit),
+        label_value_count_by_label_name: top(
+            values_by_name
+                .into_iter()
+                .map(|(k, v)| (k, v.len() as u64))
+                .collect(),
+            limit,
+        ),
+        memory_in_bytes_by_label_name: top(bytes_by_name, limit),
+        series_count_by_label_value_pair: top(pairs, limit),
+    })
+}
+
+/// `POST /api/v1/admin/tsdb/snapshot`: cuts the head into blocks (unless `skip_head`), then
+/// hard-links every block into `<data>/snapshots/<name>/`, like Prometheus.
+pub(crate) fn snapshot(db: &Db, dir: &Path, skip_head: bool) -> Result<String, Error> {
+    if !skip_head {
+        db.flush_head()
+            .map_err(|e| Error::Other(format!("flushing the head: {e}")))?;
+    }
+    let name = format!("{}-{:016x}", chrono_like_now(), rand_u64());
+    let target = dir.join("snapshots").join(&name);
+    std::fs::create_dir_all(&target)?;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let p = e.path();
+        if p.is_dir() && p.join("meta.json").is_file() {
+            link_dir(&p, &target.join(e.file_name()))?;
+        }
+    }
+    Ok(name)
+}
+
+fn link_dir(src: &Path, dst: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dst)?;
+    for e in std::fs::read_dir(src)? {
+        let e = e?;
+        let (s, d) = (e.path(), dst.join(e.file_name()));
+        if s.is_dir() {
+            link_dir(&s, &d)?;
+        } else if std::fs::hard_link(&s, &d).is_err() {
+            std::fs::copy(&s, &d)?;
+        }
+    }
+    Ok(())
+}
+
+fn chrono_like_now() -> String {
+    let ms = tidemark_model::time::now_millis();
+    format!("{}", ms / 1000)
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(tidemark_model::time::now_millis())
+}
+
+/// Engine metrics in the Prometheus text format.
+pub(crate) fn render_metrics(db: &Db, out: &mut String) {
+    let s = db.stats();
+    let mut g = |name: &str, help: &str, kind: &str, v: f64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+        );
+    };
+    g(
+        "tidemark_tsdb_head_series",
+        "Series in the head.",
+        "gauge",
+        s.head_series as f64,
+    );
+    g(
+        "tidemark_tsdb_head_samples_appended_total",
+        "Samples appended to the head.",
+        "counter",
+        s.head_samples_appended as f64,
+    );
+    g(
+        "tidemark_tsdb_head_chunks_written_total",
+        "Full head chunks written to head-chunk files.",
+        "counter",
+        s.head_chunks_written as f64,
+    );
+    g(
+        "tidemark_tsdb_blocks_loaded",
+        "Blocks loaded.",
+        "gauge",
+        s.blocks as f64,
+    );
+    g(
+        "tidemark_tsdb_storage_blocks_bytes",
+        "Bytes of all blocks.",
+        "gauge",
+        s.block_bytes as f64,
+    );
+    g(
+        "tidemark_tsdb_log_bytes",
+        "Bytes of the write-ahead log.",
+        "gauge",
+        s.log_bytes as f64,
+    );
+    if let Some(t) = s.head_min_time {
+        g(
+            "tidemark_tsdb_head_min_time",
+            "Oldest timestamp in the head (ms).",
+            "gauge",
+            t as f64,
+        );
+    }
+    if let Some(t) = s.head_max_time {
+        g(
+            "tidemark_tsdb_head_max_time",
+            "Newest timestamp in the head (ms).",
+            "gauge",
+            t as f64,
+        );
+    }
+}
