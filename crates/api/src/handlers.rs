@@ -230,11 +230,17 @@ pub(crate) async fn series(State(state): State<AppState>, p: Params) -> ApiResul
             limit: if limit > 0 { limit + 1 } else { 0 },
             ..Default::default()
         };
-        let mut all = BTreeSet::new();
+        // One matcher set: the storage's sorted, unique answer is used as it is. Several: their
+        // union, sorted and deduplicated once (cheaper than a tree of label sets).
+        let mut all: Vec<Labels> = Vec::new();
         for set in &sets {
             for s in q.select(true, Some(&hints), set) {
-                all.insert(s?.labels().clone());
+                all.push(s?.labels().clone());
             }
+        }
+        if sets.len() > 1 {
+            all.sort_unstable();
+            all.dedup();
         }
         Ok(all)
     })

@@ -461,6 +461,9 @@ impl Ctx<'_> {
         let res: Vec<Result<Option<Series>>> = handles
             .par_iter()
             .map(|h| {
+                if Instant::now() > self.deadline {
+                    return Err(timeout_error(self.timeout));
+                }
                 let mut it = h.iter();
                 let mut have = it.seek(mint);
                 let mut latest: Option<Sample> = None;

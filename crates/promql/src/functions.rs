@@ -969,6 +969,10 @@ fn eval_range_fn(
         .series
         .into_par_iter()
         .filter_map(|s| {
+            // Past the deadline: stop computing (the error is raised below).
+            if std::time::Instant::now() > ctx.deadline {
+                return None;
+            }
             let mut points = Vec::new();
             let (mut lo, mut hi) = (0usize, 0usize);
             // Counter resets before each sample (prefix counts), so windows without a reset
@@ -1022,6 +1026,7 @@ fn eval_range_fn(
         })
         .collect();
     ctx.release_samples(total);
+    ctx.check_deadline()?;
     let produced: usize = out.iter().map(|s| s.points.len()).sum();
     ctx.add_samples(produced)?;
     Ok(Val::Vector(out))
