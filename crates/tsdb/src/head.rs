@@ -554,11 +554,6 @@ impl Head {
         }
     }
 
-    /// Detaches the log (on close).
-    pub fn take_log(&self) -> Option<Log> {
-        self.log.lock().take()
-    }
-
     pub fn num_series(&self) -> usize {
         self.num_series.load(Ordering::Relaxed)
     }
