@@ -208,15 +208,27 @@ impl Db {
         if let Some(max) = blocks.iter().map(|b| b.meta().max_time).max() {
             head.set_min_valid_time(max);
         }
+        // `Always` is implemented as group commit: the log itself never fsyncs on append, every
+        // commit waits for its records to be durable (sharing fsyncs with concurrent commits).
+        let group_commit = opts.log_sync == SyncPolicy::Always;
+        let sync = if group_commit {
+            SyncPolicy::Never
+        } else {
+            opts.log_sync
+        };
         let (log, log_report) = Log::open(
             &dir.join(LOG_DIR),
             LogOptions {
                 segment_size: opts.log_segment_size,
-                sync: opts.log_sync,
+                sync,
             },
         )?;
         let replay = head.replay(&log)?;
-        head.set_log(log);
+        if group_commit {
+            head.set_log_group_commit(log);
+        } else {
+            head.set_log(log);
+        }
         let report = OpenReport {
             log: log_report,
             replay,

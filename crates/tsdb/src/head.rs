@@ -488,6 +488,13 @@ pub struct Head {
     pub(crate) dropped_at_commit: AtomicU64,
     /// Set by [`Head::close_log`]: commits fail from then on.
     pub(crate) closed: AtomicBool,
+    /// Group commit: when set, commits append under the log lock, then wait for durability
+    /// with this handle outside it, so concurrent committers share fsyncs.
+    pub(crate) syncer: Mutex<Option<crate::log::LogSyncer>>,
+    /// Commits that appended to the log but have not applied their samples yet. Whoever needs
+    /// "every logged record is applied" (checkpoints, raising the min valid time) holds the log
+    /// lock (no new commit can start) and waits for this to drop to zero.
+    pub(crate) inflight: AtomicUsize,
 }
 
 impl Head {
@@ -515,6 +522,8 @@ impl Head {
             chunks_written: AtomicU64::new(0),
             dropped_at_commit: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            syncer: Mutex::new(None),
+            inflight: AtomicUsize::new(0),
         })
     }
 
@@ -523,9 +532,26 @@ impl Head {
         *self.log.lock() = Some(log);
     }
 
-    /// Detaches the log (on close).
-    pub fn take_log(&self) -> Option<Log> {
-        self.log.lock().take()
+    /// Attaches the log with group commit: `log` must be opened with `SyncPolicy::Never`;
+    /// every commit then waits until its records are durable (sharing fsyncs with concurrent
+    /// commits) before its samples become visible.
+    pub fn set_log_group_commit(&self, log: Log) {
+        *self.syncer.lock() = Some(log.syncer());
+        *self.log.lock() = Some(log);
+    }
+
+    /// Waits until every commit that appended to the log has applied its samples. The caller
+    /// holds the log lock, so no new commit starts meanwhile.
+    pub(crate) fn wait_inflight(&self) {
+        let mut spins = 0u32;
+        while self.inflight.load(Ordering::Acquire) != 0 {
+            spins += 1;
+            if spins < 64 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::sleep(std::time::Duration::from_micros(50));
+            }
+        }
     }
 
     pub fn num_series(&self) -> usize {
@@ -796,6 +822,7 @@ impl Head {
     /// before it are fully applied.
     pub(crate) fn raise_min_valid_time_committed(&self, t: i64) {
         let _log = self.log.lock();
+        self.wait_inflight();
         self.set_min_valid_time(t);
     }
 
@@ -824,6 +851,7 @@ impl Head {
     pub fn close_log(&self) -> Result<(), HeadError> {
         let mut g = self.log.lock();
         self.closed.store(true, Ordering::Release);
+        self.wait_inflight();
         if let Some(mut log) = g.take() {
             log.sync()?;
         }
@@ -839,6 +867,7 @@ impl Head {
     /// log records it covers. Commits wait meanwhile.
     pub fn checkpoint_log(self: &Arc<Self>) -> Result<(), HeadError> {
         let mut g = self.log.lock();
+        self.wait_inflight();
         let Some(log) = g.as_mut() else {
             return Ok(());
         };

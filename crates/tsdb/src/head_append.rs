@@ -220,6 +220,7 @@ impl Appender for HeadAppender {
             head.dropped_at_commit
                 .fetch_add((before - self.pending.len()) as u64, Ordering::Relaxed);
         }
+        let mut synced_upto: Option<u64> = None;
         if let Some(log) = log.as_mut() {
             let mut series_rec = Vec::new();
             let mut new_series: Vec<&MemSeries> = Vec::new();
@@ -249,17 +250,39 @@ impl Appender for HeadAppender {
             } else {
                 log.append_batch(&[&series_rec, &samples_rec])
             };
-            if let Err(e) = res {
-                drop(new_series);
-                self.release();
-                return Err(Error::Unavailable(format!(
-                    "writing the log failed, batch not committed: {e}"
-                )));
+            match res {
+                Ok(range) => synced_upto = Some(*range.end()),
+                Err(e) => {
+                    drop(new_series);
+                    self.release();
+                    return Err(Error::Unavailable(format!(
+                        "writing the log failed, batch not committed: {e}"
+                    )));
+                }
             }
             for s in new_series {
                 s.logged.store(true, Ordering::Release);
             }
         }
+        let syncer = head.syncer.lock().clone();
+        let log = match (syncer, synced_upto) {
+            (Some(syncer), Some(upto)) => {
+                // Group commit: wait for durability without the log lock, so concurrent commits
+                // share fsyncs. `inflight` keeps checkpoints from passing this unapplied batch.
+                head.inflight.fetch_add(1, Ordering::AcqRel);
+                drop(log);
+                let synced = syncer.sync_upto(upto);
+                if let Err(e) = synced {
+                    head.inflight.fetch_sub(1, Ordering::AcqRel);
+                    self.release();
+                    return Err(Error::Unavailable(format!(
+                        "syncing the log failed, batch not committed: {e}"
+                    )));
+                }
+                None
+            }
+            _ => Some(log),
+        };
         {
             let _iso = head.isolation.write();
             let (mut mint, mut maxt, mut n) = (i64::MAX, i64::MIN, 0u64);
@@ -282,6 +305,9 @@ impl Appender for HeadAppender {
                 }
             }
             head.note_added(mint, maxt, n);
+        }
+        if log.is_none() {
+            head.inflight.fetch_sub(1, Ordering::AcqRel);
         }
         drop(log);
         self.release();

@@ -28,6 +28,16 @@ fn labels(w: usize, i: usize) -> Labels {
 
 #[test]
 fn appenders_and_queriers_stay_consistent() {
+    run(SyncPolicy::Never, 2000);
+}
+
+/// The same with fsync before every acknowledgement (group commit: committers share fsyncs).
+#[test]
+fn appenders_and_queriers_stay_consistent_with_group_commit() {
+    run(SyncPolicy::Always, 1200);
+}
+
+fn run(sync: SyncPolicy, millis: u64) {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(
         dir.path(),
@@ -35,7 +45,7 @@ fn appenders_and_queriers_stay_consistent() {
             block_range_ms: 400,
             ooo_window_ms: 0,
             retention_time_ms: 0,
-            log_sync: SyncPolicy::Never,
+            log_sync: sync,
             maintenance_interval: Duration::from_millis(20),
             ..DbOptions::default()
         },
@@ -126,7 +136,7 @@ fn appenders_and_queriers_stay_consistent() {
         }));
     }
     let start = Instant::now();
-    std::thread::sleep(Duration::from_millis(2500));
+    std::thread::sleep(Duration::from_millis(millis));
     stop.store(true, Ordering::Relaxed);
     let batches: Vec<u64> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     let queries: Vec<u64> = readers.into_iter().map(|h| h.join().unwrap()).collect();
