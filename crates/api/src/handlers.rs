@@ -678,11 +678,12 @@ pub(crate) async fn alerts(State(state): State<AppState>) -> ApiResult<Response>
 }
 
 /// `GET /api/v1/alertmanagers`
-pub(crate) async fn alertmanagers() -> ApiResult<Response> {
-    success(
-        &serde_json::json!({ "activeAlertmanagers": [], "droppedAlertmanagers": [] }),
-        &[],
-    )
+pub(crate) async fn alertmanagers(State(state): State<AppState>) -> ApiResult<Response> {
+    let data = match &state.rules {
+        Some(r) => r.alertmanagers(),
+        None => serde_json::json!({ "activeAlertmanagers": [], "droppedAlertmanagers": [] }),
+    };
+    success(&data, &[])
 }
 
 fn admin(state: &AppState) -> ApiResult<std::sync::Arc<dyn crate::TsdbAdmin>> {

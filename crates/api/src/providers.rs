@@ -98,6 +98,10 @@ pub trait RulesProvider: Send + Sync {
     }
     /// `data` of `/api/v1/alerts`.
     fn alerts(&self) -> serde_json::Value;
+    /// `data` of `/api/v1/alertmanagers`. By default none.
+    fn alertmanagers(&self) -> serde_json::Value {
+        serde_json::json!({ "activeAlertmanagers": [], "droppedAlertmanagers": [] })
+    }
 }
 
 /// Reloads the configuration (`POST /-/reload`, with `--web.enable-lifecycle`).

@@ -290,3 +290,37 @@ fn slo_section_generates_rules_that_alert_on_fast_burn() {
     assert_eq!(page.state(), AlertState::Firing);
     assert_eq!(page.alerts()[0].labels.get("severity"), Some("page"));
 }
+
+#[test]
+fn reload_keeps_alert_state_of_unchanged_rules() {
+    let st = MemStorage::new();
+    let engine = Engine::new(EngineOptions::default());
+    let opts = GroupOptions::default();
+    let ctx = EvalContext {
+        engine: &engine,
+        queryable: &st,
+        appendable: &st,
+        opts: &opts,
+    };
+    st.insert(l(&[("__name__", "x")]), 0, 1.0);
+    let mut old =
+        group("groups:\n- name: g\n  rules:\n  - alert: A\n    expr: x > 0\n    for: 20s\n");
+    for t in [0, 10_000, 20_000] {
+        g_eval(&mut old, &ctx, t);
+    }
+    assert_eq!(old.rules[0].state(), AlertState::Firing);
+    // New file: an extra rule in front, A's annotations changed.
+    let mut new = group(
+        "groups:\n- name: g\n  rules:\n  - record: r\n    expr: x\n  - alert: A\n    expr: x > 0\n    for: 20s\n    annotations: {a: b}\n",
+    );
+    new.copy_state(&old);
+    assert_eq!(new.rules[1].state(), AlertState::Firing);
+    assert_eq!(new.rules[1].alerts()[0].active_at, 0);
+    g_eval(&mut new, &ctx, 30_000);
+    assert_eq!(new.rules[1].state(), AlertState::Firing);
+    assert_eq!(new.rules[1].alerts()[0].annotations["a"], "b");
+}
+
+fn g_eval(g: &mut Group, ctx: &EvalContext<'_>, t: i64) {
+    g.eval(ctx, t);
+}

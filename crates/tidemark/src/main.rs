@@ -50,9 +50,14 @@ fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
             cli::CheckCommand::Config { files } => {
                 let mut ok = true;
                 for f in files {
-                    match config::load(&f) {
-                        Ok(c) => println!(
-                            "SUCCESS: {} is valid ({} scrape configs)",
+                    // Rule files are part of the configuration (as in `promtool check config`).
+                    match config::load(&f).and_then(|c| {
+                        tidemark_rules::load_groups(&c.prometheus)
+                            .map(|g| (c, g.len()))
+                            .map_err(|e| anyhow::anyhow!("rule files: {e}"))
+                    }) {
+                        Ok((c, groups)) => println!(
+                            "SUCCESS: {} is valid ({} scrape configs, {groups} rule groups)",
                             f.display(),
                             c.scrape_jobs()
                         ),

@@ -427,6 +427,17 @@ impl RulesProvider for RulesApi {
     fn alerts(&self) -> serde_json::Value {
         self.rules.alerts_json()
     }
+
+    fn alertmanagers(&self) -> serde_json::Value {
+        let active: Vec<serde_json::Value> = self
+            .rules
+            .notifier()
+            .targets()
+            .into_iter()
+            .map(|t| serde_json::json!({ "url": t.url }))
+            .collect();
+        serde_json::json!({ "activeAlertmanagers": active, "droppedAlertmanagers": [] })
+    }
 }
 
 impl MetricsSource for RulesApi {
