@@ -25,7 +25,9 @@ use tidemark_model::{Labels, Matcher, Sample};
 use tidemark_storage::{Querier, SampleIter, SelectHints, Series, SeriesSet};
 
 use crate::chunk::{self, ChunkEncoder, ChunkError};
-use crate::chunks::{ChunkRef, ChunksError, SegmentReader, SegmentWriter};
+use crate::chunks::{
+    ChunkRef, ChunksError, RecordFormat, SegmentReader, SegmentWriter, SegmentWriterOptions,
+};
 use crate::index::{ChunkMeta, IndexError, IndexReader, IndexWriter, SeriesEntry};
 use crate::postings::{Postings, PostingsSource, postings_for_matchers};
 
@@ -45,6 +47,10 @@ pub const CORRUPT_SUFFIX: &str = ".corrupt";
 pub const META_VERSION: u32 = 1;
 /// Samples per chunk when a block is written from raw samples (Prometheus' chunk size).
 pub const DEFAULT_SAMPLES_PER_CHUNK: usize = 120;
+/// Samples per chunk (at most) in level-1 blocks cut from the head: a 2 h block of a 15 s
+/// scrape fits in one chunk, so the per-chunk costs (record, chunk header, first timestamp and
+/// value, index entry) are paid once instead of four times.
+pub const HEAD_BLOCK_SAMPLES_PER_CHUNK: usize = 480;
 
 /// Result with [`BlockError`].
 pub type Result<T, E = BlockError> = std::result::Result<T, E>;
@@ -313,10 +319,15 @@ impl BlockWriter {
         let tmp = parent_dir.join(format!("{id}{TMP_CREATION_SUFFIX}"));
         fs::create_dir_all(tmp.join(CHUNKS_DIR)).map_err(io_err(&tmp, "create dir"))?;
         let chunks_dir = tmp.join(CHUNKS_DIR);
-        let chunks = SegmentWriter::create(&chunks_dir).map_err(|source| BlockError::Chunks {
-            dir: chunks_dir,
-            source,
-        })?;
+        let opts = SegmentWriterOptions {
+            format: RecordFormat::Block,
+            ..SegmentWriterOptions::default()
+        };
+        let chunks =
+            SegmentWriter::open(&chunks_dir, opts).map_err(|source| BlockError::Chunks {
+                dir: chunks_dir,
+                source,
+            })?;
         let index = IndexWriter::new(&tmp.join(INDEX_FILE));
         Ok(BlockWriter {
             parent: parent_dir.to_path_buf(),
@@ -337,7 +348,8 @@ impl BlockWriter {
         })
     }
 
-    /// Samples per chunk for [`BlockWriter::add_samples`] (default 120; compaction uses more).
+    /// Maximum samples per chunk for [`BlockWriter::add_samples`] (default 120; blocks cut
+    /// from the head use [`HEAD_BLOCK_SAMPLES_PER_CHUNK`], compaction more).
     pub fn set_samples_per_chunk(&mut self, n: usize) {
         self.samples_per_chunk = n.max(1);
     }
@@ -445,16 +457,22 @@ impl BlockWriter {
         Ok(r.0)
     }
 
-    /// Adds a series from samples sorted by strictly increasing timestamp, cut into chunks of
-    /// the configured size. A series without samples is skipped.
+    /// Adds a series from samples sorted by strictly increasing timestamp, cut into the fewest
+    /// chunks of at most the configured size, of equal sizes (±1): 150 samples with 120 per
+    /// chunk make 75 + 75, not 120 + 30. A series without samples is skipped.
     pub fn add_samples(&mut self, labels: &Labels, samples: &[Sample]) -> Result<()> {
         let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
             return Ok(());
         };
         self.check_range(labels, first.t, last.t)?;
         let series_ref = self.index.num_series() as u64;
-        let mut metas = Vec::with_capacity(samples.len() / self.samples_per_chunk + 1);
-        for part in samples.chunks(self.samples_per_chunk) {
+        let nchunks = samples.len().div_ceil(self.samples_per_chunk);
+        let mut metas = Vec::with_capacity(nchunks);
+        let (base, extra) = (samples.len() / nchunks, samples.len() % nchunks);
+        let mut rest = samples;
+        for i in 0..nchunks {
+            let (part, tail) = rest.split_at(base + usize::from(i < extra));
+            rest = tail;
             let mut enc = ChunkEncoder::new();
             for s in part {
                 enc.append(s.t, s.v).map_err(|source| BlockError::Chunk {

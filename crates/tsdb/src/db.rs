@@ -409,6 +409,7 @@ impl Db {
         let mut series = head.series_list();
         series.sort_by(|a, b| a.1.cmp(&b.1));
         let mut w = BlockWriter::new(&self.inner.dir, start, end)?;
+        w.set_samples_per_chunk(block::HEAD_BLOCK_SAMPLES_PER_CHUNK);
         for (s, labels) in &series {
             let samples = head.samples_of(s, start, end - 1)?;
             if !samples.is_empty() {

@@ -360,6 +360,7 @@ impl HeadChunks {
             dir,
             SegmentWriterOptions {
                 max_segment_size: HEAD_CHUNK_SEGMENT_SIZE,
+                ..SegmentWriterOptions::default()
             },
         )
         .map_err(cerr)?;

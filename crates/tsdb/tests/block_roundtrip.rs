@@ -259,3 +259,51 @@ fn empty_block_and_missing_dir() {
     let (blocks, problems) = open_blocks(&dir.path().join("absent")).unwrap();
     assert!(blocks.is_empty() && problems.is_empty());
 }
+
+/// Raw samples are cut into the fewest chunks of at most `samples_per_chunk`, of equal sizes
+/// (±1), and read back intact; 480 per chunk is what blocks cut from the head use.
+#[test]
+fn samples_are_cut_into_equal_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(usize, usize, &[usize]); 5] = [
+        (150, 120, &[75, 75]),
+        (
+            150,
+            tidemark_tsdb::block::HEAD_BLOCK_SAMPLES_PER_CHUNK,
+            &[150],
+        ),
+        (481, 480, &[241, 240]),
+        (1000, 480, &[334, 333, 333]),
+        (7, 1, &[1, 1, 1, 1, 1, 1, 1]),
+    ];
+    for (n, per_chunk, sizes) in cases {
+        let mut w = BlockWriter::new(dir.path(), 0, 1 << 40).unwrap();
+        w.set_samples_per_chunk(per_chunk);
+        let samples: Vec<Sample> = (0..n as i64)
+            .map(|i| Sample {
+                t: i * 15_000,
+                v: (i * i) as f64,
+            })
+            .collect();
+        let labels = Labels::from_pairs([("__name__", "x")]);
+        w.add_samples(&labels, &samples).unwrap();
+        let meta = w.finish().unwrap();
+        assert_eq!(meta.stats.num_chunks, sizes.len() as u64, "{n}/{per_chunk}");
+        let b = Block::open(&dir.path().join(&meta.id)).unwrap();
+        let e = b.index().series(0).unwrap();
+        let got: Vec<usize> = e
+            .chunks
+            .iter()
+            .map(|c| ((c.max_time - c.min_time) / 15_000 + 1) as usize)
+            .collect();
+        assert_eq!(got, sizes, "{n}/{per_chunk}");
+        let mut out = Vec::new();
+        b.read_series_samples(&e, &mut out).unwrap();
+        assert_eq!(out.len(), n);
+        assert!(
+            out.iter()
+                .zip(&samples)
+                .all(|(a, b)| a.t == b.t && a.v == b.v)
+        );
+    }
+}
