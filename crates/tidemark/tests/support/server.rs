@@ -1,6 +1,6 @@
 //! Shared helpers of the end-to-end tests: start a real `tidemark server` on a free loopback
 //! port, talk HTTP/1.1 to it, stop it with SIGTERM.
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
