@@ -7,10 +7,11 @@
 //! - **timestamps**: the first timestamp, then the interval `d` (rounded to whole seconds when the
 //!   first delta is within 1.6% of them); every later timestamp is coded as its offset from a
 //!   grid point `g + d` (the grid does not follow scrape jitter, so a 2 ms jitter costs ~2 bits),
-//!   Rice-coded with an adaptive parameter; a large offset (missed scrape) is an escape that
-//!   re-anchors the grid.
+//!   Rice-coded with an adaptive parameter and an Elias-gamma tail for late samples; a missed
+//!   scrape is an anchor escape that re-anchors the grid.
 //! - **values**: while every value is an exact decimal `m / 10^e` (what exposition text holds: `12.5`,
-//!   `1048576`), the integer deltas `m_i - m_{i-1}` are Rice-coded with an adaptive parameter; a
+//!   `1048576`), the integer deltas `m_i - m_{i-1}` (divided by their common power of two, for
+//!   byte counts) are Rice-coded with an adaptive parameter; a
 //!   value that needs more decimals switches `e`, a lone NaN/±Inf/-0.0 is stored raw, and any other
 //!   value switches the rest of the chunk to Gorilla XOR coding. Every f64 bit pattern round-trips.
 //!
