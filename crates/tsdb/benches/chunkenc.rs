@@ -6,7 +6,8 @@
 //! Before criterion runs, it also prints the best thread-CPU time per sample over repeated runs of
 //! each operation: on a machine shared with other jobs that figure is steadier than wall time.
 //! `CHUNKENC_ONLY_CPU=1` prints just that (and the sizes); `CHUNKENC_ONESHOT=decode_all|iter|encode`
-//! runs one pass over the dataset and exits (for instruction counts under `valgrind --tool=cachegrind`).
+//! runs one pass over the dataset and exits (for instruction counts under `valgrind --tool=cachegrind`);
+//! `CHUNKENC_ONLY_SIZE=1` prints the sizes only.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark panics on failure by design
 
@@ -93,6 +94,24 @@ fn varint_len(x: i64) -> usize {
     n
 }
 
+/// The `ts_len` field of a chunk header (docs/format/chunks.md).
+fn timestamp_stream_len(chunk: &[u8]) -> usize {
+    let mut fields = [0usize; 2];
+    let mut pos = 1;
+    for f in &mut fields {
+        let mut shift = 0;
+        while let Some(&b) = chunk.get(pos) {
+            pos += 1;
+            *f |= usize::from(b & 0x7f) << shift;
+            shift += 7;
+            if b < 0x80 {
+                break;
+            }
+        }
+    }
+    fields[1]
+}
+
 fn report(raw: &[Vec<Sample>], kinds: &[&str], enc: &[Vec<u8>]) {
     let mut rows: Vec<(&str, usize, usize)> = Vec::new();
     for ((c, k), e) in raw.iter().zip(kinds).zip(enc) {
@@ -116,6 +135,11 @@ fn report(raw: &[Vec<Sample>], kinds: &[&str], enc: &[Vec<u8>]) {
             b as f64 / n as f64
         );
     }
+    let ts_bytes: usize = enc.iter().map(|e| timestamp_stream_len(e)).sum();
+    eprintln!(
+        "  timestamp streams: {:.3} bits/sample (value streams and headers: the rest)",
+        ts_bytes as f64 * 8.0 / total.0 as f64
+    );
     let prom: usize = raw.iter().map(|c| prometheus_xor_bytes(c)).sum();
     let aligned: usize = raw
         .iter()
@@ -206,6 +230,9 @@ fn bench(c: &mut Criterion) {
         return;
     }
     report(&raw, &kinds, &enc);
+    if std::env::var_os("CHUNKENC_ONLY_SIZE").is_some() {
+        return;
+    }
     eprintln!(
         "best thread-CPU time: encode {:.2} ns/sample, decode_all {:.2} ns/sample, iter {:.2} ns/sample",
         best_cpu(samples, 2000, || op_encode(&raw)),

@@ -7,10 +7,11 @@
 //! - **timestamps**: the first timestamp, then the interval `d` (rounded to whole seconds when the
 //!   first delta is within 1.6% of them); every later timestamp is coded as its offset from a
 //!   grid point `g + d` (the grid does not follow scrape jitter, so a 2 ms jitter costs ~2 bits),
-//!   Rice-coded with an adaptive parameter; a large offset (missed scrape) is an escape that
-//!   re-anchors the grid.
+//!   Rice-coded with an adaptive parameter and an Elias-gamma tail for late samples; a missed
+//!   scrape is an anchor escape that re-anchors the grid.
 //! - **values**: while every value is an exact decimal `m / 10^e` (what exposition text holds: `12.5`,
-//!   `1048576`), the integer deltas `m_i - m_{i-1}` are Rice-coded with an adaptive parameter; a
+//!   `1048576`), the integer deltas `m_i - m_{i-1}` (divided by their common power of two, for
+//!   byte counts) are Rice-coded with an adaptive parameter; a
 //!   value that needs more decimals switches `e`, a lone NaN/±Inf/-0.0 is stored raw, and any other
 //!   value switches the rest of the chunk to Gorilla XOR coding. Every f64 bit pattern round-trips.
 //!
@@ -43,10 +44,18 @@ const MAX_EXP: u32 = 22;
 const ESC_BIG_DELTA: u64 = 0;
 const ESC_EXCEPTION: u64 = 1;
 const ESC_SWITCH: u64 = 2;
+const ESC_RESHIFT: u64 = 3;
+/// Smallest non-zero decimal delta shift.
+const MIN_SHIFT: u32 = 4;
 /// Initial state of the timestamp Rice parameter (k = 0: unary, right for scrape jitter).
 const TS_RICE_INIT: u64 = 4;
 /// Residuals of at most this magnitude are Rice coded; larger ones are escapes.
 const TS_SMALL: i64 = 1 << 40;
+/// Timestamp Rice codes have quotients below this; a prefix of this many zero bits starts a tail
+/// code (Elias gamma) or an anchor escape.
+const TS_Q: u32 = 4;
+/// Zero bits after the [`TS_Q`] prefix that mark an anchor escape (gamma codes have fewer).
+const TS_ANCHOR: u32 = 23;
 
 const POW10: [f64; 23] = [
     1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
@@ -113,6 +122,22 @@ fn unzigzag(z: u64) -> i64 {
     ((z >> 1) as i64) ^ -((z & 1) as i64)
 }
 
+/// The decimal delta shift implied by `x`: its trailing zero bits (at most 62) when there are at
+/// least [`MIN_SHIFT`] of them, else 0 (and 0 for `x = 0`). Byte counts (multiples of 512, 1024,
+/// 4096) then cost only their multiple, while a counter whose first delta happens to be even does
+/// not pay a reshift escape.
+#[inline(always)]
+fn shift_of(x: i64) -> u32 {
+    let h = x.trailing_zeros().min(62);
+    if x != 0 && h >= MIN_SHIFT { h } else { 0 }
+}
+
+/// The Rice state set by a delta written whole (the first one, or a reshift).
+#[inline(always)]
+fn rice_after_whole(delta: i64, shift: u32) -> Rice {
+    Rice::new(zigzag(delta >> shift).min(RICE_CAP) * 4)
+}
+
 /// Maps a small timestamp residual to a code number, favouring late samples: 0, 1, 2 -> 0, 1, 2;
 /// -1 -> 3; 3, 4, 5 -> 4, 5, 6; -2 -> 7; ... (every fourth code is an early sample).
 #[inline(always)]
@@ -124,12 +149,29 @@ fn ts_map(r: i64) -> u64 {
     }
 }
 
+/// [`ts_unmap`] of the small code numbers (almost every timestamp's).
+const TS_UNMAP_SMALL: [i64; 64] = {
+    let mut t = [0i64; 64];
+    let mut z = 0;
+    while z < 64 {
+        t[z] = if z & 3 == 3 {
+            !((z >> 2) as i64)
+        } else {
+            (z - (z >> 2)) as i64
+        };
+        z += 1;
+    }
+    t
+};
+
+/// The inverse of [`ts_map`]; a table look-up for the small code numbers (a branch on the low
+/// bits costs more in the decoders' hot loops).
 #[inline(always)]
 fn ts_unmap(z: u64) -> i64 {
-    if z & 3 == 3 {
-        !((z >> 2) as i64)
-    } else {
-        (z - (z >> 2)) as i64
+    match TS_UNMAP_SMALL.get(z as usize) {
+        Some(&r) => r,
+        None if z & 3 == 3 => !((z >> 2) as i64),
+        None => (z - (z >> 2)) as i64,
     }
 }
 
@@ -161,6 +203,14 @@ impl Rice {
         self.k = Self::k_of(self.s);
         self.s = self.s - (self.s >> 2) + zz.min(RICE_CAP);
     }
+
+    /// The update after a timestamp code: a tail code counts as `TS_Q << k`, so that one missed
+    /// scrape does not inflate `k` for the samples after it (a run of tail codes still raises `k`
+    /// by two per few samples).
+    #[inline(always)]
+    fn update_ts(&mut self, zz: u64) {
+        self.update(zz.min(u64::from(TS_Q) << self.k));
+    }
 }
 
 /// Writes `zz` Rice-coded with parameter `k`; false (and nothing written) when it needs an escape.
@@ -179,6 +229,59 @@ fn write_rice(w: &mut BitWriter, zz: u64, k: u32) -> bool {
         w.write_long(zz & ((1u64 << k) - 1), k);
     }
     true
+}
+
+/// Writes a timestamp code number `zz`: Rice(k) when its quotient is below [`TS_Q`], else
+/// [`TS_Q`] zero bits and the Elias gamma code of `zz - (TS_Q << k) + 1` when that is below
+/// 2^[`TS_ANCHOR`]. False (nothing written) when it needs an anchor escape.
+#[inline(always)]
+fn write_ts_code(w: &mut BitWriter, zz: u64, k: u32) -> bool {
+    let q = zz >> k;
+    if q < u64::from(TS_Q) {
+        let n = q as u32 + 1 + k;
+        if n <= 56 {
+            w.write((1u64 << k) | (zz & ((1u64 << k) - 1)), n);
+        } else {
+            w.write(1, q as u32 + 1);
+            w.write_long(zz & ((1u64 << k) - 1), k);
+        }
+        return true;
+    }
+    let g = (zz - (u64::from(TS_Q) << k)).wrapping_add(1);
+    if g == 0 || g >= 1 << TS_ANCHOR {
+        return false;
+    }
+    let len = 64 - g.leading_zeros();
+    // TS_Q zeros, len - 1 zeros, then g in len bits: at most 4 + 45 bits.
+    w.write(g, TS_Q + 2 * len - 1);
+    true
+}
+
+/// Reads a timestamp code written by [`write_ts_code`]; `None` when the anchor escape prefix was
+/// read (and consumed).
+#[inline(always)]
+fn read_ts_code(r: &mut BitReader<'_>, k: u32) -> Option<u64> {
+    let w = r.peek();
+    let q = (w | 1).leading_zeros();
+    if q < TS_Q {
+        let used = q + 1;
+        let low = if used + k <= 57 {
+            r.skip(used + k);
+            ((w << used) >> 1) >> (63 - k)
+        } else {
+            r.skip(used);
+            r.read_long(k)
+        };
+        return Some((u64::from(q) << k) | low);
+    }
+    r.skip(TS_Q);
+    let c = (r.peek() | 1).leading_zeros();
+    if c >= TS_ANCHOR {
+        r.skip(TS_ANCHOR);
+        return None;
+    }
+    let g = r.read(2 * c + 1);
+    Some((u64::from(TS_Q) << k).wrapping_add(g).wrapping_sub(1))
 }
 
 /// Reads a Rice code with parameter `k <= 56`; `None` when the escape prefix was read (and consumed).
@@ -253,6 +356,8 @@ pub struct ChunkEncoder {
     lead: u32,
     trail: u32,
     v_rice: Rice,
+    /// Decimal deltas are multiples of `2^shift`, coded divided by it.
+    shift: u32,
     last_exception: bool,
     /// Bits of the value stream taken by the first sample.
     v_first_bits: u32,
@@ -279,6 +384,7 @@ impl Default for ChunkEncoder {
             lead: 64,
             trail: 0,
             v_rice: Rice::new(0),
+            shift: 0,
             last_exception: false,
             v_first_bits: 0,
             all_same: true,
@@ -339,22 +445,31 @@ impl ChunkEncoder {
                 } else {
                     raw
                 };
-                self.ts.write_varbits(d);
+                // Whole seconds (the usual scrape interval) cost 10 bits fewer.
+                if d != 0 && d % 1000 == 0 {
+                    self.ts.write(1, 1);
+                    self.ts.write_varbits(d / 1000);
+                } else {
+                    self.ts.write(0, 1);
+                    self.ts.write_varbits(d);
+                }
                 self.delta = d as i64;
             }
             _ => {}
         }
         let pred = self.grid.wrapping_add(self.delta);
         let r = t.wrapping_sub(pred);
-        if (-TS_SMALL..=TS_SMALL).contains(&r) {
+        // A sample late by more than half an interval (a missed scrape) re-anchors the grid:
+        // coded against the old grid, every later sample would be late too.
+        if (-TS_SMALL..=TS_SMALL).contains(&r) && r <= (self.delta / 2).max(8) {
             let zz = ts_map(r);
-            if write_rice(&mut self.ts, zz, self.ts_rice.k) {
-                self.ts_rice.update(zz);
+            if write_ts_code(&mut self.ts, zz, self.ts_rice.k) {
+                self.ts_rice.update_ts(zz);
                 self.grid = pred.wrapping_add(r.min(0));
                 return;
             }
         }
-        self.ts.write(0, RICE_LIMIT);
+        self.ts.write(0, TS_Q + TS_ANCHOR);
         self.ts.write_varbits(zigzag(r));
         self.grid = t;
     }
@@ -384,25 +499,39 @@ impl ChunkEncoder {
             return;
         }
         if let Some(m) = decimal_at(v, self.mode) {
-            let zz = zigzag(m.wrapping_sub(self.m));
+            let delta = m.wrapping_sub(self.m);
             if self.n == 1 {
-                // The first delta is written whole and sets the Rice parameter.
+                // The first delta is written whole and sets the shift and the Rice parameter.
                 self.vs.write(1, 1);
-                self.vs.write_varbits(zz);
-                self.v_rice = Rice::new(zz.min(RICE_CAP) * 4);
-            } else {
+                self.vs.write_varbits(zigzag(delta));
+                self.shift = shift_of(self.m | delta);
+                self.v_rice = rice_after_whole(delta, self.shift);
+            } else if delta & ((1i64 << self.shift) - 1) == 0 {
+                let zz = zigzag(delta >> self.shift);
                 if !write_rice(&mut self.vs, zz, self.v_rice.k) {
                     self.vs.write(0, RICE_LIMIT);
                     self.vs.write(ESC_BIG_DELTA, 2);
                     self.vs.write_varbits(zz);
                 }
                 self.v_rice.update(zz);
+            } else {
+                self.reshift(delta);
             }
             self.m = m;
             self.last_exception = false;
             return;
         }
         self.append_v_slow(v);
+    }
+
+    /// A delta that is not a multiple of `2^shift`: written whole, it sets a smaller shift.
+    #[cold]
+    fn reshift(&mut self, delta: i64) {
+        self.vs.write(0, RICE_LIMIT);
+        self.vs.write(ESC_RESHIFT, 2);
+        self.vs.write_varbits(zigzag(delta));
+        self.shift = shift_of(delta);
+        self.v_rice = rice_after_whole(delta, self.shift);
     }
 
     #[cold]
@@ -419,6 +548,7 @@ impl ChunkEncoder {
             self.vs.write_varbits(zigzag(m));
             self.mode = e;
             self.m = m;
+            self.shift = 0;
             self.last_exception = false;
         } else if is_special(v) && !self.last_exception {
             self.vs.write(ESC_EXCEPTION, 2);
@@ -594,16 +724,18 @@ impl TsDecoder<'_> {
             self.grid = unzigzag(self.r.read_varbits());
             return self.grid;
         }
-        self.delta = self.r.read_varbits() as i64;
+        let secs = self.r.read(1) == 1;
+        let d = self.r.read_varbits();
+        self.delta = if secs { d.wrapping_mul(1000) } else { d } as i64;
         self.next()
     }
 
     #[inline(always)]
     fn next(&mut self) -> i64 {
         let pred = self.grid.wrapping_add(self.delta);
-        match read_rice(&mut self.r, self.rice.k) {
+        match read_ts_code(&mut self.r, self.rice.k) {
             Some(zz) => {
-                self.rice.update(zz);
+                self.rice.update_ts(zz);
                 let res = ts_unmap(zz);
                 self.grid = pred.wrapping_add(res.min(0));
                 pred.wrapping_add(res)
@@ -629,6 +761,8 @@ struct ValDecoder<'a> {
     /// 10^mode in decimal mode.
     p: f64,
     m: i64,
+    /// Decimal deltas are coded divided by `2^shift`.
+    shift: u32,
     vbits: u64,
     lead: u32,
     trail: u32,
@@ -677,6 +811,7 @@ impl ValDecoder<'_> {
         };
         self.mode = mode;
         self.p = p;
+        self.shift = 0;
         self.m = unzigzag(self.r.read_varbits());
         self.m as f64 / p
     }
@@ -691,9 +826,10 @@ impl ValDecoder<'_> {
         if self.r.read(1) == 0 {
             return self.escape();
         }
-        let zz = self.r.read_varbits();
-        self.rice = Rice::new(zz.min(RICE_CAP) * 4);
-        self.m = self.m.wrapping_add(unzigzag(zz));
+        let delta = unzigzag(self.r.read_varbits());
+        self.shift = shift_of(self.m | delta);
+        self.rice = rice_after_whole(delta, self.shift);
+        self.m = self.m.wrapping_add(delta);
         self.m as f64 / self.p
     }
 
@@ -712,7 +848,7 @@ impl ValDecoder<'_> {
         match read_rice(&mut self.r, self.rice.k) {
             Some(zz) => {
                 self.rice.update(zz);
-                self.m = self.m.wrapping_add(unzigzag(zz));
+                self.m = self.m.wrapping_add(unzigzag(zz) << self.shift);
                 if INT {
                     self.m as f64
                 } else {
@@ -729,7 +865,14 @@ impl ValDecoder<'_> {
             ESC_BIG_DELTA => {
                 let zz = self.r.read_varbits();
                 self.rice.update(zz);
-                self.m = self.m.wrapping_add(unzigzag(zz));
+                self.m = self.m.wrapping_add(unzigzag(zz) << self.shift);
+                self.m as f64 / self.p
+            }
+            ESC_RESHIFT => {
+                let delta = unzigzag(self.r.read_varbits());
+                self.shift = shift_of(delta);
+                self.rice = rice_after_whole(delta, self.shift);
+                self.m = self.m.wrapping_add(delta);
                 self.m as f64 / self.p
             }
             ESC_EXCEPTION => f64::from_bits(self.r.read_long(64)),
@@ -742,9 +885,10 @@ impl ValDecoder<'_> {
                 }
             }
             other => {
+                // Unreachable for a 2-bit code; kept so that a future code cannot go unchecked.
                 self.error.get_or_insert((
                     "value escape code",
-                    "0 (big delta), 1 (exception) or 2 (switch)",
+                    "0 (big delta), 1 (exception), 2 (switch) or 3 (reshift)",
                     other,
                 ));
                 self.mode = MODE_FLOAT;
@@ -801,6 +945,7 @@ impl<'a> Decoder<'a> {
                 mode: 0,
                 p: 1.0,
                 m: 0,
+                shift: 0,
                 vbits: 0,
                 lead: 64,
                 trail: 0,
@@ -990,13 +1135,25 @@ fn ts_fast(tb: &mut FastBits<'_>, grid: &mut i64, delta: i64, rice: &mut Rice) -
     let w = tb.buf;
     let q = (w | 1).leading_zeros();
     let k = rice.k;
-    let len = q + 1 + k;
-    if q >= RICE_LIMIT || len > tb.nb {
-        return None;
-    }
-    tb.consume(len);
-    let zz = (u64::from(q) << k) | (((w << (q + 1)) >> 1) >> (63 - k));
-    rice.update(zz);
+    let zz = if q < TS_Q {
+        let len = q + 1 + k;
+        if len > tb.nb {
+            return None;
+        }
+        tb.consume(len);
+        (u64::from(q) << k) | (((w << (q + 1)) >> 1) >> (63 - k))
+    } else {
+        // Tail code: TS_Q zeros, then Elias gamma (at most 4 + 2 * 13 + 1 bits from the buffer).
+        let c = ((w << TS_Q) | 1).leading_zeros();
+        let len = TS_Q + 2 * c + 1;
+        if c >= TS_ANCHOR || len > tb.nb {
+            return None;
+        }
+        tb.consume(len);
+        let g = (w << (TS_Q + c)) >> (63 - c);
+        (u64::from(TS_Q) << k).wrapping_add(g).wrapping_sub(1)
+    };
+    rice.update_ts(zz);
     let r = ts_unmap(zz);
     let pred = grid.wrapping_add(delta);
     *grid = pred.wrapping_add(r.min(0));
@@ -1020,7 +1177,7 @@ fn decimal_run<const INT: bool>(
     let (vdata, vpos) = d.vs.r.parts();
     let mut vb = FastBits::new(vdata, vpos);
     let (mut grid, delta, mut trice) = (d.ts.grid, d.ts.delta, d.ts.rice);
-    let (mut m, p, mut vrice) = (d.vs.m, d.vs.p, d.vs.rice);
+    let (mut m, p, mut vrice, mut shift) = (d.vs.m, d.vs.p, d.vs.rice, d.vs.shift);
     let (mut last, mut inc) = (*prev, *increasing);
     let mut done = 0;
     for slot in dst.iter_mut() {
@@ -1045,13 +1202,13 @@ fn decimal_run<const INT: bool>(
             vb.consume(len);
             let zz = (u64::from(q) << k) | (((w << (q + 1)) >> 1) >> (63 - k));
             vrice.update(zz);
-            m = m.wrapping_add(unzigzag(zz));
+            m = m.wrapping_add(unzigzag(zz) << shift);
             if INT { m as f64 } else { m as f64 / p }
         } else {
             d.vs.r.set_pos(vb.pos());
-            (d.vs.m, d.vs.rice) = (m, vrice);
+            (d.vs.m, d.vs.rice, d.vs.shift) = (m, vrice, shift);
             let v = d.vs.next_decimal::<INT>();
-            (m, vrice) = (d.vs.m, d.vs.rice);
+            (m, vrice, shift) = (d.vs.m, d.vs.rice, d.vs.shift);
             vb = FastBits::new(vdata, d.vs.r.parts().1);
             switched = d.vs.mode != mode;
             v
@@ -1068,7 +1225,7 @@ fn decimal_run<const INT: bool>(
     (d.ts.grid, d.ts.rice) = (grid, trice);
     if d.vs.mode == mode {
         d.vs.r.set_pos(vb.pos());
-        (d.vs.m, d.vs.rice) = (m, vrice);
+        (d.vs.m, d.vs.rice, d.vs.shift) = (m, vrice, shift);
     }
     (*prev, *increasing) = (last, inc);
     done
@@ -1247,6 +1404,67 @@ mod tests {
             enc.heap_bytes(),
             enc.size_bytes()
         );
+    }
+
+    fn hex(data: &[u8]) -> String {
+        data.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// The examples of docs/format/chunks.md, byte for byte.
+    #[test]
+    fn documented_examples() {
+        let mut enc = ChunkEncoder::new();
+        for (t, v) in [
+            (1_700_000_000_000, 1.5),
+            (1_700_000_015_001, 1.75),
+            (1_700_000_030_000, 2.0),
+            (1_700_000_045_002, 2.0),
+        ] {
+            enc.append(t, v).unwrap();
+        }
+        assert_eq!(
+            hex(&enc.bytes()),
+            "01 04 09 a7 17 9f ca d0 00 87 ec 80 08 9e 42 22 bc 00 00 0b 94"
+        );
+        let mut enc = ChunkEncoder::new();
+        for t in [0, 15_000, 30_000] {
+            enc.append(t, 0.0).unwrap();
+        }
+        assert_eq!(hex(&enc.bytes()), "01 03 03 01 0f f0 f0 00 00");
+    }
+
+    #[test]
+    fn byte_counts_use_a_shift() {
+        // A memory gauge in 4 KiB steps: the deltas cost their multiple of 4096 only, and a
+        // delta off the 4 KiB grid (a reshift) still round-trips.
+        let mut samples = Vec::new();
+        let mut m = 8_000_000_000i64 / 4096 * 4096;
+        for i in 0..120i64 {
+            m += ((i * 7919) % 41 - 20) * 4096;
+            samples.push((i * 15_000, m as f64));
+        }
+        let mut enc = ChunkEncoder::new();
+        for &(t, v) in &samples {
+            enc.append(t, v).unwrap();
+        }
+        let shifted = enc.size_bytes();
+        assert!(shifted < 120 * 15 / 8, "size {shifted}");
+        samples[60].1 += 1.0;
+        samples.push((120 * 15_000, 3.0));
+        round_trip(&samples);
+    }
+
+    #[test]
+    fn ts_map_inverts() {
+        for r in -1000i64..1000 {
+            assert_eq!(ts_unmap(ts_map(r)), r, "residual {r}");
+        }
+        for r in [TS_SMALL, -TS_SMALL] {
+            assert_eq!(ts_unmap(ts_map(r)), r);
+        }
     }
 
     #[test]

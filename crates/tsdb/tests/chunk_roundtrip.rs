@@ -15,6 +15,7 @@ fn gap() -> impl Strategy<Value = u64> {
         1 => 1u64..u64::MAX / 64,
         1 => Just(15_000u64),
         1 => 29_990u64..30_010,
+        1 => 15_000u64..15_100,
     ]
 }
 
@@ -27,6 +28,7 @@ fn value() -> impl Strategy<Value = f64> {
         1 => prop_oneof![Just(f64::NAN), Just(f64::INFINITY), Just(f64::NEG_INFINITY), Just(-0.0), Just(0.0)],
         1 => any::<f64>(),
         2 => Just(42.0),
+        2 => (-1_000_000i64..1_000_000, 0u32..13).prop_map(|(m, h)| (m << h) as f64),
     ]
 }
 

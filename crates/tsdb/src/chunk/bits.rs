@@ -14,7 +14,7 @@ pub(crate) struct BitWriter {
 
 impl BitWriter {
     /// Writes the low `n` bits of `v` (`n <= 56`; higher bits of `v` must be zero).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn write(&mut self, v: u64, n: u32) {
         debug_assert!(n <= 56);
         debug_assert!(v >> n == 0);
