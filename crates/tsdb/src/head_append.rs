@@ -206,19 +206,17 @@ impl Appender for HeadAppender {
             self.release();
             return Err(Error::Unavailable("the database is closed".into()));
         }
-        // Samples validated before a block was cut below them are now out of bounds.
+        // Samples validated before a block was cut below them are now out of bounds. Dropping
+        // them and answering Ok would acknowledge samples that are not stored, so the whole batch
+        // is rejected instead (nothing was logged yet): the caller sees OutOfBounds, as it would
+        // have at append time a moment later.
         let min_valid = head.min_valid_time();
         if self.pending.iter().any(|p| p.1 < min_valid) {
-            let before = self.pending.len();
-            self.pending.retain(|(s, t, _)| {
-                let keep = *t >= min_valid;
-                if !keep {
-                    s.pending.fetch_sub(1, Ordering::AcqRel);
-                }
-                keep
-            });
             head.dropped_at_commit
-                .fetch_add((before - self.pending.len()) as u64, Ordering::Relaxed);
+                .fetch_add(self.pending.len() as u64, Ordering::Relaxed);
+            drop(log);
+            self.release();
+            return Err(Error::OutOfBounds);
         }
         let mut synced_upto: Option<u64> = None;
         if let Some(log) = log.as_mut() {
