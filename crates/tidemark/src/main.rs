@@ -14,12 +14,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// mimalloc instead of glibc malloc: the ingest path allocates a few small buffers per sample
-/// (decoded label sets, batches), and glibc's arenas spent about a fifth of the remote-write
-/// CPU on them (callgrind, docs/benchmarks.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
     match run(args) {
