@@ -31,6 +31,7 @@ pub mod providers;
 mod remote_read;
 mod remote_write;
 mod selectors;
+mod series_cache;
 mod server;
 mod state;
 mod web_config;
