@@ -31,6 +31,7 @@ pub mod providers;
 mod remote_read;
 mod remote_write;
 mod selectors;
+mod series_cache;
 mod server;
 mod state;
 mod web_config;
@@ -84,7 +85,16 @@ pub mod fuzzing {
 
     /// An uncompressed remote write protobuf, decoded as 1.0 and as 2.0.
     pub fn remote_write_decompressed(b: &[u8]) -> usize {
+        static CACHE: std::sync::LazyLock<crate::series_cache::SeriesCache> =
+            std::sync::LazyLock::new(|| crate::series_cache::SeriesCache::new(64));
         let v1 = decode_v1(b, LIMITS).map(|x| x.series.len()).unwrap_or(0);
+        // Through the (shared, rotating) series cache: twice, so the second pass hits it.
+        for _ in 0..2 {
+            let cached = crate::remote_write::decode_v1_cached(b, LIMITS, Some(&CACHE))
+                .map(|x| x.series.len())
+                .unwrap_or(0);
+            assert_eq!(cached, v1, "cached 1.0 decoding disagrees");
+        }
         let v2 = decode_v2(b, LIMITS).map(|x| x.series.len()).unwrap_or(0);
         v1 + v2
     }

@@ -26,6 +26,7 @@ use tidemark_storage::SeriesRef;
 
 use crate::body::read_body;
 use crate::proto::{prometheus as pb, write_v2 as v2};
+use crate::series_cache::{self, SeriesCache};
 use crate::state::{Api, AppState};
 
 /// Which wire message a request carries.
@@ -90,6 +91,17 @@ pub(crate) struct SeriesIn {
     pub(crate) exemplars: Vec<Exemplar>,
     pub(crate) metadata: Option<Metadata>,
     pub(crate) histograms: usize,
+    /// The storage's reference for the series, as a hint (from the series cache).
+    pub(crate) sref: Option<SeriesRef>,
+    /// Where the raw label bytes are in the decoded body (cached labels only).
+    pub(crate) slot: Option<CacheSlot>,
+}
+
+/// A series whose validated labels are in the [`SeriesCache`].
+#[derive(Debug, Clone)]
+pub(crate) struct CacheSlot {
+    key: u64,
+    raw: std::ops::Range<usize>,
 }
 
 impl SeriesIn {
@@ -100,6 +112,8 @@ impl SeriesIn {
             exemplars: Vec::new(),
             metadata: None,
             histograms: 0,
+            sref: None,
+            slot: None,
         }
     }
 }
@@ -239,6 +253,8 @@ pub(crate) fn decode_v1_prost(bytes: &[u8], lim: LabelLimits) -> Result<Batch, D
                 .collect(),
             metadata: None,
             histograms: ts.histograms.len(),
+            sref: None,
+            slot: None,
         });
     }
     for m in req.metadata {
@@ -403,15 +419,47 @@ fn read_sample(b: &[u8]) -> Result<(i64, f64), DecodeError> {
     Ok((t, v))
 }
 
-fn read_series(b: &[u8], lim: LabelLimits) -> Result<SeriesIn, DecodeError> {
+/// Validated labels of a `TimeSeries` from its label fields (the slow path of [`read_series`]).
+fn series_labels(b: &[u8], lim: LabelLimits) -> Result<Result<Labels, String>, DecodeError> {
     let mut r = Rd::new(b);
     let mut labels: Vec<(&str, &str)> = Vec::with_capacity(16);
-    let mut s = SeriesIn::new(Ok(Labels::empty()));
     while !r.done() {
         match r.key()? {
             (1, wt) => {
                 r.expect(1, wt, 2)?;
                 labels.push(read_label(r.bytes()?)?);
+            }
+            (_, wt) => r.skip(wt)?,
+        }
+    }
+    Ok(validate_labels(labels.iter().copied(), lim))
+}
+
+/// One `TimeSeries` at `base` in the body. With a cache, the label fields (when they are
+/// contiguous, as every sender writes them) are looked up by their raw bytes first.
+fn read_series(
+    b: &[u8],
+    base: usize,
+    lim: LabelLimits,
+    cache: Option<&SeriesCache>,
+) -> Result<SeriesIn, DecodeError> {
+    let mut r = Rd::new(b);
+    let mut span: Option<(usize, usize)> = None;
+    let mut contiguous = true;
+    let mut s = SeriesIn::new(Ok(Labels::empty()));
+    while !r.done() {
+        let at = r.pos;
+        match r.key()? {
+            (1, wt) => {
+                r.expect(1, wt, 2)?;
+                r.bytes()?;
+                match &mut span {
+                    None => span = Some((at, r.pos)),
+                    Some((_, end)) => {
+                        contiguous &= *end == at;
+                        *end = r.pos;
+                    }
+                }
             }
             (2, wt) => {
                 r.expect(2, wt, 2)?;
@@ -434,7 +482,27 @@ fn read_series(b: &[u8], lim: LabelLimits) -> Result<SeriesIn, DecodeError> {
             (_, wt) => r.skip(wt)?,
         }
     }
-    s.labels = validate_labels(labels.iter().copied(), lim);
+    if let (Some(cache), Some((start, end)), true) = (cache, span, contiguous) {
+        let raw = &b[start..end];
+        let key = series_cache::key_of(raw);
+        let slot = CacheSlot {
+            key,
+            raw: base + start..base + end,
+        };
+        if let Some((labels, sref)) = cache.get(key, raw) {
+            s.labels = Ok(labels);
+            s.sref = sref;
+            s.slot = Some(slot);
+            return Ok(s);
+        }
+        s.labels = series_labels(b, lim)?;
+        if let Ok(l) = &s.labels {
+            cache.put(key, raw, l, None);
+            s.slot = Some(slot);
+        }
+        return Ok(s);
+    }
+    s.labels = series_labels(b, lim)?;
     Ok(s)
 }
 
@@ -442,13 +510,25 @@ fn read_series(b: &[u8], lim: LabelLimits) -> Result<SeriesIn, DecodeError> {
 /// borrowed from the buffer, one allocation per series for its `Labels`); it agrees with prost's
 /// decoding on every valid message (differential property test) and is fuzzed.
 pub(crate) fn decode_v1(bytes: &[u8], lim: LabelLimits) -> Result<Batch, DecodeError> {
+    decode_v1_cached(bytes, lim, None)
+}
+
+/// [`decode_v1`] with the series cache: series whose raw label bytes are cached get their
+/// labels (and reference hint) from it; the others are validated and added to it.
+pub(crate) fn decode_v1_cached(
+    bytes: &[u8],
+    lim: LabelLimits,
+    cache: Option<&SeriesCache>,
+) -> Result<Batch, DecodeError> {
     let mut r = Rd::new(bytes);
     let mut b = Batch::default();
     while !r.done() {
         match r.key()? {
             (1, wt) => {
                 r.expect(1, wt, 2)?;
-                b.series.push(read_series(r.bytes()?, lim)?);
+                let sb = r.bytes()?;
+                let base = r.pos - sb.len();
+                b.series.push(read_series(sb, base, lim, cache)?);
             }
             (3, wt) => {
                 r.expect(3, wt, 2)?;
@@ -518,6 +598,8 @@ pub(crate) fn decode_v2(bytes: &[u8], lim: LabelLimits) -> Result<Batch, DecodeE
             exemplars,
             metadata,
             histograms: ts.histograms.len(),
+            sref: None,
+            slot: None,
         });
     }
     Ok(b)
@@ -563,6 +645,18 @@ fn reason_of(e: &tidemark_storage::Error) -> &'static str {
 /// Appends a decoded batch: invalid series and refused samples are skipped and reported, the rest
 /// is committed. `min_t`/`max_t` bound accepted timestamps (None: no bound).
 pub(crate) fn apply(api: &Api, batch: Batch, min_t: Option<i64>, max_t: Option<i64>) -> Outcome {
+    apply_cached(api, batch, min_t, max_t, &[])
+}
+
+/// [`apply`] for a batch decoded with the series cache from `body` (references the storage
+/// returns are remembered in the cache as hints for the next request).
+pub(crate) fn apply_cached(
+    api: &Api,
+    batch: Batch,
+    min_t: Option<i64>,
+    max_t: Option<i64>,
+    body: &[u8],
+) -> Outcome {
     let mut out = Outcome::default();
     for (name, m) in &batch.metadata {
         if !name.is_empty() && api.metadata.set(name, m.clone()) {
@@ -584,7 +678,8 @@ pub(crate) fn apply(api: &Api, batch: Batch, min_t: Option<i64>, max_t: Option<i
                 format!("native histograms are not supported yet (series {labels})")
             });
         }
-        let mut sref: Option<SeriesRef> = None;
+        let hint = s.sref;
+        let mut sref: Option<SeriesRef> = hint;
         for (t, v) in s.samples {
             if max_t.is_some_and(|m| t > m) {
                 out.reject(api, "too_far_in_future", 1, || {
@@ -619,6 +714,12 @@ pub(crate) fn apply(api: &Api, batch: Batch, min_t: Option<i64>, max_t: Option<i
                     return out;
                 }
             }
+        }
+        if let (Some(slot), Some(r)) = (&s.slot, sref)
+            && hint != Some(r)
+            && let Some(raw) = body.get(slot.raw.clone())
+        {
+            api.series_cache.set_ref(slot.key, raw, r);
         }
         if let Some(m) = &s.metadata
             && let Some(name) = labels.metric_name()
@@ -750,10 +851,10 @@ pub(crate) async fn write(
     let res = crate::handlers::blocking(move || {
         let lim = LabelLimits::of(&st);
         let decoded = decompress(&raw, st.opts.max_decompressed_bytes).and_then(|b| match proto {
-            Proto::V1 => decode_v1(&b, lim),
-            Proto::V2 => decode_v2(&b, lim),
+            Proto::V1 => decode_v1_cached(&b, lim, Some(&st.series_cache)).map(|d| (d, b)),
+            Proto::V2 => decode_v2(&b, lim).map(|d| (d, Vec::new())),
         });
-        let batch = match decoded {
+        let (batch, body) = match decoded {
             Ok(b) => b,
             Err(e) => {
                 st.metrics.rejected("bad_request", 1);
@@ -766,7 +867,7 @@ pub(crate) async fn write(
             .opts
             .max_sample_age
             .map(|a| now.saturating_sub(a.as_millis() as i64));
-        Ok(Ok(apply(&st, batch, min_t, Some(max_t))))
+        Ok(Ok(apply_cached(&st, batch, min_t, Some(max_t), &body)))
     })
     .await;
     match res {
@@ -932,6 +1033,9 @@ mod tests {
         out
     }
 
+    static CACHE: std::sync::LazyLock<SeriesCache> =
+        std::sync::LazyLock::new(|| SeriesCache::new(40));
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig { cases: 300, ..Default::default() })]
 
@@ -959,6 +1063,12 @@ mod tests {
             let fast = decode_v1(&bytes, lim()).unwrap();
             let slow = decode_v1_prost(&bytes, lim()).unwrap();
             proptest::prop_assert_eq!(summary(&fast), summary(&slow));
+            // Through the series cache (shared by every case, small, so it also rotates
+            // generations): the first decode fills it, the second is served from it.
+            for _ in 0..2 {
+                let cached = decode_v1_cached(&bytes, lim(), Some(&CACHE)).unwrap();
+                proptest::prop_assert_eq!(summary(&cached), summary(&slow));
+            }
             // Every truncation fails or decodes without panicking in both.
             for cut in [bytes.len() / 2, bytes.len().saturating_sub(1)] {
                 let _ = decode_v1(&bytes[..cut], lim());

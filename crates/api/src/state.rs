@@ -17,6 +17,10 @@ use crate::providers::{
 };
 use crate::{federate, handlers, import, middleware, remote_read, remote_write};
 
+/// Remote-write series whose raw label bytes are cached (per generation, two generations): 1M
+/// series costs about their label bytes again plus ~100 bytes each.
+const SERIES_CACHE_CAPACITY: usize = 1 << 20;
+
 /// Options of the HTTP API. Each field says its default and the flag the binary maps to it.
 #[derive(Debug, Clone)]
 pub struct ApiOptions {
@@ -108,6 +112,8 @@ pub struct Api {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) exemplars: Arc<ExemplarStore>,
     pub(crate) metadata: Arc<MetadataStore>,
+    /// Remote-write labels by their raw bytes (see `series_cache.rs`).
+    pub(crate) series_cache: Arc<crate::series_cache::SeriesCache>,
     pub(crate) ready: Arc<AtomicBool>,
     pub(crate) start_time: SystemTime,
     pub(crate) remote_read_slots: Arc<tokio::sync::Semaphore>,
@@ -139,6 +145,7 @@ impl Api {
             engine,
             exemplars: Arc::new(ExemplarStore::new(opts.max_exemplars)),
             metadata: Arc::new(MetadataStore::new(opts.max_metadata_families)),
+            series_cache: Arc::new(crate::series_cache::SeriesCache::new(SERIES_CACHE_CAPACITY)),
             remote_read_slots: Arc::new(tokio::sync::Semaphore::new(
                 opts.remote_read_concurrent_limit.max(1),
             )),
