@@ -83,28 +83,6 @@ pub struct AmTarget {
     pub timeout: Duration,
 }
 
-fn base64(input: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-    for c in input.chunks(3) {
-        let b = [c[0], *c.get(1).unwrap_or(&0), *c.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        out.push(T[(n >> 18) as usize & 63] as char);
-        out.push(T[(n >> 12) as usize & 63] as char);
-        out.push(if c.len() > 1 {
-            T[(n >> 6) as usize & 63] as char
-        } else {
-            '='
-        });
-        out.push(if c.len() > 2 {
-            T[n as usize & 63] as char
-        } else {
-            '='
-        });
-    }
-    out
-}
-
 fn read_secret(inline: &Option<Secret>, file: &Option<String>) -> Result<String, String> {
     if let Some(s) = inline {
         return Ok(s.0.clone());
@@ -139,7 +117,7 @@ pub fn targets_from_config(cfg: &AlertingConfig) -> Result<Vec<AmTarget>, String
             let pw = read_secret(&b.password, &b.password_file)?;
             Some(format!(
                 "Basic {}",
-                base64(format!("{user}:{pw}").as_bytes())
+                tidemark_scrape::base64(format!("{user}:{pw}").as_bytes())
             ))
         } else if let Some(a) = &am.authorization {
             Some(format!(
@@ -405,15 +383,6 @@ async fn post(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_matches_rfc4648() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foo"), "Zm9v");
-        assert_eq!(base64(b"user:pass"), "dXNlcjpwYXNz");
-    }
 
     #[test]
     fn targets_from_yaml() {

@@ -97,7 +97,9 @@ impl std::fmt::Debug for HttpClient {
     }
 }
 
-fn base64(input: &[u8]) -> String {
+/// Standard base64 (RFC 4648, padded), for `Authorization: Basic` headers. Shared with the
+/// rules crate's Alertmanager notifier.
+pub fn base64(input: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
     for c in input.chunks(3) {

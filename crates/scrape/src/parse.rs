@@ -818,29 +818,15 @@ pub(crate) fn parse_float(s: &str) -> Option<f64> {
 
 /// Unescapes `\\`, `\"` and `\n`; other escapes are kept verbatim (as Prometheus does).
 fn unescape(s: &str) -> Cow<'_, str> {
-    let mut out = String::with_capacity(s.len());
-    let mut it = s.chars();
-    while let Some(c) = it.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        match it.next() {
-            Some('\\') => out.push('\\'),
-            Some('"') => out.push('"'),
-            Some('n') => out.push('\n'),
-            Some(o) => {
-                out.push('\\');
-                out.push(o);
-            }
-            None => out.push('\\'),
-        }
-    }
-    Cow::Owned(out)
+    unescape_with(s, true)
 }
 
 /// HELP text of the text format: only `\\` and `\n` are escapes.
 fn unescape_help_text(s: &str) -> Cow<'_, str> {
+    unescape_with(s, false)
+}
+
+fn unescape_with(s: &str, quote: bool) -> Cow<'_, str> {
     let mut out = String::with_capacity(s.len());
     let mut it = s.chars();
     while let Some(c) = it.next() {
@@ -850,6 +836,7 @@ fn unescape_help_text(s: &str) -> Cow<'_, str> {
         }
         match it.next() {
             Some('\\') => out.push('\\'),
+            Some('"') if quote => out.push('"'),
             Some('n') => out.push('\n'),
             Some(o) => {
                 out.push('\\');
