@@ -359,6 +359,12 @@ impl Db {
         Ok(())
     }
 
+    /// Makes every committed sample durable, whatever the sync policy (the cluster calls it
+    /// before it records a Raft snapshot as the shard's base).
+    pub fn sync_log(&self) -> Result<(), DbError> {
+        Ok(self.inner.head.sync_log()?)
+    }
+
     /// Writes everything in the head into blocks (tests, snapshots, shutdown of a shard).
     pub fn flush_head(&self) -> Result<(), DbError> {
         let _m = self.inner.maintenance.lock();

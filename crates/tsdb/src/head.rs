@@ -859,6 +859,15 @@ impl Head {
         Ok(())
     }
 
+    /// fsyncs the log's records written so far (a Raft snapshot makes them its base).
+    pub fn sync_log(&self) -> Result<(), HeadError> {
+        let mut g = self.log.lock();
+        if let Some(log) = g.as_mut() {
+            log.sync()?;
+        }
+        Ok(())
+    }
+
     /// Bytes of the log (0 without one).
     pub fn log_size_bytes(&self) -> u64 {
         self.log.lock().as_ref().map_or(0, Log::size_bytes)

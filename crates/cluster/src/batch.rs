@@ -1,0 +1,270 @@
+//! Write batches: the samples of one Raft entry (or one forwarded write).
+//!
+//! ```text
+//! batch  := version:u8(=1) nseries:uvarint series*
+//! series := labels_len:uvarint labels:[u8; labels_len] (canonical Labels encoding)
+//!           nsamples:uvarint (t_delta:zigzag-varint value_bits:u64le)*
+//! ```
+//! The first sample's time delta is against 0, later ones against the previous sample.
+//! Decoding validates every length (the bytes come from the network) and the label encoding.
+
+use tidemark_model::Labels;
+
+const VERSION: u8 = 1;
+/// Upper bound on the number of series or samples a decoder pre-allocates for.
+const PREALLOC_CAP: usize = 1 << 16;
+
+/// Errors decoding a batch.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BatchError {
+    #[error("write batch truncated at byte {0}")]
+    Truncated(usize),
+    #[error("write batch has unknown version {0}")]
+    Version(u8),
+    #[error("write batch has invalid labels at byte {at}: {reason}")]
+    Labels { at: usize, reason: String },
+    #[error("write batch has {0} trailing bytes")]
+    Trailing(usize),
+}
+
+/// Builds a batch series by series.
+#[derive(Debug, Default, Clone)]
+pub struct BatchBuilder {
+    buf: Vec<u8>,
+    series: u64,
+    samples: u64,
+}
+
+/// One series of a decoded batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchSeries {
+    pub labels: Labels,
+    pub samples: Vec<(i64, f64)>,
+}
+
+impl BatchBuilder {
+    pub fn new() -> BatchBuilder {
+        BatchBuilder::default()
+    }
+
+    pub fn add(&mut self, labels: &Labels, samples: &[(i64, f64)]) {
+        let enc = labels.encoded();
+        put_uvarint(&mut self.buf, enc.len() as u64);
+        self.buf.extend_from_slice(enc);
+        put_uvarint(&mut self.buf, samples.len() as u64);
+        let mut prev = 0i64;
+        for &(t, v) in samples {
+            put_varint(&mut self.buf, t.wrapping_sub(prev));
+            prev = t;
+            self.buf.extend_from_slice(&v.to_bits().to_le_bytes());
+        }
+        self.series += 1;
+        self.samples += samples.len() as u64;
+    }
+
+    pub fn num_series(&self) -> u64 {
+        self.series
+    }
+
+    pub fn num_samples(&self) -> u64 {
+        self.samples
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.series == 0
+    }
+
+    /// The encoded batch.
+    pub fn finish(self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.buf.len() + 11);
+        out.push(VERSION);
+        put_uvarint(&mut out, self.series);
+        out.extend_from_slice(&self.buf);
+        out
+    }
+}
+
+/// Decodes a whole batch.
+pub fn decode(data: &[u8]) -> Result<Vec<BatchSeries>, BatchError> {
+    let mut out = Vec::new();
+    for_each(data, |s| out.push(s))?;
+    Ok(out)
+}
+
+/// Decodes a batch series by series.
+pub fn for_each(data: &[u8], mut f: impl FnMut(BatchSeries)) -> Result<(), BatchError> {
+    let mut r = Reader { data, pos: 0 };
+    let v = r.u8()?;
+    if v != VERSION {
+        return Err(BatchError::Version(v));
+    }
+    let n = r.uvarint()?;
+    for _ in 0..n {
+        let len = r.len()?;
+        let at = r.pos;
+        let lb = r.bytes(len)?;
+        let labels = Labels::from_encoded(lb).map_err(|e| BatchError::Labels {
+            at,
+            reason: e.to_string(),
+        })?;
+        let ns = r.len()?;
+        let mut samples = Vec::with_capacity(ns.min(PREALLOC_CAP));
+        let mut prev = 0i64;
+        for _ in 0..ns {
+            let t = prev.wrapping_add(r.varint()?);
+            prev = t;
+            let b = r.bytes(8)?;
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            samples.push((t, f64::from_bits(u64::from_le_bytes(a))));
+        }
+        f(BatchSeries { labels, samples });
+    }
+    if r.pos != data.len() {
+        return Err(BatchError::Trailing(data.len() - r.pos));
+    }
+    Ok(())
+}
+
+struct Reader<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn u8(&mut self) -> Result<u8, BatchError> {
+        let b = *self
+            .data
+            .get(self.pos)
+            .ok_or(BatchError::Truncated(self.pos))?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    fn uvarint(&mut self) -> Result<u64, BatchError> {
+        let start = self.pos;
+        let mut x = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8().map_err(|_| BatchError::Truncated(start))?;
+            x |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(x);
+            }
+        }
+        Err(BatchError::Truncated(start))
+    }
+
+    fn varint(&mut self) -> Result<i64, BatchError> {
+        let u = self.uvarint()?;
+        Ok(((u >> 1) as i64) ^ -((u & 1) as i64))
+    }
+
+    /// A length that must fit in the remaining bytes (each counted item takes at least 1 byte).
+    fn len(&mut self) -> Result<usize, BatchError> {
+        let at = self.pos;
+        let n = self.uvarint()?;
+        if n > (self.data.len() - self.pos) as u64 {
+            return Err(BatchError::Truncated(at));
+        }
+        Ok(n as usize)
+    }
+
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8], BatchError> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .ok_or(BatchError::Truncated(self.pos))?;
+        let b = self
+            .data
+            .get(self.pos..end)
+            .ok_or(BatchError::Truncated(self.pos))?;
+        self.pos = end;
+        Ok(b)
+    }
+}
+
+fn put_uvarint(buf: &mut Vec<u8>, mut x: u64) {
+    while x >= 0x80 {
+        buf.push((x as u8) | 0x80);
+        x >>= 7;
+    }
+    buf.push(x as u8);
+}
+
+fn put_varint(buf: &mut Vec<u8>, x: i64) {
+    put_uvarint(buf, ((x << 1) ^ (x >> 63)) as u64);
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use proptest::prelude::*;
+
+    fn labels(i: u64) -> Labels {
+        Labels::from_pairs([("__name__", "m"), ("i", &*i.to_string())])
+    }
+
+    #[test]
+    fn round_trip_keeps_bits() {
+        let mut b = BatchBuilder::new();
+        let stale = f64::from_bits(0x7ff0_0000_0000_0002);
+        b.add(&labels(1), &[(1000, 1.5), (-5, stale), (i64::MAX, -0.0)]);
+        b.add(&labels(2), &[]);
+        let enc = b.finish();
+        let dec = decode(&enc).unwrap();
+        assert_eq!(dec.len(), 2);
+        assert_eq!(dec[0].labels, labels(1));
+        let bits: Vec<(i64, u64)> = dec[0]
+            .samples
+            .iter()
+            .map(|&(t, v)| (t, v.to_bits()))
+            .collect();
+        assert_eq!(
+            bits,
+            vec![
+                (1000, 1.5f64.to_bits()),
+                (-5, stale.to_bits()),
+                (i64::MAX, (-0.0f64).to_bits())
+            ]
+        );
+        assert!(dec[1].samples.is_empty());
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let mut b = BatchBuilder::new();
+        b.add(&labels(7), &[(1, 1.0), (2, 2.0)]);
+        let enc = b.finish();
+        for n in 0..enc.len() {
+            assert!(decode(&enc[..n]).is_err(), "prefix of {n} bytes decoded");
+        }
+        let mut long = enc.clone();
+        long.push(0);
+        assert_eq!(decode(&long), Err(BatchError::Trailing(1)));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode(&data);
+        }
+
+        #[test]
+        fn round_trip(series in proptest::collection::vec(
+            (0u64..1000, proptest::collection::vec((any::<i64>(), any::<u64>()), 0..20)), 0..10)) {
+            let mut b = BatchBuilder::new();
+            for (i, s) in &series {
+                let samples: Vec<(i64, f64)> = s.iter().map(|&(t, v)| (t, f64::from_bits(v))).collect();
+                b.add(&labels(*i), &samples);
+            }
+            let dec = decode(&b.finish()).unwrap();
+            prop_assert_eq!(dec.len(), series.len());
+            for (d, (i, s)) in dec.iter().zip(&series) {
+                prop_assert_eq!(&d.labels, &labels(*i));
+                let got: Vec<(i64, u64)> = d.samples.iter().map(|&(t, v)| (t, v.to_bits())).collect();
+                prop_assert_eq!(&got, s);
+            }
+        }
+    }
+}

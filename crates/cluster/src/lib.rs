@@ -1,0 +1,18 @@
+//! tidemark-cluster: Raft-replicated shards (openraft), write routing and read fan-out, behind
+//! the same storage traits a single node uses. See docs/cluster.md.
+
+pub mod batch;
+pub mod log_store;
+pub mod state_machine;
+pub mod types;
+
+/// Generated gRPC code for proto/tidemark/cluster/v1/cluster.proto.
+#[allow(
+    clippy::all,
+    unreachable_pub,
+    missing_debug_implementations,
+    missing_docs
+)]
+pub mod pb {
+    tonic::include_proto!("tidemark.cluster.v1");
+}

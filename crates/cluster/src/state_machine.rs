@@ -1,0 +1,571 @@
+//! A shard's Raft state machine: the shard's TSDB ([`Db`]).
+//!
+//! ```text
+//! shards/<n>/raft/            the Raft log (log_store.rs)
+//! shards/<n>/data/            the shard's Db (blocks, head, its own log for fast restarts)
+//! shards/<n>/snapshot/current.snap   the last snapshot: a tar of blocks/<id>/... + head-<i>.batch
+//! shards/<n>/snapshot/current.meta   its SnapshotMeta (MessagePack)
+//! shards/<n>/snapshot/REBUILD        present while data/ is rebuilt from current.snap
+//! ```
+//!
+//! Applying an entry appends its batch to the Db (per-sample errors reject that sample only, as
+//! on a single node). The applied position is persisted only with a snapshot: on restart the
+//! Db replays its own log and openraft re-applies the entries after the snapshot. Re-applying
+//! is harmless: an exact duplicate sample is ignored, and the Db's log holds a prefix of the
+//! applied entries (it is written in apply order and fsynced before a snapshot is recorded).
+//!
+//! A snapshot is the shard's block files (hard links) plus a dump of the head as write batches;
+//! installing one rebuilds `data/` from the blocks and appends the head dump window by window in
+//! time order, so the head accepts it as it accepted the original appends.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, RaftSnapshotBuilder};
+use parking_lot::{Mutex, RwLock};
+use tidemark_model::{Labels, MatchType, Matcher};
+use tidemark_storage::{Appendable, Queryable};
+use tidemark_tsdb::{Db, DbOptions};
+use tokio::io::AsyncSeekExt;
+
+use crate::batch::{self, BatchBuilder};
+use crate::types::{
+    ApplyResult, Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig, decode,
+    encode,
+};
+
+const SNAP_FILE: &str = "current.snap";
+const META_FILE: &str = "current.meta";
+const REBUILD_MARKER: &str = "REBUILD";
+/// Series per head-dump batch in a snapshot.
+const DUMP_SERIES_PER_BATCH: usize = 2000;
+/// Width of the time windows in which an installed head dump is appended.
+const INSTALL_WINDOW_MS: i64 = 5 * 60_000;
+
+fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
+    StorageError::from_io_error(
+        ErrorSubject::StateMachine,
+        verb,
+        std::io::Error::other(e.to_string()),
+    )
+}
+
+fn snap_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
+    StorageError::from_io_error(
+        ErrorSubject::Snapshot(None),
+        verb,
+        std::io::Error::other(e.to_string()),
+    )
+}
+
+/// The shard's data, shared by the state machine, its snapshot builders and the readers.
+#[derive(Debug)]
+pub struct ShardData {
+    dir: PathBuf,
+    db_opts: DbOptions,
+    /// `None` while a snapshot is being installed.
+    db: RwLock<Option<Db>>,
+    applied: Mutex<(Option<LogId>, StoredMembership)>,
+    /// Serializes snapshot builds and installs.
+    snap: tokio::sync::Mutex<()>,
+}
+
+impl ShardData {
+    /// The shard's Db, unless a snapshot is being installed.
+    pub fn db(&self) -> Option<Db> {
+        self.db.read().clone()
+    }
+
+    /// Last applied log id.
+    pub fn last_applied(&self) -> Option<LogId> {
+        self.applied.lock().0
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn snap_dir(&self) -> PathBuf {
+        self.dir.join("snapshot")
+    }
+
+    /// Closes the Db (shutdown).
+    pub fn close(&self) {
+        if let Some(db) = self.db.write().take() {
+            if let Err(e) = db.close() {
+                tracing::error!(dir = %self.dir.display(), error = %e, "closing shard data");
+            }
+        }
+    }
+}
+
+/// The state machine handed to openraft.
+#[derive(Debug, Clone)]
+pub struct StateMachine {
+    data: Arc<ShardData>,
+}
+
+impl StateMachine {
+    /// Opens the shard's state in `dir` (finishing an interrupted snapshot install).
+    pub fn open(dir: &Path, db_opts: DbOptions) -> Result<StateMachine, StorageError> {
+        let snap_dir = dir.join("snapshot");
+        std::fs::create_dir_all(&snap_dir).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        let meta = read_meta(&snap_dir)?;
+        let applied = match &meta {
+            Some(m) => (m.last_log_id, m.last_membership.clone()),
+            None => (None, StoredMembership::default()),
+        };
+        let data = Arc::new(ShardData {
+            dir: dir.to_path_buf(),
+            db_opts,
+            db: RwLock::new(None),
+            applied: Mutex::new(applied),
+            snap: tokio::sync::Mutex::new(()),
+        });
+        if snap_dir.join(REBUILD_MARKER).exists() {
+            tracing::warn!(dir = %dir.display(), "finishing an interrupted snapshot install");
+            rebuild_from_snapshot(&data).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        } else {
+            let db = Db::open(&data.data_dir(), data.db_opts.clone())
+                .map_err(|e| sm_err(ErrorVerb::Read, e))?;
+            *data.db.write() = Some(db);
+        }
+        Ok(StateMachine { data })
+    }
+
+    pub fn data(&self) -> &Arc<ShardData> {
+        &self.data
+    }
+}
+
+fn read_meta(snap_dir: &Path) -> Result<Option<SnapshotMeta>, StorageError> {
+    match std::fs::read(snap_dir.join(META_FILE)) {
+        Ok(b) => decode(&b)
+            .map(Some)
+            .map_err(|e| snap_err(ErrorVerb::Read, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(snap_err(ErrorVerb::Read, e)),
+    }
+}
+
+fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, dir.join(name))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+fn apply_batch(
+    app: &mut dyn tidemark_storage::Appender,
+    data: &[u8],
+    res: &mut ApplyResult,
+) -> Result<(), String> {
+    let mut fatal = None;
+    batch::for_each(data, |s| {
+        if fatal.is_some() {
+            return;
+        }
+        let mut r = None;
+        for &(t, v) in &s.samples {
+            match app.append(r, &s.labels, t, v) {
+                Ok(sr) => {
+                    r = Some(sr);
+                    res.accepted += 1;
+                }
+                Err(e) if e.is_sample_error() => {
+                    res.rejected += 1;
+                    if res.first_error.is_none() {
+                        res.first_error = Some(format!("{e} (series {})", s.labels));
+                    }
+                }
+                Err(e) => fatal = Some(e.to_string()),
+            }
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    match fatal {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok(self.data.applied.lock().clone())
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<ApplyResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let data = self.data.clone();
+        tokio::task::spawn_blocking(move || {
+            let db = data
+                .db()
+                .ok_or_else(|| sm_err(ErrorVerb::Write, "shard data is being replaced"))?;
+            let mut app = db.appender();
+            let mut out = Vec::with_capacity(entries.len());
+            let mut last = None;
+            let mut membership = None;
+            for e in entries {
+                let mut res = ApplyResult::default();
+                match &e.payload {
+                    EntryPayload::Blank => {}
+                    EntryPayload::Normal(b) => {
+                        if let Err(err) = apply_batch(app.as_mut(), &b.0, &mut res) {
+                            // A malformed batch is rejected on every replica alike (the batch
+                            // was validated before it was proposed; this is defense in depth).
+                            tracing::error!(index = e.log_id.index, error = %err, "entry not applied");
+                            res.first_error = Some(err);
+                        }
+                    }
+                    EntryPayload::Membership(m) => {
+                        membership = Some(StoredMembership::new(Some(e.log_id), m.clone()));
+                    }
+                }
+                last = Some(e.log_id);
+                out.push(res);
+            }
+            app.commit().map_err(|e| sm_err(ErrorVerb::Write, e))?;
+            let mut g = data.applied.lock();
+            if last.is_some() {
+                g.0 = last;
+            }
+            if let Some(m) = membership {
+                g.1 = m;
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| sm_err(ErrorVerb::Write, e))?
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        SnapshotBuilder {
+            data: self.data.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let path = self.data.snap_dir().join("receiving.tmp");
+        let f = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        Ok(Box::new(f))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        mut snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        let _g = self.data.snap.lock().await;
+        // Copy the received bytes to `installing.tmp` (the handle may be the receiving file or,
+        // in the conformance suite, another state machine's snapshot).
+        snapshot
+            .seek(std::io::SeekFrom::Start(0))
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        let snap_dir = self.data.snap_dir();
+        let tmp = snap_dir.join("installing.tmp");
+        {
+            let mut out = tokio::fs::File::create(&tmp)
+                .await
+                .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            tokio::io::copy(&mut *snapshot, &mut out)
+                .await
+                .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            out.sync_all()
+                .await
+                .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+        }
+        let meta = meta.clone();
+        let snapshot_id = meta.snapshot_id.clone();
+        let data = self.data.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
+            // Order: marker, snapshot file, meta, rebuild, marker removed. A crash anywhere
+            // leaves either the old state or a marker that makes the next open rebuild.
+            let meta_bytes = encode(&meta).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            write_atomic(&snap_dir, REBUILD_MARKER, b"")
+                .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            std::fs::rename(&tmp, snap_dir.join(SNAP_FILE))
+                .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            write_atomic(&snap_dir, META_FILE, &meta_bytes)
+                .map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            rebuild_from_snapshot(&data).map_err(|e| snap_err(ErrorVerb::Write, e))?;
+            *data.applied.lock() = (meta.last_log_id, meta.last_membership.clone());
+            Ok(())
+        })
+        .await
+        .map_err(|e| snap_err(ErrorVerb::Write, e))??;
+        tracing::info!(dir = %self.data.dir.display(), snapshot = %snapshot_id, "snapshot installed");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let snap_dir = self.data.snap_dir();
+        let Some(meta) = read_meta(&snap_dir)? else {
+            return Ok(None);
+        };
+        let f = tokio::fs::File::open(snap_dir.join(SNAP_FILE))
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(f),
+        }))
+    }
+}
+
+/// Replaces `data/` with the content of `snapshot/current.snap`, then removes the marker.
+fn rebuild_from_snapshot(data: &ShardData) -> std::io::Result<()> {
+    let snap_dir = data.snap_dir();
+    write_atomic(&snap_dir, REBUILD_MARKER, b"")?;
+    if let Some(db) = data.db.write().take() {
+        if let Err(e) = db.close() {
+            tracing::warn!(error = %e, "closing shard data before a snapshot install");
+        }
+    }
+    let data_dir = data.data_dir();
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let staging = data.dir.join("restore.tmp");
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging)?;
+    let mut dumps = Vec::new();
+    {
+        let f = std::fs::File::open(snap_dir.join(SNAP_FILE))?;
+        let mut ar = tar::Archive::new(f);
+        for e in ar.entries()? {
+            let mut e = e?;
+            let path = e.path()?.into_owned();
+            let name = path.to_string_lossy().into_owned();
+            if name.starts_with("head-") {
+                let mut b = Vec::new();
+                e.read_to_end(&mut b)?;
+                dumps.push(b);
+            } else if name.starts_with("blocks/") && !name.contains("..") {
+                e.unpack_in(&staging)?;
+            }
+        }
+    }
+    std::fs::create_dir_all(&data_dir)?;
+    if let Ok(rd) = std::fs::read_dir(staging.join("blocks")) {
+        for b in rd {
+            let b = b?;
+            std::fs::rename(b.path(), data_dir.join(b.file_name()))?;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::File::open(&data_dir)?.sync_all()?;
+    let db = Db::open(&data_dir, data.db_opts.clone()).map_err(std::io::Error::other)?;
+    // The head dump, window by window in time order.
+    let mut series: Vec<batch::BatchSeries> = Vec::new();
+    for d in &dumps {
+        series.extend(batch::decode(d).map_err(std::io::Error::other)?);
+    }
+    let (mut lo, hi) = series
+        .iter()
+        .flat_map(|s| s.samples.iter().map(|x| x.0))
+        .fold((i64::MAX, i64::MIN), |(a, b), t| (a.min(t), b.max(t)));
+    let mut pos = vec![0usize; series.len()];
+    while lo <= hi {
+        let end = lo.saturating_add(INSTALL_WINDOW_MS);
+        let mut app = db.appender();
+        for (s, p) in series.iter().zip(pos.iter_mut()) {
+            let mut r = None;
+            while let Some(&(t, v)) = s.samples.get(*p) {
+                if t >= end {
+                    break;
+                }
+                *p += 1;
+                match app.append(r, &s.labels, t, v) {
+                    Ok(x) => r = Some(x),
+                    Err(e) if e.is_sample_error() => {}
+                    Err(e) => return Err(std::io::Error::other(e.to_string())),
+                }
+            }
+        }
+        app.commit()
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        if end == i64::MAX {
+            break;
+        }
+        lo = end;
+    }
+    db.sync_log().map_err(std::io::Error::other)?;
+    *data.db.write() = Some(db);
+    std::fs::remove_file(snap_dir.join(REBUILD_MARKER))?;
+    std::fs::File::open(&snap_dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Builds a snapshot of the shard (see the module documentation).
+#[derive(Debug)]
+pub struct SnapshotBuilder {
+    data: Arc<ShardData>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let _g = self.data.snap.lock().await;
+        let data = self.data.clone();
+        let meta = tokio::task::spawn_blocking(move || build(&data))
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Write, e))??;
+        let f = tokio::fs::File::open(self.data.snap_dir().join(SNAP_FILE))
+            .await
+            .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(f),
+        })
+    }
+}
+
+fn build(data: &ShardData) -> Result<SnapshotMeta, StorageError> {
+    let e = |e: std::io::Error| snap_err(ErrorVerb::Write, e);
+    // Everything applied up to here is in the Db; the snapshot may hold a little more (entries
+    // applied while it is built), which a follower re-applies harmlessly.
+    let (last_log_id, last_membership) = data.applied.lock().clone();
+    let db = data
+        .db()
+        .ok_or_else(|| snap_err(ErrorVerb::Write, "shard data is being replaced"))?;
+    db.sync_log().map_err(|x| snap_err(ErrorVerb::Write, x))?;
+    let snap_dir = data.snap_dir();
+    let tmp = snap_dir.join("building.tmp");
+    let f = std::fs::File::create(&tmp).map_err(e)?;
+    let mut ar = tar::Builder::new(std::io::BufWriter::new(f));
+    ar.follow_symlinks(false);
+    // Blocks are immutable; compaction may delete one while we read it: then list again.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut failed = None;
+        let mut names = Vec::new();
+        for b in db.blocks() {
+            let dir = db.dir().join(&b.id);
+            let mut files = Vec::new();
+            collect_files(&dir, &mut files).map_err(e)?;
+            for p in files {
+                let rel = p
+                    .strip_prefix(db.dir())
+                    .map_err(|x| e(std::io::Error::other(x)))?;
+                names.push((p.clone(), Path::new("blocks").join(rel)));
+            }
+        }
+        for (src, name) in &names {
+            match std::fs::File::open(src) {
+                Ok(mut f) => ar.append_file(name, &mut f).map_err(e)?,
+                Err(x) => {
+                    failed = Some(x);
+                    break;
+                }
+            }
+        }
+        match failed {
+            None => break,
+            Some(x) if attempt >= 3 => return Err(e(x)),
+            Some(_) => {
+                // Start over with a fresh archive.
+                let f = std::fs::File::create(&tmp).map_err(e)?;
+                ar = tar::Builder::new(std::io::BufWriter::new(f));
+            }
+        }
+    }
+    // The head as write batches.
+    let hmin = db.head().min_time();
+    if hmin != i64::MAX {
+        let q = db
+            .querier(hmin, i64::MAX)
+            .map_err(|x| snap_err(ErrorVerb::Read, x))?;
+        let all = Matcher::new(MatchType::Regex, "__name__", ".+")
+            .map_err(|x| snap_err(ErrorVerb::Read, x))?;
+        let mut b = BatchBuilder::new();
+        let mut n = 0usize;
+        let mut samples = Vec::new();
+        for s in q.select(false, None, &[all]) {
+            let s = s.map_err(|x| snap_err(ErrorVerb::Read, x))?;
+            samples.clear();
+            let mut it = s.iter();
+            while it.next() {
+                let x = it.at();
+                samples.push((x.t, x.v));
+            }
+            if let Some(err) = it.err() {
+                return Err(snap_err(ErrorVerb::Read, err));
+            }
+            let labels: &Labels = s.labels();
+            b.add(labels, &samples);
+            if b.num_series() as usize >= DUMP_SERIES_PER_BATCH {
+                append_bytes(
+                    &mut ar,
+                    &format!("head-{n:06}.batch"),
+                    &std::mem::take(&mut b).finish(),
+                )
+                .map_err(e)?;
+                n += 1;
+            }
+        }
+        if !b.is_empty() {
+            append_bytes(&mut ar, &format!("head-{n:06}.batch"), &b.finish()).map_err(e)?;
+        }
+    }
+    let w = ar.into_inner().map_err(e)?;
+    let f = w.into_inner().map_err(|x| e(x.into_error()))?;
+    f.sync_all().map_err(e)?;
+    drop(f);
+    let snapshot_id = match last_log_id {
+        Some(l) => format!(
+            "{}-{}-{}",
+            l.leader_id.term,
+            l.index,
+            tidemark_model::time::now_millis()
+        ),
+        None => format!("none-{}", tidemark_model::time::now_millis()),
+    };
+    let meta = SnapshotMeta {
+        last_log_id,
+        last_membership,
+        snapshot_id,
+    };
+    let meta_bytes = encode(&meta).map_err(|x| snap_err(ErrorVerb::Write, x))?;
+    std::fs::rename(&tmp, snap_dir.join(SNAP_FILE)).map_err(e)?;
+    write_atomic(&snap_dir, META_FILE, &meta_bytes).map_err(e)?;
+    tracing::info!(dir = %data.dir.display(), snapshot = %meta.snapshot_id, "snapshot built");
+    Ok(meta)
+}
+
+fn append_bytes<W: Write>(ar: &mut tar::Builder<W>, name: &str, b: &[u8]) -> std::io::Result<()> {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(b.len() as u64);
+    h.set_mode(0o644);
+    h.set_cksum();
+    ar.append_data(&mut h, name, b)
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.is_dir() {
+            collect_files(&p, out)?;
+        } else {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
