@@ -93,10 +93,10 @@ impl ShardData {
 
     /// Closes the Db (shutdown).
     pub fn close(&self) {
-        if let Some(db) = self.db.write().take() {
-            if let Err(e) = db.close() {
-                tracing::error!(dir = %self.dir.display(), error = %e, "closing shard data");
-            }
+        if let Some(db) = self.db.write().take()
+            && let Err(e) = db.close()
+        {
+            tracing::error!(dir = %self.dir.display(), error = %e, "closing shard data");
         }
     }
 }
@@ -336,10 +336,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 fn rebuild_from_snapshot(data: &ShardData) -> std::io::Result<()> {
     let snap_dir = data.snap_dir();
     write_atomic(&snap_dir, REBUILD_MARKER, b"")?;
-    if let Some(db) = data.db.write().take() {
-        if let Err(e) = db.close() {
-            tracing::warn!(error = %e, "closing shard data before a snapshot install");
-        }
+    if let Some(db) = data.db.write().take()
+        && let Err(e) = db.close()
+    {
+        tracing::warn!(error = %e, "closing shard data before a snapshot install");
     }
     let data_dir = data.data_dir();
     let _ = std::fs::remove_dir_all(&data_dir);

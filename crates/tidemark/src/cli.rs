@@ -44,6 +44,42 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: TestCommand,
     },
+    /// Inspect a cluster.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+    /// Start a local cluster of `--nodes` `tidemark server` processes on 127.0.0.1 (HTTP ports
+    /// from `--http-port`, cluster ports from `--cluster-port`), data under `--dir`. Ctrl-C
+    /// stops them all.
+    DevCluster(DevClusterArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ClusterCommand {
+    /// Nodes, shards, leaders, replication progress and health, as seen by one node.
+    Status {
+        /// Cluster (gRPC) address of any node.
+        #[arg(long, default_value = "127.0.0.1:9290")]
+        address: String,
+        /// Print the raw status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct DevClusterArgs {
+    #[arg(long, default_value_t = 3)]
+    pub(crate) nodes: u32,
+    #[arg(long, default_value = "dev-cluster")]
+    pub(crate) dir: PathBuf,
+    #[arg(long = "http-port", default_value_t = 9190)]
+    pub(crate) http_port: u16,
+    #[arg(long = "cluster-port", default_value_t = 9290)]
+    pub(crate) cluster_port: u16,
+    #[arg(long = "cluster.shards", default_value_t = 8)]
+    pub(crate) shards: u32,
 }
 
 #[derive(Debug, Subcommand)]
@@ -102,6 +138,35 @@ pub(crate) struct ServerArgs {
         default_value = "data/"
     )]
     pub(crate) storage_path: PathBuf,
+
+    /// This node's id in a cluster (1, 2, ...). Without it the server is a single node.
+    #[arg(long = "cluster.node-id")]
+    pub(crate) cluster_node_id: Option<u64>,
+
+    /// Address of this node's cluster (gRPC) service.
+    #[arg(long = "cluster.listen-address", default_value = "0.0.0.0:9290")]
+    pub(crate) cluster_listen_address: String,
+
+    /// Every node of the cluster, this one included: `1=host:port,2=host:port,3=host:port`
+    /// (cluster addresses, as the other nodes reach them).
+    #[arg(long = "cluster.peers", value_delimiter = ',')]
+    pub(crate) cluster_peers: Vec<String>,
+
+    /// Number of shards; fixed when the cluster is created.
+    #[arg(long = "cluster.shards", default_value_t = 8)]
+    pub(crate) cluster_shards: u32,
+
+    /// Replicas of each shard (capped at the number of nodes).
+    #[arg(long = "cluster.replication-factor", default_value_t = 3)]
+    pub(crate) cluster_replication_factor: usize,
+
+    /// A shard snapshot is taken after this many Raft log entries (then its log is purged).
+    #[arg(long = "cluster.snapshot-after-entries", default_value_t = 50_000)]
+    pub(crate) cluster_snapshot_after_entries: u64,
+
+    /// Log entries kept behind a snapshot for replicas that catch up from the log.
+    #[arg(long = "cluster.keep-entries-after-snapshot", default_value_t = 5_000)]
+    pub(crate) cluster_keep_entries: u64,
 
     /// How long to keep samples (Prometheus duration). Default 15d.
     #[arg(

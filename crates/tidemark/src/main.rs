@@ -3,6 +3,7 @@
 //! handles signals.
 
 mod cli;
+mod cluster_cmd;
 mod config;
 mod logging;
 mod rules_cmd;
@@ -42,6 +43,8 @@ fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+        cli::Command::Cluster { command } => cluster_cmd::run(command),
+        cli::Command::DevCluster(a) => cluster_cmd::dev_cluster(a),
         cli::Command::Test { command } => match command {
             cli::TestCommand::Rules { files } => Ok(rules_cmd::test_rules(&files)),
         },

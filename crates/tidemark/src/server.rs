@@ -90,6 +90,43 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
         None => None,
     };
 
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("tidemark")
+        .build()?;
+    if let Some(id) = args.cluster_node_id {
+        let node = rt.block_on(start_cluster_node(&args, id, &storage_path, &dbo))?;
+        let storage =
+            tidemark_cluster::storage::ClusterStorage::new(node.clone(), rt.handle().clone());
+        let owner = node.clone();
+        let backend = Backend {
+            appendable: Arc::new(storage.clone()),
+            queryable: Arc::new(storage),
+            admin: Arc::new(ClusterAdmin),
+            metrics: Arc::new(ClusterMetrics { node: node.clone() }),
+            // With a configuration file, targets are spread over the live nodes; the embedded
+            // default (each node scrapes itself) is per node.
+            owns_target: args.config_file.is_some().then(|| {
+                Arc::new(move |job: &str, h: u64| {
+                    owner.owns(h ^ xxhash_rust::xxh3::xxh3_64(job.as_bytes()))
+                }) as tidemark_scrape::TargetFilter
+            }),
+        };
+        let result = rt.block_on(serve(
+            args,
+            cfg,
+            backend,
+            engine,
+            web_config,
+            storage_path,
+            dbo,
+        ));
+        info!("closing cluster node");
+        rt.block_on(node.shutdown());
+        rt.shutdown_timeout(Duration::from_secs(5));
+        return result;
+    }
+
     info!(path = %storage_path.display(), retention_ms = dbo.retention_time_ms, "opening storage");
     let db = Db::open(&storage_path, dbo.clone())
         .with_context(|| format!("opening {}", storage_path.display()))?;
@@ -101,14 +138,20 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
     }
     info!(series = db.stats().head_series, "storage ready");
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("tidemark")
-        .build()?;
+    let backend = Backend {
+        appendable: Arc::new(db.clone()),
+        queryable: Arc::new(db.clone()),
+        admin: Arc::new(DbAdmin {
+            db: db.clone(),
+            dir: storage_path.clone(),
+        }),
+        metrics: Arc::new(DbMetrics { db: db.clone() }),
+        owns_target: None,
+    };
     let result = rt.block_on(serve(
         args,
         cfg,
-        db.clone(),
+        backend,
         engine,
         web_config,
         storage_path,
@@ -122,18 +165,79 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
     result
 }
 
+/// What the server runs on: the local engine, or the cluster.
+struct Backend {
+    appendable: Arc<dyn Appendable>,
+    queryable: Arc<dyn Queryable>,
+    admin: Arc<dyn TsdbAdmin>,
+    metrics: Arc<dyn MetricsSource>,
+    owns_target: Option<tidemark_scrape::TargetFilter>,
+}
+
+async fn start_cluster_node(
+    args: &ServerArgs,
+    id: u64,
+    storage_path: &Path,
+    dbo: &DbOptions,
+) -> anyhow::Result<Arc<tidemark_cluster::node::Node>> {
+    let mut peers = BTreeMap::new();
+    for p in &args.cluster_peers {
+        let (i, a) = p
+            .split_once('=')
+            .with_context(|| format!("--cluster.peers: {p:?} is not ID=HOST:PORT"))?;
+        let i: u64 = i
+            .trim()
+            .parse()
+            .with_context(|| format!("--cluster.peers: bad node id in {p:?}"))?;
+        peers.insert(i, a.trim().to_string());
+    }
+    if peers.is_empty() {
+        // A one-node cluster.
+        peers.insert(
+            id,
+            args.cluster_listen_address.replace("0.0.0.0", "127.0.0.1"),
+        );
+    }
+    let listen: std::net::SocketAddr = args
+        .cluster_listen_address
+        .parse()
+        .with_context(|| format!("--cluster.listen-address {}", args.cluster_listen_address))?;
+    let mut o =
+        tidemark_cluster::node::ClusterOptions::new(id, listen, peers, storage_path.to_path_buf());
+    o.num_shards = args.cluster_shards.max(1);
+    o.replication_factor = args.cluster_replication_factor.max(1);
+    o.snapshot_after_entries = args.cluster_snapshot_after_entries.max(10);
+    o.keep_entries_after_snapshot = args.cluster_keep_entries;
+    o.db = DbOptions {
+        // The shard's Raft log is what makes a write durable; the Db's own log only speeds up
+        // restarts and is fsynced before each snapshot (docs/cluster.md).
+        log_sync: SyncPolicy::Never,
+        ..dbo.clone()
+    };
+    info!(node = id, listen = %listen, peers = ?o.peers, shards = o.num_shards, "starting cluster node");
+    tidemark_cluster::node::Node::start(o)
+        .await
+        .map_err(|e| anyhow::anyhow!("starting the cluster node: {e}"))
+}
+
 async fn serve(
     args: ServerArgs,
     cfg: Config,
-    db: Db,
+    backend: Backend,
     engine: Engine,
     web_config: Option<tidemark_api::WebConfig>,
     storage_path: PathBuf,
     dbo: DbOptions,
 ) -> anyhow::Result<()> {
-    let appendable: Arc<dyn Appendable> = Arc::new(db.clone());
-    let queryable: Arc<dyn Queryable> = Arc::new(db.clone());
-    let scrape = ScrapeManager::new(appendable.clone(), ScrapeOptions::default());
+    let appendable = backend.appendable.clone();
+    let queryable = backend.queryable.clone();
+    let scrape = ScrapeManager::new(
+        appendable.clone(),
+        ScrapeOptions {
+            owns_target: backend.owns_target.clone(),
+            ..ScrapeOptions::default()
+        },
+    );
     scrape
         .apply_config(&cfg.prometheus)
         .context("applying scrape configuration")?;
@@ -202,17 +306,14 @@ async fn serve(
     });
     let cfg_for_text = cfg.clone();
     let api = Api::new(queryable, appendable, engine, opts)
-        .with_admin(Arc::new(DbAdmin {
-            db: db.clone(),
-            dir: storage_path.clone(),
-        }))
+        .with_admin(backend.admin.clone())
         .with_targets(Arc::new(ScrapeTargets {
             scrape: scrape.clone(),
         }))
         .with_config_text(move || cfg_for_text.lock().prometheus.to_yaml())
         .with_flags(flags)
         .with_reload(reloader.clone())
-        .with_metrics_source(Arc::new(DbMetrics { db: db.clone() }))
+        .with_metrics_source(backend.metrics.clone())
         .with_rules(Arc::new(RulesApi {
             rules: rules.clone(),
         }))
@@ -372,6 +473,49 @@ impl TsdbAdmin for DbAdmin {
 
     fn snapshot(&self, skip_head: bool) -> Result<String, tidemark_storage::Error> {
         crate::status::snapshot(&self.db, &self.dir, skip_head)
+    }
+}
+
+/// Admin operations on a cluster node: not built yet (docs/cluster.md).
+struct ClusterAdmin;
+
+impl TsdbAdmin for ClusterAdmin {
+    fn status(&self, _limit: usize) -> Result<tidemark_api::TsdbStatus, tidemark_storage::Error> {
+        Err(tidemark_storage::Error::Other(
+            "TSDB status is not available on a cluster node yet (docs/cluster.md)".into(),
+        ))
+    }
+
+    fn delete_series(
+        &self,
+        _m: &[Vec<Matcher>],
+        _mint: i64,
+        _maxt: i64,
+    ) -> Result<(), tidemark_storage::Error> {
+        Err(tidemark_storage::Error::Other(
+            "delete_series is not supported on a cluster node yet".into(),
+        ))
+    }
+
+    fn clean_tombstones(&self) -> Result<(), tidemark_storage::Error> {
+        Ok(())
+    }
+
+    fn snapshot(&self, _skip_head: bool) -> Result<String, tidemark_storage::Error> {
+        Err(tidemark_storage::Error::Other(
+            "snapshots are not available on a cluster node yet (each shard takes Raft snapshots itself)".into(),
+        ))
+    }
+}
+
+/// A cluster node's own metrics on `/metrics`.
+struct ClusterMetrics {
+    node: Arc<tidemark_cluster::node::Node>,
+}
+
+impl MetricsSource for ClusterMetrics {
+    fn render(&self, out: &mut String) {
+        crate::status::render_cluster_metrics(&self.node, out);
     }
 }
 

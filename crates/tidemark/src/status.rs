@@ -180,3 +180,95 @@ pub(crate) fn render_metrics(db: &Db, out: &mut String) {
         );
     }
 }
+
+/// A cluster node's metrics: write routing counters, and per hosted shard its Raft state and
+/// the head of its Db.
+pub(crate) fn render_cluster_metrics(node: &tidemark_cluster::node::Node, out: &mut String) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let st = &node.stats;
+    let counters = [
+        (
+            "tidemark_cluster_write_batches_total",
+            "Shard write batches acknowledged by a quorum.",
+            st.batches.load(Relaxed),
+        ),
+        (
+            "tidemark_cluster_samples_accepted_total",
+            "Samples accepted by the shards' leaders.",
+            st.samples_accepted.load(Relaxed),
+        ),
+        (
+            "tidemark_cluster_samples_rejected_total",
+            "Samples rejected by the shards (out of order, duplicates, ...).",
+            st.samples_rejected.load(Relaxed),
+        ),
+        (
+            "tidemark_cluster_writes_forwarded_total",
+            "Shard writes forwarded to another node's leader.",
+            st.forwarded.load(Relaxed),
+        ),
+        (
+            "tidemark_cluster_writes_unavailable_total",
+            "Shard writes that found no leader or quorum in time (503).",
+            st.unavailable.load(Relaxed),
+        ),
+    ];
+    for (name, help, v) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
+    }
+    let status = node.status();
+    let _ = writeln!(
+        out,
+        "# HELP tidemark_cluster_node_up Whether this node sees a peer as live.\n# TYPE tidemark_cluster_node_up gauge"
+    );
+    for n in &status.nodes {
+        let _ = writeln!(
+            out,
+            "tidemark_cluster_node_up{{node=\"{}\"}} {}",
+            n.id,
+            u8::from(n.live)
+        );
+    }
+    type Gauge = fn(&tidemark_cluster::pb::ShardStatus, u64) -> f64;
+    let gauges: [(&str, &str, Gauge); 5] = [
+        (
+            "tidemark_cluster_shard_is_leader",
+            "1 when this node leads the shard.",
+            |s, me| f64::from(u8::from(s.leader == me)),
+        ),
+        (
+            "tidemark_cluster_shard_last_log_index",
+            "Index of the last entry in the shard's Raft log here.",
+            |s, _| s.last_log_index as f64,
+        ),
+        (
+            "tidemark_cluster_shard_last_applied_index",
+            "Index of the last entry applied to the shard's data here.",
+            |s, _| s.last_applied as f64,
+        ),
+        (
+            "tidemark_cluster_shard_term",
+            "Current Raft term of the shard.",
+            |s, _| s.term as f64,
+        ),
+        (
+            "tidemark_cluster_shard_head_series",
+            "Series in the head of the shard's data here.",
+            |s, _| s.head_series as f64,
+        ),
+    ];
+    for (name, help, f) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for sh in &status.shards {
+            let _ = writeln!(
+                out,
+                "{name}{{shard=\"{}\"}} {}",
+                sh.shard,
+                f(sh, status.node_id)
+            );
+        }
+    }
+}

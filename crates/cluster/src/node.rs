@@ -1,0 +1,1185 @@
+//! A cluster node: the shard groups it hosts, the gRPC service, write routing, read fan-out,
+//! peer liveness and status.
+//!
+//! Shard map (fixed at cluster creation, the same on every node): with the node ids sorted,
+//! shard `s` is replicated on nodes `ids[(s + k) % n]` for `k < replication_factor`, and
+//! `ids[s % n]` is its preferred leader, so leaders (and writes) spread over the nodes.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
+use parking_lot::Mutex;
+use tidemark_model::{Labels, MatchType, Matcher};
+use tidemark_storage::Queryable;
+use tidemark_tsdb::chunk::ChunkEncoder;
+use tidemark_tsdb::{Db, DbOptions};
+use tonic::{Request, Response, Status};
+
+use crate::log_store::LogStore;
+use crate::network::{Clients, MAX_MESSAGE_BYTES, NetworkFactory};
+use crate::pb;
+use crate::state_machine::{ShardData, StateMachine};
+use crate::types::{ApplyResult, Batch, NodeId, Raft, decode, encode};
+
+/// Samples per chunk in select replies.
+const CHUNK_SAMPLES: usize = 240;
+
+/// Options of a cluster node.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub node_id: NodeId,
+    /// Address the gRPC service listens on.
+    pub listen: SocketAddr,
+    /// Every node of the cluster (this one included): id -> host:port of its gRPC service.
+    pub peers: BTreeMap<NodeId, String>,
+    pub num_shards: u32,
+    pub replication_factor: usize,
+    /// Directory holding `shards/<n>/`.
+    pub data_dir: PathBuf,
+    /// Options of each shard's Db.
+    pub db: DbOptions,
+    /// A snapshot is built after this many log entries (then the log is purged behind it).
+    pub snapshot_after_entries: u64,
+    /// Entries kept in the log behind a snapshot (so briefly absent replicas catch up from the
+    /// log rather than a snapshot).
+    pub keep_entries_after_snapshot: u64,
+    pub heartbeat_ms: u64,
+    pub election_timeout_ms: (u64, u64),
+    /// How long a write waits for a leader and a quorum before failing as unavailable.
+    pub write_timeout: Duration,
+    /// How long a read waits for a leader before failing.
+    pub read_timeout: Duration,
+}
+
+impl ClusterOptions {
+    /// Defaults for everything but identity and addresses.
+    pub fn new(
+        node_id: NodeId,
+        listen: SocketAddr,
+        peers: BTreeMap<NodeId, String>,
+        data_dir: PathBuf,
+    ) -> ClusterOptions {
+        ClusterOptions {
+            node_id,
+            listen,
+            peers,
+            num_shards: 8,
+            replication_factor: 3,
+            data_dir,
+            db: DbOptions::default(),
+            snapshot_after_entries: 50_000,
+            keep_entries_after_snapshot: 5_000,
+            heartbeat_ms: 200,
+            election_timeout_ms: (1000, 2000),
+            write_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The replicas of `shard` (first: the preferred leader).
+pub fn shard_replicas(ids: &[NodeId], shard: u32, rf: usize) -> Vec<NodeId> {
+    let n = ids.len();
+    if n == 0 {
+        return Vec::new();
+    }
+    (0..rf.min(n))
+        .map(|k| ids[(shard as usize + k) % n])
+        .collect()
+}
+
+/// The shard of a series: `stable_hash(labels) % num_shards`.
+pub fn shard_of(labels: &Labels, num_shards: u32) -> u32 {
+    (labels.stable_hash() % u64::from(num_shards.max(1))) as u32
+}
+
+/// Errors of cluster operations.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// No leader or no quorum within the timeout (HTTP 503).
+    #[error("shard {shard} unavailable: {reason}")]
+    Unavailable { shard: u32, reason: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<ClusterError> for tidemark_storage::Error {
+    fn from(e: ClusterError) -> Self {
+        match e {
+            ClusterError::Unavailable { .. } => tidemark_storage::Error::Unavailable(e.to_string()),
+            ClusterError::Invalid(s) => tidemark_storage::Error::InvalidLabels(s),
+            ClusterError::Other(s) => tidemark_storage::Error::Other(s),
+        }
+    }
+}
+
+/// One shard group hosted here.
+#[derive(Clone)]
+pub struct Shard {
+    pub id: u32,
+    pub raft: Raft,
+    pub data: Arc<ShardData>,
+    pub log: LogStore,
+    pub replicas: Vec<NodeId>,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard")
+            .field("id", &self.id)
+            .field("replicas", &self.replicas)
+            .finish()
+    }
+}
+
+/// A series read from a shard.
+#[derive(Debug, Clone)]
+pub struct ShardSeries {
+    pub labels: Labels,
+    pub samples: Vec<tidemark_model::Sample>,
+}
+
+/// Write figures (exposed in /metrics).
+#[derive(Debug, Default)]
+pub struct WriteStats {
+    pub batches: std::sync::atomic::AtomicU64,
+    pub samples_accepted: std::sync::atomic::AtomicU64,
+    pub samples_rejected: std::sync::atomic::AtomicU64,
+    pub forwarded: std::sync::atomic::AtomicU64,
+    pub unavailable: std::sync::atomic::AtomicU64,
+}
+
+/// A running cluster node.
+#[derive(Debug)]
+pub struct Node {
+    opts: ClusterOptions,
+    ids: Vec<NodeId>,
+    shards: HashMap<u32, Shard>,
+    clients: Clients,
+    /// Leader per shard as last learned (for shards not hosted here, and as a hint).
+    leader_hint: Mutex<HashMap<u32, NodeId>>,
+    /// Last successful contact with each peer.
+    seen: Mutex<HashMap<NodeId, Instant>>,
+    started: Instant,
+    pub stats: WriteStats,
+    shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+impl Node {
+    /// Opens the shards hosted here, starts their Raft groups and the gRPC service.
+    pub async fn start(opts: ClusterOptions) -> Result<Arc<Node>, ClusterError> {
+        let ids: Vec<NodeId> = opts.peers.keys().copied().collect();
+        if !opts.peers.contains_key(&opts.node_id) {
+            return Err(ClusterError::Invalid(format!(
+                "node id {} is not among the peers {:?}",
+                opts.node_id, ids
+            )));
+        }
+        let config = Config {
+            cluster_name: "tidemark".into(),
+            heartbeat_interval: opts.heartbeat_ms,
+            election_timeout_min: opts.election_timeout_ms.0,
+            election_timeout_max: opts.election_timeout_ms.1,
+            install_snapshot_timeout: 60_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_after_entries),
+            max_in_snapshot_log_to_keep: opts.keep_entries_after_snapshot,
+            purge_batch_size: 256,
+            max_payload_entries: 64,
+            ..Config::default()
+        };
+        let config = Arc::new(
+            config
+                .validate()
+                .map_err(|e| ClusterError::Invalid(format!("raft config: {e}")))?,
+        );
+        let clients = Clients::new();
+        let mut shards = HashMap::new();
+        for s in 0..opts.num_shards {
+            let replicas = shard_replicas(&ids, s, opts.replication_factor);
+            if !replicas.contains(&opts.node_id) {
+                continue;
+            }
+            let dir = opts.data_dir.join("shards").join(s.to_string());
+            let log = LogStore::open(&dir.join("raft"), 64 << 20)
+                .map_err(|e| ClusterError::Other(format!("shard {s} log: {e}")))?;
+            let sm = StateMachine::open(&dir, opts.db.clone())
+                .map_err(|e| ClusterError::Other(format!("shard {s} data: {e}")))?;
+            let data = sm.data().clone();
+            let raft = Raft::new(
+                opts.node_id,
+                config.clone(),
+                NetworkFactory {
+                    shard: s,
+                    clients: clients.clone(),
+                },
+                log.clone(),
+                sm,
+            )
+            .await
+            .map_err(|e| ClusterError::Other(format!("shard {s} raft: {e}")))?;
+            shards.insert(
+                s,
+                Shard {
+                    id: s,
+                    raft,
+                    data,
+                    log,
+                    replicas,
+                },
+            );
+        }
+        let (shutdown, _) = tokio::sync::watch::channel(false);
+        let node = Arc::new(Node {
+            ids: ids.clone(),
+            shards,
+            clients,
+            leader_hint: Mutex::new(HashMap::new()),
+            seen: Mutex::new(HashMap::new()),
+            started: Instant::now(),
+            stats: WriteStats::default(),
+            shutdown,
+            opts,
+        });
+        node.serve().await?;
+        // Every replica initializes its groups with the same membership (openraft accepts
+        // identical initial memberships on every node; on later starts this is a no-op).
+        for sh in node.shards.values() {
+            let members: BTreeMap<NodeId, BasicNode> = sh
+                .replicas
+                .iter()
+                .map(|id| (*id, BasicNode::new(node.addr_of(*id))))
+                .collect();
+            match sh.raft.is_initialized().await {
+                Ok(false) => {
+                    if let Err(e) = sh.raft.initialize(members).await {
+                        tracing::debug!(shard = sh.id, error = %e, "initialize");
+                    }
+                }
+                Ok(true) => {}
+                Err(e) => return Err(ClusterError::Other(format!("shard {}: {e}", sh.id))),
+            }
+        }
+        node.clone().spawn_background();
+        tracing::info!(
+            node = node.opts.node_id,
+            shards = node.shards.len(),
+            "cluster node started"
+        );
+        Ok(node)
+    }
+
+    fn addr_of(&self, id: NodeId) -> String {
+        self.opts.peers.get(&id).cloned().unwrap_or_default()
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.opts.node_id
+    }
+
+    pub fn options(&self) -> &ClusterOptions {
+        &self.opts
+    }
+
+    pub fn num_shards(&self) -> u32 {
+        self.opts.num_shards
+    }
+
+    pub fn shard(&self, s: u32) -> Option<&Shard> {
+        self.shards.get(&s)
+    }
+
+    pub fn node_ids(&self) -> &[NodeId] {
+        &self.ids
+    }
+
+    async fn serve(self: &Arc<Node>) -> Result<(), ClusterError> {
+        let listener = tokio::net::TcpListener::bind(self.opts.listen)
+            .await
+            .map_err(|e| {
+                ClusterError::Other(format!("cluster listen {}: {e}", self.opts.listen))
+            })?;
+        let svc = pb::cluster_server::ClusterServer::new(Service {
+            node: Arc::downgrade(self),
+        })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let mut rx = self.shutdown.subscribe();
+        let incoming = tokio_stream_from(listener);
+        tokio::spawn(async move {
+            let res = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(svc)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = rx.wait_for(|v| *v).await;
+                })
+                .await;
+            if let Err(e) = res {
+                tracing::error!(error = %e, "cluster gRPC server failed");
+            }
+        });
+        Ok(())
+    }
+
+    fn spawn_background(self: Arc<Node>) {
+        // Peer liveness: a Status call to every peer each second.
+        let weak = Arc::downgrade(&self);
+        let mut rx = self.shutdown.subscribe();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = rx.wait_for(|v| *v) => return,
+                }
+                let Some(node) = weak.upgrade() else { return };
+                node.probe_peers().await;
+            }
+        });
+        // Preferred leaders: a replica that is its shard's preferred leader and sees another
+        // leader (or none) campaigns once after start; later elections are left to Raft.
+        let weak = Arc::downgrade(&self);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            for _ in 0..20 {
+                let Some(node) = weak.upgrade() else { return };
+                let mut pending = false;
+                for sh in node.shards.values() {
+                    if sh.replicas.first() != Some(&node.opts.node_id) {
+                        continue;
+                    }
+                    let m = sh.raft.metrics().borrow().clone();
+                    if m.current_leader == Some(node.opts.node_id) {
+                        continue;
+                    }
+                    pending = true;
+                    if m.current_leader.is_none() || m.state == ServerState::Follower {
+                        let _ = sh.raft.trigger().elect().await;
+                    }
+                }
+                drop(node);
+                if !pending {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+            }
+        });
+    }
+
+    async fn probe_peers(&self) {
+        let futs = self
+            .ids
+            .iter()
+            .filter(|id| **id != self.opts.node_id)
+            .map(|id| {
+                let id = *id;
+                let addr = self.addr_of(id);
+                let clients = self.clients.clone();
+                async move {
+                    let Ok(mut c) = clients.get(id, &addr) else {
+                        return (id, false);
+                    };
+                    let mut r = Request::new(pb::StatusRequest {});
+                    r.set_timeout(Duration::from_millis(800));
+                    (id, c.status(r).await.is_ok())
+                }
+            });
+        let res = futures::future::join_all(futs).await;
+        let now = Instant::now();
+        let mut g = self.seen.lock();
+        for (id, ok) in res {
+            if ok {
+                g.insert(id, now);
+            }
+        }
+    }
+
+    /// Nodes seen in the last 2 seconds (this one always), sorted.
+    pub fn live_nodes(&self) -> Vec<NodeId> {
+        let g = self.seen.lock();
+        let now = Instant::now();
+        self.ids
+            .iter()
+            .copied()
+            .filter(|id| {
+                *id == self.opts.node_id
+                    || g.get(id).is_some_and(|t| now.duration_since(*t) < Duration::from_secs(2))
+                    // Before the first probes answer, assume everyone is up.
+                    || (now.duration_since(self.started) < Duration::from_secs(2) && !g.contains_key(id))
+            })
+            .collect()
+    }
+
+    /// Whether this node owns `key` among the live nodes (rendezvous hashing): used to spread
+    /// scrape targets and rule groups.
+    pub fn owns(&self, key: u64) -> bool {
+        let live = self.live_nodes();
+        let best = live.iter().copied().max_by_key(|id| {
+            let mut b = [0u8; 16];
+            b[..8].copy_from_slice(&key.to_le_bytes());
+            b[8..].copy_from_slice(&id.to_le_bytes());
+            xxhash_rust::xxh3::xxh3_64(&b)
+        });
+        best == Some(self.opts.node_id)
+    }
+
+    fn leader_of(&self, s: u32) -> Option<NodeId> {
+        if let Some(sh) = self.shards.get(&s)
+            && let Some(l) = sh.raft.metrics().borrow().current_leader
+        {
+            return Some(l);
+        }
+        self.leader_hint.lock().get(&s).copied()
+    }
+
+    fn set_hint(&self, s: u32, leader: Option<NodeId>) {
+        let mut g = self.leader_hint.lock();
+        match leader {
+            Some(l) if l != 0 => {
+                g.insert(s, l);
+            }
+            _ => {
+                g.remove(&s);
+            }
+        }
+    }
+
+    /// Writes one batch to shard `s` through its leader, waiting for a quorum. Retries through
+    /// leader changes until `write_timeout`; never reports success unless the leader committed.
+    pub async fn write_shard(&self, s: u32, batch: Vec<u8>) -> Result<ApplyResult, ClusterError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let deadline = Instant::now() + self.opts.write_timeout;
+        let mut last_err = String::from("no leader known");
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            if attempt > 1 {
+                if Instant::now() >= deadline {
+                    self.stats.unavailable.fetch_add(1, Relaxed);
+                    return Err(ClusterError::Unavailable {
+                        shard: s,
+                        reason: last_err,
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt.min(6)))).await;
+            }
+            let leader = self.leader_of(s).or_else(|| {
+                shard_replicas(&self.ids, s, self.opts.replication_factor)
+                    .get(attempt as usize % self.opts.replication_factor.max(1))
+                    .copied()
+            });
+            let Some(leader) = leader else { continue };
+            if leader == self.opts.node_id {
+                match self.local_write(s, batch.clone()).await {
+                    Ok(r) => {
+                        self.stats.batches.fetch_add(1, Relaxed);
+                        self.stats.samples_accepted.fetch_add(r.accepted, Relaxed);
+                        self.stats.samples_rejected.fetch_add(r.rejected, Relaxed);
+                        return Ok(r);
+                    }
+                    Err((hint, e)) => {
+                        self.set_hint(s, hint);
+                        last_err = e;
+                    }
+                }
+                continue;
+            }
+            let Ok(mut c) = self.clients.get(leader, &self.addr_of(leader)) else {
+                continue;
+            };
+            let mut r = Request::new(pb::WriteRequest {
+                shard: s,
+                batch: batch.clone(),
+            });
+            r.set_timeout(
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(100)),
+            );
+            self.stats.forwarded.fetch_add(1, Relaxed);
+            match c.write(r).await {
+                Ok(rep) => {
+                    let rep = rep.into_inner();
+                    match pb::WriteStatus::try_from(rep.status) {
+                        Ok(pb::WriteStatus::WriteOk) => {
+                            let r = ApplyResult {
+                                accepted: rep.accepted,
+                                rejected: rep.rejected,
+                                first_error: (!rep.error.is_empty()).then_some(rep.error),
+                            };
+                            self.stats.batches.fetch_add(1, Relaxed);
+                            self.stats.samples_accepted.fetch_add(r.accepted, Relaxed);
+                            self.stats.samples_rejected.fetch_add(r.rejected, Relaxed);
+                            return Ok(r);
+                        }
+                        Ok(pb::WriteStatus::NotLeader) => {
+                            self.set_hint(s, Some(rep.leader));
+                            last_err = format!("node {leader} is not the leader");
+                        }
+                        Ok(pb::WriteStatus::Invalid) => {
+                            return Err(ClusterError::Invalid(rep.error));
+                        }
+                        _ => {
+                            last_err = rep.error;
+                        }
+                    }
+                }
+                Err(st) => {
+                    self.set_hint(s, None);
+                    last_err = format!("node {leader}: {}", st.message());
+                }
+            }
+        }
+    }
+
+    /// Proposes a batch on this node's replica of shard `s`. Err: (leader hint, reason).
+    async fn local_write(
+        &self,
+        s: u32,
+        batch: Vec<u8>,
+    ) -> Result<ApplyResult, (Option<NodeId>, String)> {
+        let Some(sh) = self.shards.get(&s) else {
+            return Err((
+                None,
+                format!("shard {s} is not hosted on node {}", self.opts.node_id),
+            ));
+        };
+        match sh.raft.client_write(Batch(batch)).await {
+            Ok(r) => Ok(r.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err((f.leader_id, "not the leader".into()))
+            }
+            Err(e) => Err((None, e.to_string())),
+        }
+    }
+
+    /// Writes batches to their shards in parallel. Ok only when every shard acknowledged.
+    pub async fn write(&self, batches: Vec<(u32, Vec<u8>)>) -> Result<ApplyResult, ClusterError> {
+        let futs = batches.into_iter().map(|(s, b)| self.write_shard(s, b));
+        let mut total = ApplyResult::default();
+        let mut err = None;
+        for r in futures::future::join_all(futs).await {
+            match r {
+                Ok(r) => {
+                    total.accepted += r.accepted;
+                    total.rejected += r.rejected;
+                    if total.first_error.is_none() {
+                        total.first_error = r.first_error;
+                    }
+                }
+                Err(e) => {
+                    if err.is_none() {
+                        err = Some(e);
+                    }
+                }
+            }
+        }
+        match err {
+            Some(e) => Err(e),
+            None => Ok(total),
+        }
+    }
+
+    /// Waits until this replica may serve linearizable reads of shard `s` (it is the leader
+    /// and has applied everything committed before the read). Err: (leader hint, reason).
+    async fn ensure_readable(&self, sh: &Shard) -> Result<Db, (Option<NodeId>, String)> {
+        match sh.raft.ensure_linearizable().await {
+            Ok(_) => {}
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                return Err((f.leader_id, "not the leader".into()));
+            }
+            Err(e) => return Err((None, e.to_string())),
+        }
+        sh.data
+            .db()
+            .ok_or_else(|| (None, "shard data is being replaced".to_string()))
+    }
+
+    /// Reads shard `s` from its leader (or from this replica when `allow_stale`).
+    pub async fn select_shard(
+        &self,
+        s: u32,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        allow_stale: bool,
+    ) -> Result<Vec<ShardSeries>, ClusterError> {
+        let deadline = Instant::now() + self.opts.read_timeout;
+        let mut last_err = String::from("no leader known");
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            if attempt > 1 {
+                if Instant::now() >= deadline {
+                    return Err(ClusterError::Unavailable {
+                        shard: s,
+                        reason: last_err,
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt.min(6)))).await;
+            }
+            if allow_stale && let Some(db) = self.shards.get(&s).and_then(|sh| sh.data.db()) {
+                return local_select(db, matchers.to_vec(), mint, maxt).await;
+            }
+            let leader = self.leader_of(s).or_else(|| {
+                shard_replicas(&self.ids, s, self.opts.replication_factor)
+                    .get(attempt as usize % self.opts.replication_factor.max(1))
+                    .copied()
+            });
+            let Some(leader) = leader else { continue };
+            if leader == self.opts.node_id {
+                let Some(sh) = self.shards.get(&s) else {
+                    continue;
+                };
+                match self.ensure_readable(sh).await {
+                    Ok(db) => return local_select(db, matchers.to_vec(), mint, maxt).await,
+                    Err((hint, e)) => {
+                        self.set_hint(s, hint);
+                        last_err = e;
+                        continue;
+                    }
+                }
+            }
+            let Ok(mut c) = self.clients.get(leader, &self.addr_of(leader)) else {
+                continue;
+            };
+            let mut r = Request::new(pb::SelectRequest {
+                shard: s,
+                matchers: matchers.iter().map(to_pb_matcher).collect(),
+                min_time: mint,
+                max_time: maxt,
+                allow_stale: false,
+            });
+            r.set_timeout(
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(100)),
+            );
+            match c.select(r).await {
+                Ok(rep) => {
+                    let rep = rep.into_inner();
+                    if !rep.error.is_empty() {
+                        self.set_hint(s, Some(rep.leader));
+                        last_err = rep.error;
+                        continue;
+                    }
+                    return decode_series(rep.series).map_err(ClusterError::Other);
+                }
+                Err(st) => {
+                    self.set_hint(s, None);
+                    last_err = format!("node {leader}: {}", st.message());
+                }
+            }
+        }
+    }
+
+    /// Label names (`name` empty) or values of label `name` in shard `s`.
+    pub async fn labels_shard(
+        &self,
+        s: u32,
+        name: Option<&str>,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        limit: usize,
+    ) -> Result<Vec<String>, ClusterError> {
+        let deadline = Instant::now() + self.opts.read_timeout;
+        let mut last_err = String::from("no leader known");
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            if attempt > 1 {
+                if Instant::now() >= deadline {
+                    return Err(ClusterError::Unavailable {
+                        shard: s,
+                        reason: last_err,
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt.min(6)))).await;
+            }
+            let leader = self.leader_of(s).or_else(|| {
+                shard_replicas(&self.ids, s, self.opts.replication_factor)
+                    .get(attempt as usize % self.opts.replication_factor.max(1))
+                    .copied()
+            });
+            let Some(leader) = leader else { continue };
+            if leader == self.opts.node_id {
+                let Some(sh) = self.shards.get(&s) else {
+                    continue;
+                };
+                match self.ensure_readable(sh).await {
+                    Ok(db) => {
+                        return local_labels(
+                            db,
+                            name.map(str::to_string),
+                            matchers.to_vec(),
+                            mint,
+                            maxt,
+                            limit,
+                        )
+                        .await;
+                    }
+                    Err((hint, e)) => {
+                        self.set_hint(s, hint);
+                        last_err = e;
+                        continue;
+                    }
+                }
+            }
+            let Ok(mut c) = self.clients.get(leader, &self.addr_of(leader)) else {
+                continue;
+            };
+            let mut r = Request::new(pb::LabelsRequest {
+                shard: s,
+                name: name.unwrap_or_default().to_string(),
+                matchers: matchers.iter().map(to_pb_matcher).collect(),
+                min_time: mint,
+                max_time: maxt,
+                limit: limit as u64,
+                allow_stale: false,
+            });
+            r.set_timeout(
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(100)),
+            );
+            let res = if name.is_some() {
+                c.label_values(r).await
+            } else {
+                c.label_names(r).await
+            };
+            match res {
+                Ok(rep) => {
+                    let rep = rep.into_inner();
+                    if !rep.error.is_empty() {
+                        self.set_hint(s, Some(rep.leader));
+                        last_err = rep.error;
+                        continue;
+                    }
+                    return Ok(rep.values);
+                }
+                Err(st) => {
+                    self.set_hint(s, None);
+                    last_err = format!("node {leader}: {}", st.message());
+                }
+            }
+        }
+    }
+
+    /// This node's view of the cluster.
+    pub fn status(&self) -> pb::StatusReply {
+        let live: BTreeSet<NodeId> = self.live_nodes().into_iter().collect();
+        let mut shards: Vec<pb::ShardStatus> = self
+            .shards
+            .values()
+            .map(|sh| {
+                let m = sh.raft.metrics().borrow().clone();
+                let replication = m
+                    .replication
+                    .as_ref()
+                    .map(|r| {
+                        r.iter()
+                            .map(|(id, l)| pb::ReplicaProgress {
+                                node: *id,
+                                matched: l.map_or(-1, |l| l.index as i64),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                pb::ShardStatus {
+                    shard: sh.id,
+                    leader: m.current_leader.unwrap_or(0),
+                    state: format!("{:?}", m.state),
+                    last_log_index: m.last_log_index.map_or(-1, |i| i as i64),
+                    last_applied: m.last_applied.map_or(-1, |l| l.index as i64),
+                    snapshot_index: m.snapshot.map_or(-1, |l| l.index as i64),
+                    voters: m.membership_config.membership().voter_ids().collect(),
+                    replication,
+                    head_series: sh.data.db().map_or(0, |d| d.head().num_series() as u64),
+                    term: m.current_term,
+                }
+            })
+            .collect();
+        shards.sort_by_key(|s| s.shard);
+        pb::StatusReply {
+            node_id: self.opts.node_id,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            nodes: self
+                .opts
+                .peers
+                .iter()
+                .map(|(id, a)| pb::NodeInfo {
+                    id: *id,
+                    address: a.clone(),
+                    live: live.contains(id),
+                })
+                .collect(),
+            shards,
+            num_shards: self.opts.num_shards,
+        }
+    }
+
+    /// Asks `addr` for its status (the `tidemark cluster status` command).
+    pub async fn remote_status(addr: &str) -> Result<pb::StatusReply, ClusterError> {
+        let clients = Clients::new();
+        let mut c = clients
+            .get(0, addr)
+            .map_err(|e| ClusterError::Other(e.to_string()))?;
+        let mut r = Request::new(pb::StatusRequest {});
+        r.set_timeout(Duration::from_secs(5));
+        c.status(r)
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|e| ClusterError::Other(format!("{addr}: {}", e.message())))
+    }
+
+    /// Stops the Raft groups and the service, and closes the shards' data.
+    pub async fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+        for sh in self.shards.values() {
+            if let Err(e) = sh.raft.shutdown().await {
+                tracing::warn!(shard = sh.id, error = %e, "raft shutdown");
+            }
+            sh.data.close();
+        }
+    }
+}
+
+fn tokio_stream_from(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures::stream::unfold(listener, |l| async move {
+        let r = l.accept().await.map(|(s, _)| {
+            let _ = s.set_nodelay(true);
+            s
+        });
+        Some((r, l))
+    })
+}
+
+fn to_pb_matcher(m: &Matcher) -> pb::LabelMatcher {
+    pb::LabelMatcher {
+        kind: match m.kind {
+            MatchType::Equal => 0,
+            MatchType::NotEqual => 1,
+            MatchType::Regex => 2,
+            MatchType::NotRegex => 3,
+        },
+        name: m.name.clone(),
+        value: m.value.clone(),
+    }
+}
+
+fn from_pb_matcher(m: &pb::LabelMatcher) -> Result<Matcher, String> {
+    let kind = match m.kind {
+        0 => MatchType::Equal,
+        1 => MatchType::NotEqual,
+        2 => MatchType::Regex,
+        3 => MatchType::NotRegex,
+        k => return Err(format!("unknown matcher kind {k}")),
+    };
+    Matcher::new(kind, &m.name, &m.value).map_err(|e| e.to_string())
+}
+
+async fn local_select(
+    db: Db,
+    matchers: Vec<Matcher>,
+    mint: i64,
+    maxt: i64,
+) -> Result<Vec<ShardSeries>, ClusterError> {
+    tokio::task::spawn_blocking(move || -> Result<Vec<ShardSeries>, ClusterError> {
+        let q = db
+            .querier(mint, maxt)
+            .map_err(|e| ClusterError::Other(e.to_string()))?;
+        let mut out = Vec::new();
+        for s in q.select(true, None, &matchers) {
+            let s = s.map_err(|e| ClusterError::Other(e.to_string()))?;
+            let mut it = s.iter();
+            let mut samples = Vec::new();
+            while it.next() {
+                samples.push(it.at());
+            }
+            if let Some(e) = it.err() {
+                return Err(ClusterError::Other(e.to_string()));
+            }
+            if !samples.is_empty() {
+                out.push(ShardSeries {
+                    labels: s.labels().clone(),
+                    samples,
+                });
+            }
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| ClusterError::Other(e.to_string()))?
+}
+
+async fn local_labels(
+    db: Db,
+    name: Option<String>,
+    matchers: Vec<Matcher>,
+    mint: i64,
+    maxt: i64,
+    limit: usize,
+) -> Result<Vec<String>, ClusterError> {
+    tokio::task::spawn_blocking(move || {
+        let q = db
+            .querier(mint, maxt)
+            .map_err(|e| ClusterError::Other(e.to_string()))?;
+        match name {
+            Some(n) => q.label_values(&n, &matchers, limit),
+            None => q.label_names(&matchers, limit),
+        }
+        .map_err(|e| ClusterError::Other(e.to_string()))
+    })
+    .await
+    .map_err(|e| ClusterError::Other(e.to_string()))?
+}
+
+fn encode_series(series: Vec<ShardSeries>) -> Result<Vec<pb::Series>, String> {
+    let mut out = Vec::with_capacity(series.len());
+    for s in series {
+        let mut chunks = Vec::new();
+        for part in s.samples.chunks(CHUNK_SAMPLES) {
+            let mut enc = ChunkEncoder::new();
+            for x in part {
+                enc.append(x.t, x.v).map_err(|e| e.to_string())?;
+            }
+            chunks.push(pb::Chunk { data: enc.bytes() });
+        }
+        out.push(pb::Series {
+            labels: s.labels.encoded().to_vec(),
+            chunks,
+        });
+    }
+    Ok(out)
+}
+
+fn decode_series(series: Vec<pb::Series>) -> Result<Vec<ShardSeries>, String> {
+    let mut out = Vec::with_capacity(series.len());
+    for s in series {
+        let labels = Labels::from_encoded(&s.labels).map_err(|e| e.to_string())?;
+        let mut samples = Vec::new();
+        for c in &s.chunks {
+            tidemark_tsdb::chunk::decode_all(&c.data, &mut samples).map_err(|e| e.to_string())?;
+        }
+        out.push(ShardSeries { labels, samples });
+    }
+    Ok(out)
+}
+
+/// The gRPC service (holds the node weakly: the node owns the server).
+#[derive(Debug)]
+struct Service {
+    node: std::sync::Weak<Node>,
+}
+
+impl Service {
+    fn node(&self) -> Result<Arc<Node>, Status> {
+        self.node
+            .upgrade()
+            .ok_or_else(|| Status::unavailable("node is shutting down"))
+    }
+
+    fn shard(&self, node: &Node, s: u32) -> Result<Shard, Status> {
+        node.shards.get(&s).cloned().ok_or_else(|| {
+            Status::not_found(format!(
+                "shard {s} is not hosted on node {}",
+                node.opts.node_id
+            ))
+        })
+    }
+}
+
+fn reply<T: serde::Serialize>(v: &T) -> Result<Response<pb::RaftReply>, Status> {
+    encode(v)
+        .map(|payload| Response::new(pb::RaftReply { payload }))
+        .map_err(|e| Status::internal(e.to_string()))
+}
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for Service {
+    async fn append_entries(
+        &self,
+        req: Request<pb::RaftRequest>,
+    ) -> Result<Response<pb::RaftReply>, Status> {
+        let node = self.node()?;
+        let req = req.into_inner();
+        let sh = self.shard(&node, req.shard)?;
+        let rpc = decode(&req.payload).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        reply(&sh.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, req: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {
+        let node = self.node()?;
+        let req = req.into_inner();
+        let sh = self.shard(&node, req.shard)?;
+        let rpc = decode(&req.payload).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        reply(&sh.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<pb::RaftRequest>,
+    ) -> Result<Response<pb::RaftReply>, Status> {
+        let node = self.node()?;
+        let req = req.into_inner();
+        let sh = self.shard(&node, req.shard)?;
+        let rpc = decode(&req.payload).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        reply(&sh.raft.install_snapshot(rpc).await)
+    }
+
+    async fn write(
+        &self,
+        req: Request<pb::WriteRequest>,
+    ) -> Result<Response<pb::WriteReply>, Status> {
+        let node = self.node()?;
+        let req = req.into_inner();
+        if let Err(e) = crate::batch::decode(&req.batch) {
+            return Ok(Response::new(pb::WriteReply {
+                status: pb::WriteStatus::Invalid as i32,
+                error: e.to_string(),
+                ..Default::default()
+            }));
+        }
+        let rep = match node.local_write(req.shard, req.batch).await {
+            Ok(r) => pb::WriteReply {
+                status: pb::WriteStatus::WriteOk as i32,
+                leader: node.opts.node_id,
+                accepted: r.accepted,
+                rejected: r.rejected,
+                error: r.first_error.unwrap_or_default(),
+            },
+            Err((Some(l), e)) => pb::WriteReply {
+                status: pb::WriteStatus::NotLeader as i32,
+                leader: l,
+                error: e,
+                ..Default::default()
+            },
+            Err((None, e)) => pb::WriteReply {
+                status: pb::WriteStatus::Unavailable as i32,
+                error: e,
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(rep))
+    }
+
+    async fn select(
+        &self,
+        req: Request<pb::SelectRequest>,
+    ) -> Result<Response<pb::SelectReply>, Status> {
+        let node = self.node()?;
+        let req = req.into_inner();
+        let sh = self.shard(&node, req.shard)?;
+        let matchers = req
+            .matchers
+            .iter()
+            .map(from_pb_matcher)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Status::invalid_argument)?;
+        let db = if req.allow_stale {
+            sh.data
+                .db()
+                .ok_or_else(|| Status::unavailable("shard data is being replaced"))?
+        } else {
+            match node.ensure_readable(&sh).await {
+                Ok(db) => db,
+                Err((l, e)) => {
+                    return Ok(Response::new(pb::SelectReply {
+                        error: e,
+                        leader: l.unwrap_or(0),
+                        ..Default::default()
+                    }));
+                }
+            }
+        };
+        let series = local_select(db, matchers, req.min_time, req.max_time)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let series = tokio::task::spawn_blocking(move || encode_series(series))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(Status::internal)?;
+        Ok(Response::new(pb::SelectReply {
+            series,
+            ..Default::default()
+        }))
+    }
+
+    async fn label_names(
+        &self,
+        req: Request<pb::LabelsRequest>,
+    ) -> Result<Response<pb::LabelsReply>, Status> {
+        self.labels(req.into_inner(), false).await
+    }
+
+    async fn label_values(
+        &self,
+        req: Request<pb::LabelsRequest>,
+    ) -> Result<Response<pb::LabelsReply>, Status> {
+        self.labels(req.into_inner(), true).await
+    }
+
+    async fn status(
+        &self,
+        _req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
+        Ok(Response::new(self.node()?.status()))
+    }
+}
+
+impl Service {
+    async fn labels(
+        &self,
+        req: pb::LabelsRequest,
+        values: bool,
+    ) -> Result<Response<pb::LabelsReply>, Status> {
+        let node = self.node()?;
+        let sh = self.shard(&node, req.shard)?;
+        let matchers = req
+            .matchers
+            .iter()
+            .map(from_pb_matcher)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Status::invalid_argument)?;
+        let db = if req.allow_stale {
+            sh.data
+                .db()
+                .ok_or_else(|| Status::unavailable("shard data is being replaced"))?
+        } else {
+            match node.ensure_readable(&sh).await {
+                Ok(db) => db,
+                Err((l, e)) => {
+                    return Ok(Response::new(pb::LabelsReply {
+                        error: e,
+                        leader: l.unwrap_or(0),
+                        ..Default::default()
+                    }));
+                }
+            }
+        };
+        let name = values.then_some(req.name);
+        let v = local_labels(
+            db,
+            name,
+            matchers,
+            req.min_time,
+            req.max_time,
+            req.limit as usize,
+        )
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::LabelsReply {
+            values: v,
+            ..Default::default()
+        }))
+    }
+}

@@ -1,0 +1,244 @@
+//! The storage traits over the whole cluster: what the API, the scraper, the rules and the
+//! PromQL engine use on a cluster node, unchanged from a single node.
+//!
+//! The traits are synchronous (callers run on blocking threads or rayon workers); each call
+//! runs its async fan-out on the node's runtime and waits for it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tidemark_model::{Labels, Matcher};
+use tidemark_storage::{
+    Appendable, Appender, ListSeries, Querier, Queryable, SelectHints, Series, SeriesRef,
+    SeriesSet, merge_series_sets, series_set_from_vec,
+};
+use tokio::runtime::Handle;
+
+use crate::batch::BatchBuilder;
+use crate::node::{Node, shard_of};
+
+/// Largest encoded batch in one Raft entry; bigger commits are split.
+const MAX_BATCH_BYTES: usize = 4 << 20;
+
+/// Storage over the cluster (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct ClusterStorage {
+    node: Arc<Node>,
+    rt: Handle,
+}
+
+impl ClusterStorage {
+    pub fn new(node: Arc<Node>, rt: Handle) -> ClusterStorage {
+        ClusterStorage { node, rt }
+    }
+
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// Runs `fut` on the runtime and waits for it from this (non-async) thread.
+    fn wait<T: Send + 'static>(
+        &self,
+        fut: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> tidemark_storage::Result<T> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.rt.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.recv().map_err(|_| {
+            tidemark_storage::Error::Unavailable("the cluster node is shutting down".into())
+        })
+    }
+}
+
+impl Appendable for ClusterStorage {
+    fn appender(&self) -> Box<dyn Appender> {
+        Box::new(ClusterAppender {
+            storage: self.clone(),
+            index: HashMap::new(),
+            series: Vec::new(),
+        })
+    }
+}
+
+/// Buffers a commit's samples per series; `commit` routes them to the shards' leaders and
+/// returns once every shard has them on a quorum.
+#[derive(Debug)]
+struct ClusterAppender {
+    storage: ClusterStorage,
+    index: HashMap<Labels, usize>,
+    series: Vec<(Labels, Vec<(i64, f64)>)>,
+}
+
+impl Appender for ClusterAppender {
+    fn append(
+        &mut self,
+        _series: Option<SeriesRef>,
+        labels: &Labels,
+        t: i64,
+        v: f64,
+    ) -> tidemark_storage::Result<SeriesRef> {
+        if labels.is_empty() {
+            return Err(tidemark_storage::Error::InvalidLabels(
+                "empty label set".into(),
+            ));
+        }
+        let i = match self.index.get(labels) {
+            Some(i) => *i,
+            None => {
+                self.series.push((labels.clone(), Vec::new()));
+                self.index.insert(labels.clone(), self.series.len() - 1);
+                self.series.len() - 1
+            }
+        };
+        self.series[i].1.push((t, v));
+        Ok(SeriesRef(labels.stable_hash()))
+    }
+
+    fn commit(&mut self) -> tidemark_storage::Result<()> {
+        let n = self.storage.node.num_shards();
+        let mut per_shard: HashMap<u32, Vec<BatchBuilder>> = HashMap::new();
+        for (labels, samples) in self.series.drain(..) {
+            let s = shard_of(&labels, n);
+            let v = per_shard.entry(s).or_default();
+            if v.last()
+                .is_none_or(|b| b.num_samples() as usize * 17 > MAX_BATCH_BYTES)
+            {
+                v.push(BatchBuilder::new());
+            }
+            if let Some(b) = v.last_mut() {
+                b.add(&labels, &samples);
+            }
+        }
+        self.index.clear();
+        let batches: Vec<(u32, Vec<u8>)> = per_shard
+            .into_iter()
+            .flat_map(|(s, bs)| bs.into_iter().map(move |b| (s, b.finish())))
+            .collect();
+        if batches.is_empty() {
+            return Ok(());
+        }
+        let node = self.storage.node.clone();
+        let res = self
+            .storage
+            .wait(async move { node.write(batches).await })??;
+        if let Some(e) = res.first_error {
+            tracing::debug!(rejected = res.rejected, first = %e, "samples rejected by the shards");
+        }
+        Ok(())
+    }
+
+    fn rollback(&mut self) -> tidemark_storage::Result<()> {
+        self.series.clear();
+        self.index.clear();
+        Ok(())
+    }
+}
+
+impl Queryable for ClusterStorage {
+    fn querier(&self, mint: i64, maxt: i64) -> tidemark_storage::Result<Box<dyn Querier>> {
+        Ok(Box::new(ClusterQuerier {
+            storage: self.clone(),
+            mint,
+            maxt,
+        }))
+    }
+}
+
+/// Asks every shard (its leader) and merges: shards hold disjoint series.
+#[derive(Debug)]
+struct ClusterQuerier {
+    storage: ClusterStorage,
+    mint: i64,
+    maxt: i64,
+}
+
+impl Querier for ClusterQuerier {
+    fn select(
+        &self,
+        _sorted: bool,
+        _hints: Option<&SelectHints>,
+        matchers: &[Matcher],
+    ) -> SeriesSet {
+        let node = self.storage.node.clone();
+        let (mint, maxt) = (self.mint, self.maxt);
+        let matchers = matchers.to_vec();
+        let res = self.storage.wait(async move {
+            let futs = (0..node.num_shards()).map(|s| {
+                let node = node.clone();
+                let m = matchers.clone();
+                async move { node.select_shard(s, &m, mint, maxt, false).await }
+            });
+            futures::future::join_all(futs).await
+        });
+        let results = match res {
+            Ok(r) => r,
+            Err(e) => return Box::new(std::iter::once(Err(e))),
+        };
+        let mut sets = Vec::with_capacity(results.len());
+        for r in results {
+            match r {
+                Ok(series) => {
+                    let v: Vec<Arc<dyn Series>> = series
+                        .into_iter()
+                        .map(|s| Arc::new(ListSeries::new(s.labels, s.samples)) as Arc<dyn Series>)
+                        .collect();
+                    sets.push(series_set_from_vec(v));
+                }
+                Err(e) => return Box::new(std::iter::once(Err(e.into()))),
+            }
+        }
+        merge_series_sets(sets)
+    }
+
+    fn label_values(
+        &self,
+        name: &str,
+        matchers: &[Matcher],
+        limit: usize,
+    ) -> tidemark_storage::Result<Vec<String>> {
+        self.labels(Some(name.to_string()), matchers, limit)
+    }
+
+    fn label_names(
+        &self,
+        matchers: &[Matcher],
+        limit: usize,
+    ) -> tidemark_storage::Result<Vec<String>> {
+        self.labels(None, matchers, limit)
+    }
+}
+
+impl ClusterQuerier {
+    fn labels(
+        &self,
+        name: Option<String>,
+        matchers: &[Matcher],
+        limit: usize,
+    ) -> tidemark_storage::Result<Vec<String>> {
+        let node = self.storage.node.clone();
+        let (mint, maxt) = (self.mint, self.maxt);
+        let matchers = matchers.to_vec();
+        let results = self.storage.wait(async move {
+            let futs = (0..node.num_shards()).map(|s| {
+                let node = node.clone();
+                let m = matchers.clone();
+                let name = name.clone();
+                async move {
+                    node.labels_shard(s, name.as_deref(), &m, mint, maxt, limit)
+                        .await
+                }
+            });
+            futures::future::join_all(futs).await
+        })?;
+        let mut all = std::collections::BTreeSet::new();
+        for r in results {
+            all.extend(r?);
+        }
+        let mut v: Vec<String> = all.into_iter().collect();
+        if limit > 0 {
+            v.truncate(limit);
+        }
+        Ok(v)
+    }
+}

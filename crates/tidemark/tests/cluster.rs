@@ -1,0 +1,473 @@
+//! Three real `tidemark server` processes on loopback forming one cluster: acknowledged writes
+//! survive SIGKILL of a shard leader, reads agree through every node, a restarted node catches
+//! up (also from a snapshot), and scrape targets are spread over the live nodes.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support/server.rs"]
+mod server;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use server::{BIN, free_port, urlencode};
+
+struct ClusterNode {
+    id: u64,
+    http: u16,
+    cport: u16,
+    dir: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl ClusterNode {
+    fn start(&mut self) {
+        let log = std::fs::File::create(self.dir.join(format!("node{}.log", self.id))).unwrap();
+        let child = Command::new(BIN)
+            .arg("server")
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    fn http(
+        &self,
+        method: &str,
+        path: &str,
+        ctype: &str,
+        body: &[u8],
+    ) -> std::io::Result<(u16, Vec<u8>)> {
+        http(self.http, method, path, ctype, body)
+    }
+
+    fn query(&self, q: &str, time_s: f64) -> serde_json::Value {
+        let path = format!("/api/v1/query?query={}&time={time_s}", urlencode(q));
+        let (st, body) = self.http("GET", &path, "text/plain", b"").unwrap();
+        assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    fn status(&self) -> Option<serde_json::Value> {
+        let out = Command::new(BIN)
+            .args(["cluster", "status", "--json", "--address"])
+            .arg(format!("127.0.0.1:{}", self.cport))
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+}
+
+impl Drop for ClusterNode {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    ctype: &str,
+    body: &[u8],
+) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut c = TcpStream::connect(("127.0.0.1", port))?;
+    c.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: {ctype}\r\nContent-Encoding: snappy\r\nX-Prometheus-Remote-Write-Version: 0.1.0\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    c.write_all(head.as_bytes())?;
+    c.write_all(body)?;
+    let mut out = Vec::new();
+    c.read_to_end(&mut out)?;
+    let pos = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(out.len());
+    let headtxt = String::from_utf8_lossy(&out[..pos]).to_string();
+    let status = headtxt
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let mut rest = out[(pos + 4).min(out.len())..].to_vec();
+    if headtxt
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        rest = server::dechunk(&String::from_utf8_lossy(&rest)).into_bytes();
+    }
+    Ok((status, rest))
+}
+
+fn put_varint(b: &mut Vec<u8>, mut x: u64) {
+    while x >= 0x80 {
+        b.push((x as u8) | 0x80);
+        x >>= 7;
+    }
+    b.push(x as u8);
+}
+
+fn put_bytes(b: &mut Vec<u8>, field: u64, v: &[u8]) {
+    put_varint(b, (field << 3) | 2);
+    put_varint(b, v.len() as u64);
+    b.extend_from_slice(v);
+}
+
+/// A remote_write 1.0 request (snappy-compressed protobuf), written by hand from the spec.
+/// Label pairs and samples of one series.
+type WriteSeries<'a> = (Vec<(&'a str, String)>, Vec<(i64, f64)>);
+
+fn remote_write_body(series: &[WriteSeries<'_>]) -> Vec<u8> {
+    let mut req = Vec::new();
+    for (labels, samples) in series {
+        let mut ts = Vec::new();
+        for (n, v) in labels {
+            let mut l = Vec::new();
+            put_bytes(&mut l, 1, n.as_bytes());
+            put_bytes(&mut l, 2, v.as_bytes());
+            put_bytes(&mut ts, 1, &l);
+        }
+        for (t, v) in samples {
+            let mut s = Vec::new();
+            s.push(9); // field 1, fixed64
+            s.extend_from_slice(&v.to_bits().to_le_bytes());
+            put_varint(&mut s, 2 << 3);
+            put_varint(&mut s, *t as u64);
+            put_bytes(&mut ts, 2, &s);
+        }
+        put_bytes(&mut req, 1, &ts);
+    }
+    snap::raw::Encoder::new().compress_vec(&req).unwrap()
+}
+
+struct Cluster {
+    nodes: Vec<ClusterNode>,
+    _dir: tempfile::TempDir,
+}
+
+fn start_cluster(n: u64, shards: u32, extra: &[&str]) -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+    let peers: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, c))| format!("{}=127.0.0.1:{c}", i + 1))
+        .collect();
+    let mut nodes = Vec::new();
+    for (i, (h, c)) in ports.iter().enumerate() {
+        let id = i as u64 + 1;
+        let data = dir.path().join(format!("n{id}"));
+        std::fs::create_dir_all(&data).unwrap();
+        let mut args = vec![
+            format!("--web.listen-address=127.0.0.1:{h}"),
+            format!("--storage.path={}", data.display()),
+            format!("--cluster.node-id={id}"),
+            format!("--cluster.listen-address=127.0.0.1:{c}"),
+            format!("--cluster.peers={}", peers.join(",")),
+            format!("--cluster.shards={shards}"),
+            "--log.level=info".to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut node = ClusterNode {
+            id,
+            http: *h,
+            cport: *c,
+            dir: dir.path().to_path_buf(),
+            args,
+            child: None,
+        };
+        node.start();
+        nodes.push(node);
+    }
+    let c = Cluster { nodes, _dir: dir };
+    c.wait_leaders(shards, Duration::from_secs(60));
+    c
+}
+
+impl Cluster {
+    /// Waits until some live node reports a leader for every shard; returns shard -> leader.
+    fn wait_leaders(&self, shards: u32, timeout: Duration) -> BTreeMap<u64, u64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for n in self.nodes.iter().filter(|n| n.child.is_some()) {
+                if let Some(st) = n.status() {
+                    let m: BTreeMap<u64, u64> = st["shards"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|s| (s["shard"].as_u64().unwrap(), s["leader"].as_u64().unwrap()))
+                        .collect();
+                    let live: BTreeSet<u64> = self
+                        .nodes
+                        .iter()
+                        .filter(|n| n.child.is_some())
+                        .map(|n| n.id)
+                        .collect();
+                    if m.len() == shards as usize && m.values().all(|l| live.contains(l)) {
+                        return m;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no leader for every shard in time; logs in {}",
+                self.nodes[0].dir.display()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+const SERIES: usize = 16;
+
+/// Writes request `i` (one sample at `base + i*10` ms for each of SERIES series) round-robin
+/// to the nodes not marked dead; returns acknowledged request numbers and ack times.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    dead: Arc<Mutex<BTreeSet<usize>>>,
+    acked: Arc<Mutex<Vec<(u64, Instant)>>>,
+    failed: Arc<AtomicUsize>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+fn start_writer(ports: Vec<u16>, base: i64, first: u64) -> Writer {
+    let stop = Arc::new(AtomicBool::new(false));
+    let dead = Arc::new(Mutex::new(BTreeSet::new()));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let (s, d, a, f) = (stop.clone(), dead.clone(), acked.clone(), failed.clone());
+    let handle = std::thread::spawn(move || {
+        let mut i = first;
+        let mut rr = 0usize;
+        while !s.load(Ordering::SeqCst) {
+            let t = base + i as i64 * 10;
+            let series: Vec<WriteSeries<'_>> = (0..SERIES)
+                .map(|k| {
+                    (
+                        vec![
+                            ("__name__", "tm_cluster_test".to_string()),
+                            ("series", format!("s{k:02}")),
+                        ],
+                        vec![(t, i as f64)],
+                    )
+                })
+                .collect();
+            let body = remote_write_body(&series);
+            // Try nodes until one acknowledges or all refused; then move on to the next request
+            // (a request that was not acknowledged may or may not be stored).
+            let dead_now = d.lock().unwrap().clone();
+            let alive: Vec<u16> = ports
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| !dead_now.contains(j))
+                .map(|(_, p)| *p)
+                .collect();
+            rr += 1;
+            let port = alive[rr % alive.len()];
+            match http(
+                port,
+                "POST",
+                "/api/v1/write",
+                "application/x-protobuf",
+                &body,
+            ) {
+                Ok((204, _)) | Ok((200, _)) => a.lock().unwrap().push((i, Instant::now())),
+                _ => {
+                    f.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            i += 1;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    Writer {
+        stop,
+        dead,
+        acked,
+        failed,
+        handle: Some(handle),
+    }
+}
+
+impl Writer {
+    fn finish(mut self) -> (Vec<(u64, Instant)>, usize) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            h.join().unwrap();
+        }
+        let a = self.acked.lock().unwrap().clone();
+        (a, self.failed.load(Ordering::SeqCst))
+    }
+}
+
+/// Every series' samples in the window, through `node`: series -> set of values.
+fn stored(node: &ClusterNode, at_s: f64) -> BTreeMap<String, BTreeSet<u64>> {
+    let v = node.query("tm_cluster_test[30m]", at_s);
+    assert_eq!(v["status"], "success", "{v}");
+    let mut out = BTreeMap::new();
+    for s in v["data"]["result"].as_array().unwrap() {
+        let name = s["metric"]["series"].as_str().unwrap().to_string();
+        let vals: BTreeSet<u64> = s["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p[1].as_str().unwrap().parse::<f64>().unwrap() as u64)
+            .collect();
+        out.insert(name, vals);
+    }
+    out
+}
+
+fn assert_all_acked_present(node: &ClusterNode, acked: &[(u64, Instant)], at_s: f64) {
+    let got = stored(node, at_s);
+    assert_eq!(
+        got.len(),
+        SERIES,
+        "node {} sees {} series",
+        node.id,
+        got.len()
+    );
+    for (name, vals) in &got {
+        let missing: Vec<u64> = acked
+            .iter()
+            .map(|a| a.0)
+            .filter(|i| !vals.contains(i))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "node {}: series {name} lacks {} acknowledged samples, e.g. {:?}",
+            node.id,
+            missing.len(),
+            &missing[..missing.len().min(10)]
+        );
+    }
+}
+
+/// The longest time between two consecutive acknowledgements after `from`.
+fn longest_gap(acked: &[(u64, Instant)], from: Instant) -> Duration {
+    let times: Vec<Instant> = acked.iter().map(|a| a.1).filter(|t| *t >= from).collect();
+    let mut gap = times
+        .first()
+        .map_or(Duration::ZERO, |t| t.duration_since(from));
+    for w in times.windows(2) {
+        gap = gap.max(w[1].duration_since(w[0]));
+    }
+    gap
+}
+
+#[test]
+fn leader_sigkill_loses_no_acknowledged_write_and_restart_catches_up() {
+    let shards = 4;
+    let mut c = start_cluster(3, shards, &[]);
+    let ports: Vec<u16> = c.nodes.iter().map(|n| n.http).collect();
+    let base = now_ms() - 120_000;
+    let w = start_writer(ports, base, 0);
+    std::thread::sleep(Duration::from_secs(3));
+
+    // SIGKILL the leader of shard 0.
+    let leaders = c.wait_leaders(shards, Duration::from_secs(10));
+    let victim = leaders[&0] as usize - 1;
+    w.dead.lock().unwrap().insert(victim);
+    let killed_at = Instant::now();
+    c.nodes[victim].kill9();
+    std::thread::sleep(Duration::from_secs(8));
+    let (acked, failed) = w.finish();
+    let gap = longest_gap(&acked, killed_at);
+    eprintln!(
+        "acknowledged {} requests ({} not acknowledged); longest gap between acks after the kill: {:?}",
+        acked.len(),
+        failed,
+        gap
+    );
+    assert!(
+        acked
+            .iter()
+            .any(|a| a.1 > killed_at + Duration::from_secs(5)),
+        "writes did not resume after the kill"
+    );
+    assert!(
+        gap < Duration::from_secs(10),
+        "unavailability window {gap:?}"
+    );
+
+    let at = (now_ms() as f64) / 1000.0;
+    // Every acknowledged sample through every surviving node; identical answers.
+    let mut answers = Vec::new();
+    for n in c.nodes.iter().filter(|n| n.child.is_some()) {
+        assert_all_acked_present(n, &acked, at);
+        answers.push(stored(n, at));
+    }
+    assert!(answers.windows(2).all(|w| w[0] == w[1]), "nodes disagree");
+
+    // The killed node restarts, catches up and answers the same.
+    c.nodes[victim].start();
+    w_ready(&c.nodes[victim]);
+    c.wait_leaders(shards, Duration::from_secs(30));
+    assert_all_acked_present(&c.nodes[victim], &acked, at);
+    assert_eq!(stored(&c.nodes[victim], at), answers[0]);
+    wait_replicas_converged(&c, shards);
+}
+
+fn w_ready(n: &ClusterNode) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok((200, _)) = n.http("GET", "/-/ready", "text/plain", b"") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("node {} not ready", n.id);
+}
+
+/// Every node's replica of every shard applied up to the same index.
+fn wait_replicas_converged(c: &Cluster, shards: u32) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut applied: BTreeMap<u64, BTreeSet<i64>> = BTreeMap::new();
+        for n in c.nodes.iter().filter(|n| n.child.is_some()) {
+            if let Some(st) = n.status() {
+                for s in st["shards"].as_array().unwrap() {
+                    applied
+                        .entry(s["shard"].as_u64().unwrap())
+                        .or_default()
+                        .insert(s["last_applied"].as_i64().unwrap());
+                }
+            }
+        }
+        if applied.len() == shards as usize && applied.values().all(|v| v.len() == 1) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas did not converge: {applied:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
