@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
-use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
+use openraft::{BasicNode, Config, SnapshotPolicy};
 use parking_lot::Mutex;
 use tidemark_model::{Labels, MatchType, Matcher};
 use tidemark_storage::Queryable;
@@ -342,32 +342,22 @@ impl Node {
                 node.probe_peers().await;
             }
         });
-        // Preferred leaders: a replica that is its shard's preferred leader and sees another
-        // leader (or none) campaigns once after start; later elections are left to Raft.
+        // Preferred leaders: at start, a replica that is its shard's preferred leader campaigns
+        // before the election timeout when no leader is known, so leaders spread over the
+        // nodes. It never disrupts a known leader (that would cause election churn); openraft
+        // 0.9 has no leader transfer.
         let weak = Arc::downgrade(&self);
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            for _ in 0..20 {
-                let Some(node) = weak.upgrade() else { return };
-                let mut pending = false;
-                for sh in node.shards.values() {
-                    if sh.replicas.first() != Some(&node.opts.node_id) {
-                        continue;
-                    }
-                    let m = sh.raft.metrics().borrow().clone();
-                    if m.current_leader == Some(node.opts.node_id) {
-                        continue;
-                    }
-                    pending = true;
-                    if m.current_leader.is_none() || m.state == ServerState::Follower {
-                        let _ = sh.raft.trigger().elect().await;
-                    }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let Some(node) = weak.upgrade() else { return };
+            for sh in node.shards.values() {
+                if sh.replicas.first() != Some(&node.opts.node_id) {
+                    continue;
                 }
-                drop(node);
-                if !pending {
-                    return;
+                let leader = sh.raft.metrics().borrow().current_leader;
+                if leader.is_none() {
+                    let _ = sh.raft.trigger().elect().await;
                 }
-                tokio::time::sleep(Duration::from_millis(1500)).await;
             }
         });
     }
@@ -385,7 +375,7 @@ impl Node {
                     let Ok(mut c) = clients.get(id, &addr) else {
                         return (id, false);
                     };
-                    let mut r = Request::new(pb::StatusRequest {});
+                    let mut r = Request::new(pb::StatusRequest { checksums: false });
                     r.set_timeout(Duration::from_millis(800));
                     (id, c.status(r).await.is_ok())
                 }
@@ -803,6 +793,8 @@ impl Node {
                     replication,
                     head_series: sh.data.db().map_or(0, |d| d.head().num_series() as u64),
                     term: m.current_term,
+                    checksum: 0,
+                    samples: 0,
                 }
             })
             .collect();
@@ -825,14 +817,33 @@ impl Node {
         }
     }
 
+    /// [`Node::status`] plus a checksum of each hosted shard's data.
+    pub async fn status_with_checksums(&self) -> pb::StatusReply {
+        let mut st = self.status();
+        for sh in st.shards.iter_mut() {
+            let Some(db) = self.shards.get(&sh.shard).and_then(|s| s.data.db()) else {
+                continue;
+            };
+            if let Ok(Ok((sum, n))) = tokio::task::spawn_blocking(move || data_checksum(&db)).await
+            {
+                sh.checksum = sum;
+                sh.samples = n;
+            }
+        }
+        st
+    }
+
     /// Asks `addr` for its status (the `tidemark cluster status` command).
-    pub async fn remote_status(addr: &str) -> Result<pb::StatusReply, ClusterError> {
+    pub async fn remote_status(
+        addr: &str,
+        checksums: bool,
+    ) -> Result<pb::StatusReply, ClusterError> {
         let clients = Clients::new();
         let mut c = clients
             .get(0, addr)
             .map_err(|e| ClusterError::Other(e.to_string()))?;
-        let mut r = Request::new(pb::StatusRequest {});
-        r.set_timeout(Duration::from_secs(5));
+        let mut r = Request::new(pb::StatusRequest { checksums });
+        r.set_timeout(Duration::from_secs(if checksums { 120 } else { 5 }));
         c.status(r)
             .await
             .map(|r| r.into_inner())
@@ -849,6 +860,26 @@ impl Node {
             sh.data.close();
         }
     }
+}
+
+/// xxh3-64 over every series and sample of a Db, in label order; and the number of samples.
+fn data_checksum(db: &Db) -> Result<(u64, u64), String> {
+    let q = db.querier(i64::MIN, i64::MAX).map_err(|e| e.to_string())?;
+    let all = Matcher::new(MatchType::Regex, "__name__", ".*").map_err(|e| e.to_string())?;
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut n = 0u64;
+    for s in q.select(true, None, &[all]) {
+        let s = s.map_err(|e| e.to_string())?;
+        h.update(s.labels().encoded());
+        let mut it = s.iter();
+        while it.next() {
+            let x = it.at();
+            h.update(&x.t.to_le_bytes());
+            h.update(&x.v.to_bits().to_le_bytes());
+            n += 1;
+        }
+    }
+    Ok((h.digest(), n))
 }
 
 fn tokio_stream_from(
@@ -1130,9 +1161,13 @@ impl pb::cluster_server::Cluster for Service {
 
     async fn status(
         &self,
-        _req: Request<pb::StatusRequest>,
+        req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusReply>, Status> {
-        Ok(Response::new(self.node()?.status()))
+        let node = self.node()?;
+        if req.into_inner().checksums {
+            return Ok(Response::new(node.status_with_checksums().await));
+        }
+        Ok(Response::new(node.status()))
     }
 }
 

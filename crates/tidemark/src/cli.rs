@@ -65,6 +65,9 @@ pub(crate) enum ClusterCommand {
         /// Print the raw status as JSON.
         #[arg(long)]
         json: bool,
+        /// Also checksum each shard's data on that node (reads all of it), to compare replicas.
+        #[arg(long)]
+        checksums: bool,
     },
 }
 

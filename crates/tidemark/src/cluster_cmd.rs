@@ -10,12 +10,16 @@ use crate::cli::{ClusterCommand, DevClusterArgs};
 
 pub(crate) fn run(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        ClusterCommand::Status { address, json } => {
+        ClusterCommand::Status {
+            address,
+            json,
+            checksums,
+        } => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             let st = rt
-                .block_on(Node::remote_status(&address))
+                .block_on(Node::remote_status(&address, checksums))
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             if json {
                 println!("{}", status_json(&st));
@@ -40,6 +44,7 @@ fn status_json(st: &tidemark_cluster::pb::StatusReply) -> serde_json::Value {
             "last_log_index": s.last_log_index, "last_applied": s.last_applied,
             "snapshot_index": s.snapshot_index, "voters": s.voters,
             "head_series": s.head_series,
+            "checksum": format!("{:016x}", s.checksum), "samples": s.samples,
             "replication": s.replication.iter().map(|r| serde_json::json!({
                 "node": r.node, "matched": r.matched,
             })).collect::<Vec<_>>(),

@@ -111,6 +111,10 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
                     owner.owns(h ^ xxhash_rust::xxh3::xxh3_64(job.as_bytes()))
                 }) as tidemark_scrape::TargetFilter
             }),
+            live_nodes: {
+                let n = node.clone();
+                Some(Arc::new(move || n.live_nodes()) as LiveNodes)
+            },
         };
         let result = rt.block_on(serve(
             args,
@@ -147,6 +151,7 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
         }),
         metrics: Arc::new(DbMetrics { db: db.clone() }),
         owns_target: None,
+        live_nodes: None,
     };
     let result = rt.block_on(serve(
         args,
@@ -172,7 +177,11 @@ struct Backend {
     admin: Arc<dyn TsdbAdmin>,
     metrics: Arc<dyn MetricsSource>,
     owns_target: Option<tidemark_scrape::TargetFilter>,
+    /// The live nodes (cluster): scrape targets are re-spread whenever this changes.
+    live_nodes: Option<LiveNodes>,
 }
+
+type LiveNodes = Arc<dyn Fn() -> Vec<u64> + Send + Sync>;
 
 async fn start_cluster_node(
     args: &ServerArgs,
@@ -241,6 +250,22 @@ async fn serve(
     scrape
         .apply_config(&cfg.prometheus)
         .context("applying scrape configuration")?;
+    if let (Some(live), Some(_)) = (backend.live_nodes.clone(), &backend.owns_target) {
+        // Membership changed: targets move to (or from) this node.
+        let scrape = scrape.clone();
+        tokio::spawn(async move {
+            let mut last = live();
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let now = live();
+                if now != last {
+                    info!(live = ?now, "cluster membership changed; re-spreading scrape targets");
+                    scrape.resync();
+                    last = now;
+                }
+            }
+        });
+    }
     let external_url = external_url(&args);
     let rules = tidemark_rules::RuleManager::new(
         Arc::new(engine.clone()),

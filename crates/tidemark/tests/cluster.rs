@@ -471,3 +471,172 @@ fn wait_replicas_converged(c: &Cluster, shards: u32) {
         std::thread::sleep(Duration::from_millis(300));
     }
 }
+
+fn checksums(n: &ClusterNode) -> BTreeMap<u64, (String, u64)> {
+    let out = Command::new(BIN)
+        .args(["cluster", "status", "--json", "--checksums", "--address"])
+        .arg(format!("127.0.0.1:{}", n.cport))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    st["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["shard"].as_u64().unwrap(),
+                (
+                    s["checksum"].as_str().unwrap().to_string(),
+                    s["samples"].as_u64().unwrap(),
+                ),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn follower_down_past_log_truncation_catches_up_from_a_snapshot() {
+    let shards = 2;
+    let mut c = start_cluster(
+        3,
+        shards,
+        &[
+            "--cluster.snapshot-after-entries=40",
+            "--cluster.keep-entries-after-snapshot=5",
+        ],
+    );
+    let base = now_ms() - 120_000;
+    // Node 3 is a follower of both shards (their preferred leaders are nodes 1 and 2); take it
+    // down, write enough for both shards to snapshot and purge their logs several times.
+    c.nodes[2].kill9();
+    let w = start_writer(vec![c.nodes[0].http, c.nodes[1].http], base, 0);
+    std::thread::sleep(Duration::from_secs(6));
+    let (acked, _) = w.finish();
+    assert!(
+        acked.len() > 150,
+        "only {} writes acknowledged",
+        acked.len()
+    );
+    c.nodes[2].start();
+    w_ready(&c.nodes[2]);
+    wait_replicas_converged(&c, shards);
+    let log = std::fs::read_to_string(c.nodes[2].dir.join("node3.log")).unwrap();
+    assert!(
+        log.contains("snapshot installed"),
+        "node 3 did not catch up from a snapshot"
+    );
+    // Every replica of every shard holds the same data.
+    let sums: Vec<BTreeMap<u64, (String, u64)>> = c.nodes.iter().map(checksums).collect();
+    for s in 0..u64::from(shards) {
+        let v: BTreeSet<&(String, u64)> = sums.iter().map(|m| &m[&s]).collect();
+        assert_eq!(v.len(), 1, "shard {s} replicas differ: {sums:?}");
+        assert!(sums[0][&s].1 > 0, "shard {s} is empty");
+    }
+    let total: u64 = sums[0].values().map(|x| x.1).sum();
+    assert!(total >= (acked.len() * SERIES) as u64);
+    let at = (now_ms() as f64) / 1000.0;
+    assert_all_acked_present(&c.nodes[2], &acked, at);
+}
+
+/// Serves `fake_metric 1` on `n` loopback ports until the process ends.
+fn fake_targets(n: usize) -> Vec<u16> {
+    let mut ports = Vec::new();
+    for _ in 0..n {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        ports.push(l.local_addr().unwrap().port());
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf);
+                let body = "# TYPE fake_metric gauge\nfake_metric 1\n";
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+    }
+    ports
+}
+
+fn active_targets(n: &ClusterNode) -> BTreeSet<String> {
+    let (st, body) = n
+        .http("GET", "/api/v1/targets?state=active", "text/plain", b"")
+        .unwrap();
+    assert_eq!(st, 200);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    v["data"]["activeTargets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["labels"]["instance"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn scrape_targets_are_spread_and_taken_over() {
+    let targets = fake_targets(20);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("prometheus.yml");
+    let list: Vec<String> = targets.iter().map(|p| format!("'127.0.0.1:{p}'")).collect();
+    std::fs::write(
+        &cfg,
+        format!(
+            "global:\n  scrape_interval: 2s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: fake\n    static_configs:\n      - targets: [{}]\n",
+            list.join(", ")
+        ),
+    )
+    .unwrap();
+    let cfg_arg = format!("--config.file={}", cfg.display());
+    let mut c = start_cluster(3, 2, &[&cfg_arg]);
+    let all: BTreeSet<String> = targets.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+
+    // Steady state: each target on exactly one node.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let per: Vec<BTreeSet<String>> = c.nodes.iter().map(active_targets).collect();
+        let n: usize = per.iter().map(|s| s.len()).sum();
+        let union: BTreeSet<String> = per.iter().flatten().cloned().collect();
+        if n == 20 && union == all {
+            assert!(
+                per.iter().all(|s| !s.is_empty()),
+                "targets not spread: {per:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "targets not owned exactly once: {per:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    // Kill node 1: nodes 2 and 3 take its targets over, still each exactly once.
+    let killed = Instant::now();
+    c.nodes[0].kill9();
+    let deadline = killed + Duration::from_secs(20);
+    loop {
+        let per: Vec<BTreeSet<String>> = c.nodes[1..].iter().map(active_targets).collect();
+        let n: usize = per.iter().map(|s| s.len()).sum();
+        let union: BTreeSet<String> = per.iter().flatten().cloned().collect();
+        if n == 20 && union == all {
+            eprintln!("targets taken over {:?} after the kill", killed.elapsed());
+            break;
+        }
+        assert!(Instant::now() < deadline, "targets not taken over: {per:?}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // Every target's `up` is written again (through the surviving nodes).
+    std::thread::sleep(Duration::from_secs(5));
+    let at = (now_ms() as f64) / 1000.0;
+    let v = c.nodes[1].query("count(count_over_time(up{job=\"fake\"}[3s]))", at);
+    assert_eq!(v["data"]["result"][0]["value"][1], "20", "{v}");
+}
