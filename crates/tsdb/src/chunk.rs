@@ -623,6 +623,14 @@ impl ChunkEncoder {
         size
     }
 
+    /// Hints the CPU to load the cache lines the next sample is written to (callers that are
+    /// about to append to many encoders in turn).
+    #[inline(always)]
+    pub fn prefetch(&self) {
+        self.ts.prefetch();
+        self.vs.prefetch();
+    }
+
     /// Heap memory held by the encoder (both streams' capacity).
     pub fn heap_bytes(&self) -> usize {
         self.ts.capacity() + self.vs.capacity()
