@@ -1,6 +1,10 @@
 //! The head and the log: replaying records into the head on start, and the records a checkpoint
 //! keeps (every live series and every sample still in the head) once older data is in blocks.
 //!
+//! Single-threaded replay applies the log in windows, series by series ([`Windowed`]), which
+//! keeps each series' state in cache for a run of its samples; the result is the same as
+//! sample-by-sample replay.
+//!
 //! Replay is lenient where appending is strict: no out-of-order window (the log already decided),
 //! exact duplicates are ignored (a checkpoint and the log after it may both hold a sample),
 //! samples before the head's min valid time (already in blocks) are skipped, and samples of an
@@ -128,10 +132,10 @@ const PREFETCH_AHEAD: usize = 8;
 
 /// Fewest samples a replay window holds before it is applied.
 const WINDOW_MIN: usize = 1 << 16;
-/// Most samples a replay window holds (24 bytes each while buffered: 192 MiB).
-const WINDOW_MAX: usize = 1 << 23;
+/// Most samples a replay window holds (24 bytes each while buffered: 96 MiB).
+const WINDOW_MAX: usize = 1 << 22;
 /// Samples buffered per known series (the window's target size, within the bounds above).
-const WINDOW_PER_SERIES: usize = 8;
+const WINDOW_PER_SERIES: usize = 4;
 /// A window is buffered in buckets of this many series (by index), so that sorting one bucket
 /// by series stays in the CPU's cache.
 const BUCKET_BITS: u32 = 12;
