@@ -13,6 +13,9 @@
 //! 3. replay time: reopening the database, i.e. reading the log and rebuilding the head.
 //!
 //! Also reports CPU time (getrusage) next to wall time, since the machine is shared.
+//!
+//! `HEAD_SCALE_DIR=path`: use (and keep) that data directory; when it already holds a database,
+//! only the replay is measured (for profiling replay alone).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: panics on failure by design
 
@@ -70,7 +73,9 @@ fn main() {
         .unwrap_or(1_000_000);
     let n_samples: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(120);
     let replay_workers: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1);
-    let dir = tempfile::tempdir().expect("tempdir");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let kept = std::env::var_os("HEAD_SCALE_DIR").map(std::path::PathBuf::from);
+    let dir = kept.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     let opts = DbOptions {
         background_maintenance: false,
         log_sync: SyncPolicy::Never,
@@ -82,9 +87,13 @@ fn main() {
     // The baseline is taken before the label sets exist: their buffers are the series' labels
     // (shared with the head, as a scraper's cache shares them), so they count. The bench's own
     // vectors (16 + 16 bytes per series) are included too, a slight overcount.
+    if kept.is_some() && dir.join("wal").exists() {
+        replay(&dir, opts, n_series, n_samples);
+        return;
+    }
     let rss0 = rss_bytes();
     let labels: Vec<Labels> = (0..n_series).map(labels).collect();
-    let db = Db::open(dir.path(), opts.clone()).expect("open");
+    let db = Db::open(&dir, opts.clone()).expect("open");
     let mut refs: Vec<Option<SeriesRef>> = vec![None; n_series];
     let batch = 1000;
     let t0: i64 = 1_700_000_000_000;
@@ -150,9 +159,13 @@ fn main() {
     );
     db.close().expect("close");
     drop(db);
+    replay(&dir, opts, n_series, n_samples);
+}
 
+/// Reopens the database (replay of the log) and prints the time it took.
+fn replay(dir: &std::path::Path, opts: DbOptions, n_series: usize, n_samples: usize) {
     let (w2, c2) = (Instant::now(), cpu_time());
-    let db = Db::open(dir.path(), opts).expect("reopen");
+    let db = Db::open(dir, opts).expect("reopen");
     let (wr, cr) = (w2.elapsed(), cpu_time() - c2);
     println!(
         "replay {} series x {} samples: wall {:.2?}, cpu {:.2?} ({})",

@@ -623,6 +623,14 @@ impl ChunkEncoder {
         size
     }
 
+    /// Hints the CPU to load the cache lines the next sample is written to (callers that are
+    /// about to append to many encoders in turn).
+    #[inline(always)]
+    pub fn prefetch(&self) {
+        self.ts.prefetch();
+        self.vs.prefetch();
+    }
+
     /// Heap memory held by the encoder (both streams' capacity).
     pub fn heap_bytes(&self) -> usize {
         self.ts.capacity() + self.vs.capacity()
@@ -959,6 +967,13 @@ impl<'a> Decoder<'a> {
 
     /// Parses the header of a full chunk.
     fn parse(data: &'a [u8]) -> Result<Self, ChunkError> {
+        Self::parse_streams(data).map(|(d, _, _)| d)
+    }
+
+    /// Parses the header of a full chunk; also returns the bytes of both streams (the
+    /// timestamp stream, then the value stream) and the bit position where the value stream
+    /// starts in them.
+    fn parse_streams(data: &'a [u8]) -> Result<(Self, &'a [u8], usize), ChunkError> {
         if data.len() < 2 {
             return Err(ChunkError::Empty { found: data.len() });
         }
@@ -971,7 +986,8 @@ impl<'a> Decoder<'a> {
         let mut pos = 1;
         let n = get_uvarint(data, &mut pos, "sample count")?;
         if n == 0 {
-            return Ok(Decoder::new(BitReader::new(&[]), BitReader::new(&[]), 0));
+            let d = Decoder::new(BitReader::new(&[]), BitReader::new(&[]), 0);
+            return Ok((d, &[], 0));
         }
         if n > MAX_SAMPLES as u64 {
             return Err(ChunkError::Header {
@@ -1001,7 +1017,7 @@ impl<'a> Decoder<'a> {
         }
         let ts = BitReader::with_padding(streams, ts_len);
         let vs = BitReader::new(&streams[ts_len..]);
-        Ok(Decoder::new(ts, vs, n as usize))
+        Ok((Decoder::new(ts, vs, n as usize), streams, ts_len * 8))
     }
 
     /// Decodes the next sample (the caller checks `i < n`).
@@ -1052,7 +1068,7 @@ impl<'a> Decoder<'a> {
 /// Decodes every sample of `data` (a whole chunk) and appends them to `out`. On error `out` is
 /// left as it was.
 pub fn decode_all(data: &[u8], out: &mut Vec<Sample>) -> Result<(), ChunkError> {
-    let mut d = Decoder::parse(data)?;
+    let (mut d, streams, vbase) = Decoder::parse_streams(data)?;
     let n = d.n;
     let start = out.len();
     // Filling a slice keeps the output pointer in a register (no capacity checks per sample).
@@ -1068,45 +1084,16 @@ pub fn decode_all(data: &[u8], out: &mut Vec<Sample>) -> Result<(), ChunkError> 
     let mut i = head;
     while i < n {
         let rest = dst.get_mut(i..).unwrap_or(&mut []);
-        match d.vs.mode {
-            MODE_CONST => {
-                let v = f64::from_bits(d.vs.vbits);
-                let (tdata, tpos) = d.ts.r.parts();
-                let mut tb = FastBits::new(tdata, tpos);
-                let (mut grid, delta, mut trice) = (d.ts.grid, d.ts.delta, d.ts.rice);
-                for slot in rest {
-                    let t = match ts_fast(&mut tb, &mut grid, delta, &mut trice) {
-                        Some(t) => t,
-                        None => {
-                            d.ts.r.set_pos(tb.pos());
-                            (d.ts.grid, d.ts.rice) = (grid, trice);
-                            let t = d.ts.next();
-                            (grid, trice) = (d.ts.grid, d.ts.rice);
-                            tb = FastBits::new(tdata, d.ts.r.parts().1);
-                            t
-                        }
-                    };
-                    increasing &= t > prev;
-                    prev = t;
-                    *slot = Sample { t, v };
-                }
-                d.ts.r.set_pos(tb.pos());
-                (d.ts.grid, d.ts.rice) = (grid, trice);
-                break;
-            }
-            MODE_FLOAT => {
-                for slot in rest {
-                    let t = d.ts.next();
-                    let v = d.vs.next_xor();
-                    increasing &= t > prev;
-                    prev = t;
-                    *slot = Sample { t, v };
-                }
-                break;
-            }
-            0 => i += decimal_run::<true>(&mut d, rest, &mut prev, &mut increasing),
-            _ => i += decimal_run::<false>(&mut d, rest, &mut prev, &mut increasing),
-        }
+        let run = match d.vs.mode {
+            MODE_CONST => const_run(&mut d, streams, rest),
+            MODE_FLOAT => float_run(&mut d, streams, rest),
+            0 => decimal_run::<true>(&mut d, streams, vbase, rest),
+            _ => decimal_run::<false>(&mut d, streams, vbase, rest),
+        };
+        let (done, inc, last) = run;
+        increasing &= inc && rest.first().is_none_or(|s| s.t > prev);
+        prev = last;
+        i += done;
     }
     d.i = n;
     if let Err(e) = d.check() {
@@ -1127,33 +1114,150 @@ pub fn decode_all(data: &[u8], out: &mut Vec<Sample>) -> Result<(), ChunkError> 
     Ok(())
 }
 
+/// The result of a run: samples decoded, whether their timestamps increase (within the run),
+/// the last timestamp.
+type Run = (usize, bool, i64);
+
+/// The [`Run`] of the samples `run`, whose timestamps were decoded with `zor` the bitwise or of
+/// their code numbers (`u64::MAX` when one was an anchor escape) and `delta` the interval.
+///
+/// Timestamps need no comparison one by one when every code number is small: a residual `r`
+/// has `|r| <= z` (its code number), so two consecutive timestamps differ by
+/// `delta - max(r_prev, 0) + r >= delta - 2 * zor`, which is positive when `delta > 2 * zor`. Each
+/// step is also at most `delta + zor`, so when `t_first + len * (delta + zor)` does not overflow,
+/// no timestamp wrapped around. Otherwise the run is compared sample by sample.
+fn run_result(run: &[Sample], zor: u64, delta: i64) -> Run {
+    let (Some(first), Some(last)) = (run.first(), run.last()) else {
+        return (0, true, i64::MIN);
+    };
+    let bound = i64::try_from(zor)
+        .ok()
+        .filter(|&z| z < 1 << 40 && delta > 2 * z)
+        .and_then(|z| delta.checked_add(z))
+        .and_then(|step| step.checked_mul(run.len() as i64))
+        .and_then(|span| first.t.checked_add(span));
+    let inc = bound.is_some() || run.windows(2).all(|w| w[1].t > w[0].t);
+    (run.len(), inc, last.t)
+}
+
+/// The next timestamp from the general path (escapes, long codes), with the register state
+/// written back and reloaded around it. Takes and returns the state by value: a reference to the
+/// hot loop's locals would keep them in memory.
+#[cold]
+#[inline(never)]
+fn ts_slow(
+    d: &mut TsDecoder<'_>,
+    data: &[u8],
+    tb: FastBits,
+    grid: i64,
+    rice: Rice,
+) -> (i64, FastBits, i64, Rice) {
+    d.r.set_pos(tb.pos());
+    (d.grid, d.rice) = (grid, rice);
+    let t = d.next();
+    (t, FastBits::new(data, d.r.pos()), d.grid, d.rice)
+}
+
+/// Samples of a constant chunk: timestamps only.
+#[inline(never)]
+fn const_run(d: &mut Decoder<'_>, data: &[u8], dst: &mut [Sample]) -> Run {
+    let v = f64::from_bits(d.vs.vbits);
+    let mut tb = FastBits::new(data, d.ts.r.pos());
+    let (mut grid, delta, mut trice) = (d.ts.grid, d.ts.delta, d.ts.rice);
+    let mut zor = 0;
+    for slot in dst.iter_mut() {
+        let t = match ts_fast(&mut tb, data, &mut grid, delta, &mut trice, &mut zor) {
+            Some(t) => t,
+            None => {
+                let t;
+                (t, tb, grid, trice) = ts_slow(&mut d.ts, data, tb, grid, trice);
+                zor = u64::MAX;
+                t
+            }
+        };
+        *slot = Sample { t, v };
+    }
+    d.ts.r.set_pos(tb.pos());
+    (d.ts.grid, d.ts.rice) = (grid, trice);
+    run_result(dst, zor, delta)
+}
+
+/// Samples in float (XOR) mode, which lasts to the end of the chunk.
+#[inline(never)]
+fn float_run(d: &mut Decoder<'_>, data: &[u8], dst: &mut [Sample]) -> Run {
+    let mut tb = FastBits::new(data, d.ts.r.pos());
+    let (mut grid, delta, mut trice) = (d.ts.grid, d.ts.delta, d.ts.rice);
+    let mut zor = 0;
+    for slot in dst.iter_mut() {
+        let t = match ts_fast(&mut tb, data, &mut grid, delta, &mut trice, &mut zor) {
+            Some(t) => t,
+            None => {
+                let t;
+                (t, tb, grid, trice) = ts_slow(&mut d.ts, data, tb, grid, trice);
+                zor = u64::MAX;
+                t
+            }
+        };
+        let v = d.vs.next_xor();
+        *slot = Sample { t, v };
+    }
+    d.ts.r.set_pos(tb.pos());
+    (d.ts.grid, d.ts.rice) = (grid, trice);
+    run_result(dst, zor, delta)
+}
+
 /// The next timestamp from a register bit buffer; `None` (nothing consumed) for the codes the
 /// general path handles: escapes and codes longer than the buffer holds.
 #[inline(always)]
-fn ts_fast(tb: &mut FastBits<'_>, grid: &mut i64, delta: i64, rice: &mut Rice) -> Option<i64> {
-    tb.refill();
+fn ts_fast(
+    tb: &mut FastBits,
+    data: &[u8],
+    grid: &mut i64,
+    delta: i64,
+    rice: &mut Rice,
+    zor: &mut u64,
+) -> Option<i64> {
+    tb.refill(data);
     let w = tb.buf;
     let q = (w | 1).leading_zeros();
     let k = rice.k;
-    let zz = if q < TS_Q {
+    if k == 0 && q < TS_Q {
+        // The usual case (scrape jitter of a few ms): the code is q zeros and a one, z = q.
+        tb.consume(q + 1);
+        let zz = u64::from(q);
+        rice.update(zz);
+        *zor |= zz;
+        let r = TS_UNMAP_SMALL[(q & 3) as usize];
+        let pred = grid.wrapping_add(delta);
+        *grid = pred.wrapping_add(r.min(0));
+        return Some(pred.wrapping_add(r));
+    }
+    if q < TS_Q {
         let len = q + 1 + k;
         if len > tb.nb {
             return None;
         }
         tb.consume(len);
-        (u64::from(q) << k) | (((w << (q + 1)) >> 1) >> (63 - k))
-    } else {
-        // Tail code: TS_Q zeros, then Elias gamma (at most 4 + 2 * 13 + 1 bits from the buffer).
-        let c = ((w << TS_Q) | 1).leading_zeros();
-        let len = TS_Q + 2 * c + 1;
-        if c >= TS_ANCHOR || len > tb.nb {
-            return None;
-        }
-        tb.consume(len);
-        let g = (w << (TS_Q + c)) >> (63 - c);
-        (u64::from(TS_Q) << k).wrapping_add(g).wrapping_sub(1)
-    };
+        let zz = (u64::from(q) << k) | (((w << (q + 1)) >> 1) >> (63 - k));
+        // A Rice code is below `TS_Q << k`: `update_ts` would not clamp it.
+        rice.update(zz);
+        *zor |= zz;
+        let r = ts_unmap(zz);
+        let pred = grid.wrapping_add(delta);
+        *grid = pred.wrapping_add(r.min(0));
+        return Some(pred.wrapping_add(r));
+    }
+    // Tail code: TS_Q zeros, then Elias gamma (at most 4 + 2 * 13 + 1 bits from the buffer).
+    let c = ((w << TS_Q) | 1).leading_zeros();
+    let len = TS_Q + 2 * c + 1;
+    if c >= TS_ANCHOR || len > tb.nb {
+        return None;
+    }
+    tb.consume(len);
+    let g = (w << (TS_Q + c)) >> (63 - c);
+    let zz = (u64::from(TS_Q) << k).wrapping_add(g).wrapping_sub(1);
     rice.update_ts(zz);
+    *zor |= zz;
     let r = ts_unmap(zz);
     let pred = grid.wrapping_add(delta);
     *grid = pred.wrapping_add(r.min(0));
@@ -1161,74 +1265,68 @@ fn ts_fast(tb: &mut FastBits<'_>, grid: &mut i64, delta: i64, rice: &mut Rice) -
 }
 
 /// Decodes up to `dst.len()` samples in decimal mode (`INT`: exponent 0) with the state of both
-/// streams in local variables (so in registers); the rare long codes and escapes go through the
-/// general path. Stops early after a sample whose escape switched the mode. Returns the number of
-/// samples decoded.
-#[inline(always)]
+/// streams in local variables (so in registers); both bit buffers read `data` (the chunk's two
+/// streams; the value stream starts at bit `vbase`). The rare long codes and escapes go through
+/// the general path. Stops early after a sample whose escape switched the mode.
+#[inline(never)]
 fn decimal_run<const INT: bool>(
     d: &mut Decoder<'_>,
+    data: &[u8],
+    vbase: usize,
     dst: &mut [Sample],
-    prev: &mut i64,
-    increasing: &mut bool,
-) -> usize {
+) -> Run {
     let mode = d.vs.mode;
-    let (tdata, tpos) = d.ts.r.parts();
-    let mut tb = FastBits::new(tdata, tpos);
-    let (vdata, vpos) = d.vs.r.parts();
-    let mut vb = FastBits::new(vdata, vpos);
+    let mut tb = FastBits::new(data, d.ts.r.pos());
+    let mut vb = FastBits::new(data, vbase + d.vs.r.pos());
     let (mut grid, delta, mut trice) = (d.ts.grid, d.ts.delta, d.ts.rice);
     let (mut m, p, mut vrice, mut shift) = (d.vs.m, d.vs.p, d.vs.rice, d.vs.shift);
-    let (mut last, mut inc) = (*prev, *increasing);
-    let mut done = 0;
-    for slot in dst.iter_mut() {
-        let t = match ts_fast(&mut tb, &mut grid, delta, &mut trice) {
+    let mut zor = 0;
+    let total = dst.len();
+    let mut slots = dst.iter_mut();
+    let mut switched = false;
+    for slot in slots.by_ref() {
+        let t = match ts_fast(&mut tb, data, &mut grid, delta, &mut trice, &mut zor) {
             Some(t) => t,
             None => {
-                d.ts.r.set_pos(tb.pos());
-                (d.ts.grid, d.ts.rice) = (grid, trice);
-                let t = d.ts.next();
-                (grid, trice) = (d.ts.grid, d.ts.rice);
-                tb = FastBits::new(tdata, d.ts.r.parts().1);
+                let t;
+                (t, tb, grid, trice) = ts_slow(&mut d.ts, data, tb, grid, trice);
+                zor = u64::MAX;
                 t
             }
         };
-        vb.refill();
+        vb.refill(data);
         let w = vb.buf;
         let q = (w | 1).leading_zeros();
         let k = vrice.k;
         let len = q + 1 + k;
-        let mut switched = false;
-        let v = if q < RICE_LIMIT && len <= vb.nb {
+        if q < RICE_LIMIT && len <= vb.nb {
             vb.consume(len);
             let zz = (u64::from(q) << k) | (((w << (q + 1)) >> 1) >> (63 - k));
             vrice.update(zz);
             m = m.wrapping_add(unzigzag(zz) << shift);
-            if INT { m as f64 } else { m as f64 / p }
-        } else {
-            d.vs.r.set_pos(vb.pos());
-            (d.vs.m, d.vs.rice, d.vs.shift) = (m, vrice, shift);
-            let v = d.vs.next_decimal::<INT>();
-            (m, vrice, shift) = (d.vs.m, d.vs.rice, d.vs.shift);
-            vb = FastBits::new(vdata, d.vs.r.parts().1);
-            switched = d.vs.mode != mode;
-            v
-        };
-        inc &= t > last;
-        last = t;
+            let v = if INT { m as f64 } else { m as f64 / p };
+            *slot = Sample { t, v };
+            continue;
+        }
+        d.vs.r.set_pos(vb.pos() - vbase);
+        (d.vs.m, d.vs.rice, d.vs.shift) = (m, vrice, shift);
+        let v = d.vs.next_decimal::<INT>();
+        (m, vrice, shift) = (d.vs.m, d.vs.rice, d.vs.shift);
+        vb = FastBits::new(data, vbase + d.vs.r.pos());
         *slot = Sample { t, v };
-        done += 1;
-        if switched {
+        if d.vs.mode != mode {
+            switched = true;
             break;
         }
     }
+    let done = total - slots.len();
     d.ts.r.set_pos(tb.pos());
     (d.ts.grid, d.ts.rice) = (grid, trice);
-    if d.vs.mode == mode {
-        d.vs.r.set_pos(vb.pos());
+    if !switched {
+        d.vs.r.set_pos(vb.pos() - vbase);
         (d.vs.m, d.vs.rice, d.vs.shift) = (m, vrice, shift);
     }
-    (*prev, *increasing) = (last, inc);
-    done
+    run_result(dst.get(..done).unwrap_or(&[]), zor, delta)
 }
 
 /// Iterates the samples of one chunk, decoding one per [`SampleIter::next`].
@@ -1464,6 +1562,56 @@ mod tests {
         }
         for r in [TS_SMALL, -TS_SMALL] {
             assert_eq!(ts_unmap(ts_map(r)), r);
+        }
+    }
+
+    /// A chunk of constant values whose timestamp stream is `t0`, the interval `d` (in ms) and
+    /// `codes` (each a Rice code of `k = 0`: `q` zeros and a one).
+    fn crafted(t0: i64, d: u64, codes: &[u32]) -> Vec<u8> {
+        let mut ts = BitWriter::default();
+        ts.write_varbits(zigzag(t0));
+        ts.write(0, 1);
+        ts.write_varbits(d);
+        for &q in codes {
+            ts.write(1, q + 1);
+        }
+        let mut vs = BitWriter::default();
+        vs.write(u64::from(MODE_CONST), 5);
+        vs.write(0, 5);
+        vs.write_varbits(0);
+        let mut out = vec![ENCODING_XOR];
+        put_uvarint(&mut out, codes.len() as u64 + 1);
+        put_uvarint(&mut out, ts.byte_len() as u64);
+        out.extend_from_slice(ts.bytes());
+        out.extend_from_slice(vs.bytes());
+        out
+    }
+
+    /// `decode_all` skips comparing timestamps one by one only when they provably increase:
+    /// a wrap-around past `i64::MAX` and residuals larger than the interval are still caught.
+    #[test]
+    fn crafted_non_increasing_timestamps_rejected() {
+        let mut out = Vec::new();
+        let ok = crafted(1000, 15_000, &[0; 20]);
+        decode_all(&ok, &mut out).unwrap();
+        assert_eq!(out.len(), 21);
+        for data in [
+            crafted(i64::MAX - 100, 40, &[0; 10]),
+            crafted(1000, 1, &[0, 0, 3, 0, 0, 0]),
+        ] {
+            out.clear();
+            assert!(
+                matches!(
+                    decode_all(&data, &mut out),
+                    Err(ChunkError::NotIncreasing { .. })
+                ),
+                "{:?}",
+                decode_all(&data, &mut out)
+            );
+            assert!(out.is_empty());
+            let mut it = ChunkIter::new(&data).unwrap();
+            while it.next() {}
+            assert!(matches!(it.error(), Some(ChunkError::NotIncreasing { .. })));
         }
     }
 

@@ -93,6 +93,59 @@ impl Head {
     /// caller accounts for added samples with [`Head::note_added`].
     pub(crate) fn insert(&self, s: &MemSeries, t: i64, v: f64) -> Result<Inserted> {
         let mut d = s.data.lock();
+        self.insert_locked(s, &mut d, t, v)
+    }
+
+    /// Stores a run of samples of one series in order (replay), with its lock held, calling
+    /// `done(t, result)` for each: the same rules as [`Head::insert`] sample by sample.
+    #[inline]
+    pub(crate) fn insert_run_locked(
+        &self,
+        s: &MemSeries,
+        d: &mut SeriesData,
+        samples: &[(i64, f64)],
+        mut done: impl FnMut(i64, Result<Inserted>),
+    ) {
+        let mut rest = samples;
+        while let Some((&(t, v), tail)) = rest.split_first() {
+            // In-order samples into the open chunk while it has room: no cut to check per sample.
+            if let Some(enc) = d.open.as_mut()
+                && let Some(mint) = enc.min_time()
+                && t > d.last_t
+            {
+                let end = chunk_range_end(mint, self.opts.chunk_range_ms);
+                let room = SAMPLES_PER_CHUNK.saturating_sub(enc.num_samples());
+                let mut taken = 0;
+                for &(t, v) in rest.iter().take(room) {
+                    if t <= d.last_t || t >= end {
+                        break;
+                    }
+                    match enc.append(t, v) {
+                        Ok(()) => {
+                            d.last_t = t;
+                            d.last_v = v;
+                            done(t, Ok(Inserted::Added));
+                        }
+                        Err(e) => done(
+                            t,
+                            Err(Error::Other(format!("series {}: {e}", s.series_ref))),
+                        ),
+                    }
+                    taken += 1;
+                }
+                if taken > 0 {
+                    rest = rest.get(taken..).unwrap_or(&[]);
+                    continue;
+                }
+            }
+            done(t, self.insert_locked(s, d, t, v));
+            rest = tail;
+        }
+    }
+
+    /// [`Head::insert`] with the series lock held.
+    #[inline]
+    fn insert_locked(&self, s: &MemSeries, d: &mut SeriesData, t: i64, v: f64) -> Result<Inserted> {
         if d.last_t == i64::MIN || t > d.last_t {
             let cut = d.open.as_ref().is_some_and(|o| {
                 o.num_samples() >= SAMPLES_PER_CHUNK
@@ -127,7 +180,7 @@ impl Head {
                 Err(Error::DuplicateSampleForTimestamp)
             };
         }
-        if let Some(old) = self.existing_value(s, &d, t) {
+        if let Some(old) = self.existing_value(s, d, t) {
             return if old.to_bits() == v.to_bits() {
                 Ok(Inserted::Duplicate)
             } else {

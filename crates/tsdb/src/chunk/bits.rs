@@ -85,6 +85,20 @@ impl BitWriter {
     pub(crate) fn capacity(&self) -> usize {
         self.buf.capacity()
     }
+
+    /// Hints the CPU to load the cache line the next write goes to.
+    #[inline(always)]
+    pub(crate) fn prefetch(&self) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let p = self.buf.as_ptr().wrapping_add(self.bits >> 3).cast::<i8>();
+            // SAFETY: prefetching is only a hint and never faults, whatever the address.
+            #[allow(unused_unsafe)]
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p);
+            }
+        }
+    }
 }
 
 /// Reads bit fields written by [`BitWriter`]. Reading past the end yields zero bits (or bytes
@@ -125,12 +139,6 @@ impl<'a> BitReader<'a> {
     #[inline(always)]
     pub(crate) fn peek(&self) -> u64 {
         peek_at(self.data, self.pos)
-    }
-
-    /// The data (stream and padding) and the bit position, for loops that keep them in registers.
-    #[inline(always)]
-    pub(crate) fn parts(&self) -> (&'a [u8], usize) {
-        (self.data, self.pos)
     }
 
     #[inline(always)]
@@ -190,26 +198,26 @@ impl<'a> BitReader<'a> {
 
 /// A bit buffer for hot loops: the next `nb` (>= 32 after [`FastBits::refill`]) bits of the stream
 /// sit MSB-first in a register, topped up 32 bits at a time. Consuming a field is then a shift, so
-/// the decoder's dependency chain does not go through a load.
-#[derive(Debug, Clone)]
-pub(crate) struct FastBits<'a> {
-    data: &'a [u8],
+/// the decoder's dependency chain does not go through a load. The bytes are passed to
+/// [`FastBits::refill`] rather than held, so that two buffers over one chunk share one slice
+/// (fewer registers in the decoder's loop).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FastBits {
     pub(crate) buf: u64,
     pub(crate) nb: u32,
     byte: usize,
 }
 
-impl<'a> FastBits<'a> {
+impl FastBits {
     /// A buffer positioned at bit `pos` of `data`.
     #[inline(always)]
-    pub(crate) fn new(data: &'a [u8], pos: usize) -> Self {
+    pub(crate) fn new(data: &[u8], pos: usize) -> Self {
         let mut f = FastBits {
-            data,
             buf: 0,
             nb: 0,
             byte: pos >> 3,
         };
-        f.refill();
+        f.refill(data);
         let skip = (pos & 7) as u32;
         f.buf <<= skip;
         f.nb -= skip;
@@ -217,15 +225,11 @@ impl<'a> FastBits<'a> {
     }
 
     #[inline(always)]
-    pub(crate) fn refill(&mut self) {
+    pub(crate) fn refill(&mut self, data: &[u8]) {
         if self.nb < 32 {
-            let w = match self
-                .data
-                .get(self.byte..)
-                .and_then(|s| s.first_chunk::<4>())
-            {
+            let w = match data.get(self.byte..).and_then(|s| s.first_chunk::<4>()) {
                 Some(b) => u32::from_be_bytes(*b),
-                None => load_u32_tail(self.data, self.byte),
+                None => load_u32_tail(data, self.byte),
             };
             // Bits below `nb` are zero, and 1 <= 32 - nb <= 32.
             self.buf |= u64::from(w) << (32 - self.nb);
