@@ -64,11 +64,14 @@ fn client(ch: Channel) -> ClusterClient<Channel> {
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
-/// Creates the connections of one shard group.
+/// Creates the connections of one shard group. Addresses come from this node's peer list, not
+/// from the membership stored in the Raft log: each node may reach the others by different
+/// addresses (NAT, proxies), and an address may change across restarts.
 #[derive(Debug, Clone)]
 pub struct NetworkFactory {
     pub shard: u32,
     pub clients: Clients,
+    pub peers: Arc<std::collections::BTreeMap<NodeId, String>>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -78,7 +81,11 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
         ShardConnection {
             shard: self.shard,
             target,
-            addr: node.addr.clone(),
+            addr: self
+                .peers
+                .get(&target)
+                .cloned()
+                .unwrap_or_else(|| node.addr.clone()),
             clients: self.clients.clone(),
         }
     }

@@ -200,6 +200,7 @@ impl Node {
                 .map_err(|e| ClusterError::Invalid(format!("raft config: {e}")))?,
         );
         let clients = Clients::new();
+        let peers = Arc::new(opts.peers.clone());
         let mut shards = HashMap::new();
         for s in 0..opts.num_shards {
             let replicas = shard_replicas(&ids, s, opts.replication_factor);
@@ -218,6 +219,7 @@ impl Node {
                 NetworkFactory {
                     shard: s,
                     clients: clients.clone(),
+                    peers: peers.clone(),
                 },
                 log.clone(),
                 sm,
@@ -254,7 +256,8 @@ impl Node {
             let members: BTreeMap<NodeId, BasicNode> = sh
                 .replicas
                 .iter()
-                .map(|id| (*id, BasicNode::new(node.addr_of(*id))))
+                // Identical on every replica (addresses are per node, see NetworkFactory).
+                .map(|id| (*id, BasicNode::new(format!("node-{id}"))))
                 .collect();
             match sh.raft.is_initialized().await {
                 Ok(false) => {
@@ -466,7 +469,14 @@ impl Node {
             });
             let Some(leader) = leader else { continue };
             if leader == self.opts.node_id {
-                match self.local_write(s, batch.clone()).await {
+                // A leader cut off from its quorum never commits: bound the wait.
+                let left = deadline.saturating_duration_since(Instant::now());
+                let res = match tokio::time::timeout(left, self.local_write(s, batch.clone())).await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err((None, "no quorum acknowledged the write in time".to_string())),
+                };
+                match res {
                     Ok(r) => {
                         self.stats.batches.fetch_add(1, Relaxed);
                         self.stats.samples_accepted.fetch_add(r.accepted, Relaxed);
@@ -1080,7 +1090,16 @@ impl pb::cluster_server::Cluster for Service {
                 ..Default::default()
             }));
         }
-        let rep = match node.local_write(req.shard, req.batch).await {
+        let res = match tokio::time::timeout(
+            node.opts.write_timeout,
+            node.local_write(req.shard, req.batch),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err((None, "no quorum acknowledged the write in time".to_string())),
+        };
+        let rep = match res {
             Ok(r) => pb::WriteReply {
                 status: pb::WriteStatus::WriteOk as i32,
                 leader: node.opts.node_id,

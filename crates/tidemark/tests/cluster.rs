@@ -267,7 +267,7 @@ fn start_writer(ports: Vec<u16>, base: i64, first: u64) -> Writer {
         let mut i = first;
         let mut rr = 0usize;
         while !s.load(Ordering::SeqCst) {
-            let t = base + i as i64 * 10;
+            let t = base + (i - first) as i64 * 10;
             let series: Vec<WriteSeries<'_>> = (0..SERIES)
                 .map(|k| {
                     (
@@ -639,4 +639,170 @@ fn scrape_targets_are_spread_and_taken_over() {
     let at = (now_ms() as f64) / 1000.0;
     let v = c.nodes[1].query("count(count_over_time(up{job=\"fake\"}[3s]))", at);
     assert_eq!(v["data"]["result"][0]["value"][1], "20", "{v}");
+}
+
+/// A TCP proxy that can cut its link: while blocked it closes every connection and refuses new
+/// ones (a network partition between two nodes, one direction of dialing).
+struct Proxy {
+    port: u16,
+    blocked: Arc<AtomicBool>,
+}
+
+fn proxy(upstream: u16) -> Proxy {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let blocked = Arc::new(AtomicBool::new(false));
+    let flag = blocked.clone();
+    let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
+    {
+        let (blocked, conns) = (blocked.clone(), conns.clone());
+        std::thread::spawn(move || {
+            loop {
+                if blocked.load(Ordering::SeqCst) {
+                    for c in conns.lock().unwrap().drain(..) {
+                        let _ = c.shutdown(std::net::Shutdown::Both);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+    }
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(client) = s else { continue };
+            if blocked.load(Ordering::SeqCst) {
+                drop(client);
+                continue;
+            }
+            let Ok(up) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                continue;
+            };
+            let _ = client.set_nodelay(true);
+            let _ = up.set_nodelay(true);
+            {
+                let mut g = conns.lock().unwrap();
+                g.push(client.try_clone().unwrap());
+                g.push(up.try_clone().unwrap());
+            }
+            for (mut a, mut b) in [
+                (client.try_clone().unwrap(), up.try_clone().unwrap()),
+                (up, client),
+            ] {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut a, &mut b);
+                    let _ = b.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        }
+    });
+    Proxy {
+        port,
+        blocked: flag,
+    }
+}
+
+#[test]
+fn partitioned_node_acknowledges_nothing_and_converges_after_healing() {
+    let shards = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    // Every link that involves node 3 goes through a proxy that can cut it.
+    let to3 = proxy(ports[2].1);
+    let from3_to1 = proxy(ports[0].1);
+    let from3_to2 = proxy(ports[1].1);
+    let peers_12 = format!(
+        "1=127.0.0.1:{},2=127.0.0.1:{},3=127.0.0.1:{}",
+        ports[0].1, ports[1].1, to3.port
+    );
+    let peers_3 = format!(
+        "1=127.0.0.1:{},2=127.0.0.1:{},3=127.0.0.1:{}",
+        from3_to1.port, from3_to2.port, ports[2].1
+    );
+    let mut nodes = Vec::new();
+    for (i, (h, cp)) in ports.iter().enumerate() {
+        let id = i as u64 + 1;
+        let data = dir.path().join(format!("n{id}"));
+        std::fs::create_dir_all(&data).unwrap();
+        let peers = if id == 3 { &peers_3 } else { &peers_12 };
+        let mut node = ClusterNode {
+            id,
+            http: *h,
+            cport: *cp,
+            dir: dir.path().to_path_buf(),
+            args: vec![
+                format!("--web.listen-address=127.0.0.1:{h}"),
+                format!("--storage.path={}", data.display()),
+                format!("--cluster.node-id={id}"),
+                format!("--cluster.listen-address=127.0.0.1:{cp}"),
+                format!("--cluster.peers={peers}"),
+                format!("--cluster.shards={shards}"),
+            ],
+            child: None,
+        };
+        node.start();
+        nodes.push(node);
+    }
+    let c = Cluster { nodes, _dir: dir };
+    c.wait_leaders(shards, Duration::from_secs(60));
+    let base = now_ms() - 120_000;
+    let w = start_writer(c.nodes.iter().map(|n| n.http).collect(), base, 0);
+    std::thread::sleep(Duration::from_secs(2));
+    let (mut acked, _) = w.finish();
+
+    // Partition node 3 from the others.
+    for p in [&to3, &from3_to1, &from3_to2] {
+        p.blocked.store(true, Ordering::SeqCst);
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    // The isolated node acknowledges nothing...
+    let body = remote_write_body(&[(
+        vec![("__name__", "tm_isolated".to_string())],
+        vec![(now_ms(), 1.0)],
+    )]);
+    let (st, _) = http(
+        c.nodes[2].http,
+        "POST",
+        "/api/v1/write",
+        "application/x-protobuf",
+        &body,
+    )
+    .unwrap();
+    assert_eq!(st, 503, "the isolated node answered {st} to a write");
+    // ...while the majority keeps accepting writes.
+    let w = start_writer(
+        vec![c.nodes[0].http, c.nodes[1].http],
+        now_ms() - 60_000,
+        100_000,
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let (acked2, failed2) = w.finish();
+    eprintln!(
+        "majority side: {} writes acknowledged, {failed2} not",
+        acked2.len()
+    );
+    assert!(
+        acked2.len() > 10,
+        "the majority accepted only {} writes",
+        acked2.len()
+    );
+    acked.extend(acked2);
+
+    // Heal: everything converges, node 3 included.
+    for p in [&to3, &from3_to1, &from3_to2] {
+        p.blocked.store(false, Ordering::SeqCst);
+    }
+    wait_replicas_converged(&c, shards);
+    let sums: Vec<BTreeMap<u64, (String, u64)>> = c.nodes.iter().map(checksums).collect();
+    for s in 0..u64::from(shards) {
+        let v: BTreeSet<&(String, u64)> = sums.iter().map(|m| &m[&s]).collect();
+        assert_eq!(
+            v.len(),
+            1,
+            "shard {s} replicas differ after healing: {sums:?}"
+        );
+    }
+    let at = (now_ms() as f64) / 1000.0;
+    for n in &c.nodes {
+        assert_all_acked_present(n, &acked, at);
+    }
 }
