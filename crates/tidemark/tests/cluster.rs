@@ -806,3 +806,48 @@ fn partitioned_node_acknowledges_nothing_and_converges_after_healing() {
         assert_all_acked_present(n, &acked, at);
     }
 }
+
+#[test]
+fn rolling_restart_under_load_loses_no_acknowledged_write() {
+    let shards = 3;
+    let mut c = start_cluster(3, shards, &[]);
+    let base = now_ms() - 120_000;
+    let w = start_writer(c.nodes.iter().map(|n| n.http).collect(), base, 0);
+    std::thread::sleep(Duration::from_secs(2));
+    for i in 0..c.nodes.len() {
+        // Graceful stop (SIGTERM), as a rolling upgrade does, then start again.
+        w.dead.lock().unwrap().insert(i);
+        if let Some(mut child) = c.nodes[i].child.take() {
+            server::send_signal(child.id(), 15);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while child.try_wait().unwrap().is_none() {
+                assert!(Instant::now() < deadline, "node {} did not stop", i + 1);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        c.nodes[i].start();
+        w_ready(&c.nodes[i]);
+        c.wait_leaders(shards, Duration::from_secs(30));
+        w.dead.lock().unwrap().remove(&i);
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let (acked, failed) = w.finish();
+    eprintln!(
+        "rolling restart: {} writes acknowledged, {failed} not",
+        acked.len()
+    );
+    assert!(
+        acked.len() > 100,
+        "only {} writes acknowledged",
+        acked.len()
+    );
+    wait_replicas_converged(&c, shards);
+    let at = (now_ms() as f64) / 1000.0;
+    let mut answers = Vec::new();
+    for n in &c.nodes {
+        assert_all_acked_present(n, &acked, at);
+        answers.push(stored(n, at));
+    }
+    assert!(answers.windows(2).all(|w| w[0] == w[1]), "nodes disagree");
+}
