@@ -230,6 +230,16 @@ impl Group {
         }
     }
 
+    /// Another node evaluates this group now (cluster): forget the alert state; if the group
+    /// comes back here, its `for` state is restored from `ALERTS_FOR_STATE` as after a restart.
+    pub fn release(&mut self) {
+        for r in &mut self.rules {
+            r.active.clear();
+            r.prev_series.clear();
+        }
+        self.restored = false;
+    }
+
     /// Skip the restore of `for` state (for unit tests that start from nothing).
     pub fn mark_restored(&mut self) {
         self.restored = true;

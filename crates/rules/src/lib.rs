@@ -23,5 +23,5 @@ pub mod unittest;
 
 pub use error::{Error, Result};
 pub use group::{Alert, AlertState, EvalContext, Group, GroupOptions};
-pub use manager::{RuleManager, RulesFilter, load_groups};
+pub use manager::{GroupOwner, RuleManager, RulesFilter, load_groups};
 pub use notifier::Notifier;

@@ -43,7 +43,12 @@ struct Inner {
     opts: RwLock<GroupOptions>,
     groups: Mutex<Vec<Running>>,
     notifier: Notifier,
+    owner: RwLock<Option<GroupOwner>>,
 }
+
+/// Decides whether this node evaluates a group, given [`Group::hash`] (the same on every node):
+/// spreads rule groups over a cluster (rendezvous hashing over live nodes).
+pub type GroupOwner = Arc<dyn Fn(u64) -> bool + Send + Sync>;
 
 /// Runs the rule groups of a configuration.
 #[derive(Clone)]
@@ -93,8 +98,16 @@ impl RuleManager {
                 opts: RwLock::new(opts),
                 groups: Mutex::new(Vec::new()),
                 notifier: Notifier::start(Vec::new()),
+                owner: RwLock::new(None),
             }),
         }
+    }
+
+    /// Evaluate only the groups `owner` accepts (checked before every evaluation). A group that
+    /// moves here restores its alerts' `for` state from `ALERTS_FOR_STATE`, which the previous
+    /// owner wrote to the shared storage, so a firing alert stays firing.
+    pub fn set_owner(&self, owner: Option<GroupOwner>) {
+        *self.inner.owner.write() = owner;
     }
 
     pub fn notifier(&self) -> &Notifier {
@@ -227,6 +240,25 @@ async fn run_group(inner: Arc<Inner>, group: Arc<Mutex<Group>>) {
             tokio::time::sleep(Duration::from_millis((next - now) as u64)).await;
         }
         let ts = next;
+        let owned = {
+            let owner = inner.owner.read().clone();
+            match owner {
+                Some(f) => {
+                    let h = group.lock().hash();
+                    f(h)
+                }
+                None => true,
+            }
+        };
+        if !owned {
+            group.lock().release();
+            next += interval;
+            let now = tidemark_model::time::now_millis();
+            if next <= now {
+                next += ((now - next) / interval + 1) * interval;
+            }
+            continue;
+        }
         let inner2 = inner.clone();
         let group2 = group.clone();
         let res = tokio::task::spawn_blocking(move || {

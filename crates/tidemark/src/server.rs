@@ -115,6 +115,13 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
                 let n = node.clone();
                 Some(Arc::new(move || n.live_nodes()) as LiveNodes)
             },
+            // Rule groups spread like scrape targets (a different salt, so one node does not
+            // get both the targets and the groups of the same hash).
+            rule_owner: {
+                let n = node.clone();
+                Some(Arc::new(move |h: u64| n.owns(h ^ 0x7275_6c65_7320_2020))
+                    as tidemark_rules::GroupOwner)
+            },
         };
         let result = rt.block_on(serve(
             args,
@@ -152,6 +159,7 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
         metrics: Arc::new(DbMetrics { db: db.clone() }),
         owns_target: None,
         live_nodes: None,
+        rule_owner: None,
     };
     let result = rt.block_on(serve(
         args,
@@ -179,6 +187,8 @@ struct Backend {
     owns_target: Option<tidemark_scrape::TargetFilter>,
     /// The live nodes (cluster): scrape targets are re-spread whenever this changes.
     live_nodes: Option<LiveNodes>,
+    /// Which rule groups this node evaluates (cluster); all when `None`.
+    rule_owner: Option<tidemark_rules::GroupOwner>,
 }
 
 type LiveNodes = Arc<dyn Fn() -> Vec<u64> + Send + Sync>;
@@ -273,6 +283,7 @@ async fn serve(
         appendable.clone(),
         tidemark_rules::GroupOptions::default(),
     );
+    rules.set_owner(backend.rule_owner.clone());
     rules
         .apply_config(&cfg.prometheus, &external_url)
         .context("loading rule files")?;

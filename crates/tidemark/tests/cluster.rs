@@ -851,3 +851,92 @@ fn rolling_restart_under_load_loses_no_acknowledged_write() {
     }
     assert!(answers.windows(2).all(|w| w[0] == w[1]), "nodes disagree");
 }
+
+fn alert_states(n: &ClusterNode, name: &str) -> Vec<String> {
+    let Ok((200, body)) = n.http("GET", "/api/v1/alerts", "text/plain", b"") else {
+        return Vec::new();
+    };
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    v["data"]["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["labels"]["alertname"] == name)
+        .map(|a| a["state"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn rule_groups_spread_and_a_firing_alert_stays_firing_after_failover() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yml");
+    std::fs::write(
+        &rules,
+        "groups:\n  - name: g1\n    interval: 1s\n    rules:\n      - alert: AlwaysFiring\n        expr: vector(1)\n        for: 3s\n",
+    )
+    .unwrap();
+    let cfg = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global:\n  evaluation_interval: 1s\nrule_files: ['{}']\n",
+            rules.display()
+        ),
+    )
+    .unwrap();
+    let cfg_arg = format!("--config.file={}", cfg.display());
+    let mut c = start_cluster(3, 2, &[&cfg_arg]);
+
+    // Exactly one node evaluates the group; wait until its alert fires.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let owner = loop {
+        let states: Vec<Vec<String>> = c
+            .nodes
+            .iter()
+            .map(|n| alert_states(n, "AlwaysFiring"))
+            .collect();
+        let with: Vec<usize> = (0..3).filter(|i| !states[*i].is_empty()).collect();
+        assert!(
+            with.len() <= 1,
+            "the group is evaluated on several nodes: {states:?}"
+        );
+        if let [i] = with[..] {
+            if states[i] == ["firing"] {
+                break i;
+            }
+        }
+        assert!(Instant::now() < deadline, "alert never fired: {states:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // Let the firing state reach ALERTS_FOR_STATE for a few evaluations, then kill the owner.
+    std::thread::sleep(Duration::from_secs(2));
+    c.nodes[owner].kill9();
+    let killed = Instant::now();
+    let deadline = killed + Duration::from_secs(20);
+    loop {
+        let states: Vec<(u64, Vec<String>)> = c
+            .nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| (n.id, alert_states(n, "AlwaysFiring")))
+            .collect();
+        for (id, s) in &states {
+            assert!(
+                !s.iter().any(|x| x == "pending"),
+                "node {id} took the group over with the alert pending (it was firing): {states:?}"
+            );
+        }
+        if states.iter().any(|(_, s)| s == &["firing"]) {
+            eprintln!(
+                "alert firing on the new owner {:?} after the kill",
+                killed.elapsed()
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no survivor took the group over: {states:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
