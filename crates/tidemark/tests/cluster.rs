@@ -900,10 +900,10 @@ fn rule_groups_spread_and_a_firing_alert_stays_firing_after_failover() {
             with.len() <= 1,
             "the group is evaluated on several nodes: {states:?}"
         );
-        if let [i] = with[..] {
-            if states[i] == ["firing"] {
-                break i;
-            }
+        if let [i] = with[..]
+            && states[i] == ["firing"]
+        {
+            break i;
         }
         assert!(Instant::now() < deadline, "alert never fired: {states:?}");
         std::thread::sleep(Duration::from_millis(200));
