@@ -83,6 +83,10 @@ pub(crate) struct DevClusterArgs {
     pub(crate) cluster_port: u16,
     #[arg(long = "cluster.shards", default_value_t = 8)]
     pub(crate) shards: u32,
+    /// Extra `tidemark server` flags for every node (after `--`), e.g.
+    /// `-- --config.file prometheus.yml --storage.retention.time 30d`.
+    #[arg(last = true)]
+    pub(crate) server_args: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -128,6 +128,7 @@ pub(crate) fn dev_cluster(a: DevClusterArgs) -> anyhow::Result<ExitCode> {
             .arg(format!("--cluster.listen-address=127.0.0.1:{cport}"))
             .arg(format!("--cluster.peers={}", peers.join(",")))
             .arg(format!("--cluster.shards={}", a.shards))
+            .args(&a.server_args)
             .spawn()
             .with_context(|| format!("starting node {i}"))?;
         println!(
