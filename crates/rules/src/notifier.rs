@@ -8,13 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use parking_lot::Mutex;
 use serde::Serialize;
-use tidemark_scrape::config::{AlertingConfig, Secret};
+use tidemark_scrape::config::{AlertingConfig, HttpClientConfig};
+use tidemark_scrape::{Connection, HttpClient};
 use tracing::{debug, warn};
 
 use crate::group::{Alert, AlertState};
@@ -74,25 +71,22 @@ impl AmAlert {
 }
 
 /// One Alertmanager to send to.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct AmTarget {
     /// Full URL of the alerts endpoint.
     pub url: String,
-    /// `Authorization` header value, if any.
-    pub auth: Option<String>,
     pub timeout: Duration,
+    /// The scrape client configured from the Alertmanager config's `tls_config`, credentials
+    /// and `follow_redirects` (one implementation of TLS and auth for both), and its kept-alive
+    /// connection.
+    client: Arc<HttpClient>,
+    conn: Arc<tokio::sync::Mutex<Option<Connection>>>,
 }
 
-fn read_secret(inline: &Option<Secret>, file: &Option<String>) -> Result<String, String> {
-    if let Some(s) = inline {
-        return Ok(s.0.clone());
+impl PartialEq for AmTarget {
+    fn eq(&self, o: &Self) -> bool {
+        self.url == o.url && self.timeout == o.timeout
     }
-    if let Some(f) = file {
-        return std::fs::read_to_string(f)
-            .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
-            .map_err(|e| format!("{f}: {e}"));
-    }
-    Ok(String::new())
 }
 
 /// The targets of `alerting.alertmanagers` (static configs; `api_version` v2 only).
@@ -102,37 +96,24 @@ pub fn targets_from_config(cfg: &AlertingConfig) -> Result<Vec<AmTarget>, String
         if !am.file_sd_configs.is_empty() {
             warn!("alertmanagers file_sd_configs are not supported yet; use static_configs");
         }
-        if am.scheme != "http" {
+        if am.scheme != "http" && am.scheme != "https" {
             return Err(format!(
-                "alertmanager scheme {:?} is not supported yet (only http)",
+                "alertmanager scheme {:?} is not supported (http or https)",
                 am.scheme
             ));
         }
-        let auth = if let Some(b) = &am.basic_auth {
-            let user = if let Some(f) = &b.username_file {
-                read_secret(&None, &Some(f.clone()))?
-            } else {
-                b.username.clone()
-            };
-            let pw = read_secret(&b.password, &b.password_file)?;
-            Some(format!(
-                "Basic {}",
-                tidemark_scrape::base64(format!("{user}:{pw}").as_bytes())
-            ))
-        } else if let Some(a) = &am.authorization {
-            Some(format!(
-                "{} {}",
-                a.kind,
-                read_secret(&a.credentials, &a.credentials_file)?
-            ))
-        } else if am.bearer_token.is_some() || am.bearer_token_file.is_some() {
-            Some(format!(
-                "Bearer {}",
-                read_secret(&am.bearer_token, &am.bearer_token_file)?
-            ))
-        } else {
-            None
-        };
+        let client = Arc::new(HttpClient::new(
+            &HttpClientConfig {
+                basic_auth: am.basic_auth.clone(),
+                authorization: am.authorization.clone(),
+                bearer_token: am.bearer_token.clone(),
+                bearer_token_file: am.bearer_token_file.clone(),
+                tls_config: am.tls_config.clone(),
+                follow_redirects: am.follow_redirects,
+            },
+            false,
+            0,
+        ));
         let prefix = am.path_prefix.trim_end_matches('/');
         let prefix = if prefix.is_empty() || prefix.starts_with('/') {
             prefix.to_string()
@@ -143,8 +124,9 @@ pub fn targets_from_config(cfg: &AlertingConfig) -> Result<Vec<AmTarget>, String
             for t in &sc.targets {
                 out.push(AmTarget {
                     url: format!("{}://{t}{prefix}/api/v2/alerts", am.scheme),
-                    auth: auth.clone(),
                     timeout: am.timeout.to_std(),
+                    client: client.clone(),
+                    conn: Arc::new(tokio::sync::Mutex::new(None)),
                 });
             }
         }
@@ -164,7 +146,6 @@ struct Inner {
     targets: Mutex<Vec<AmTarget>>,
     wake: tokio::sync::Notify,
     counters: Counters,
-    client: Client<HttpConnector, Full<Bytes>>,
 }
 
 /// Queues alerts and sends them to every configured Alertmanager.
@@ -185,15 +166,11 @@ impl std::fmt::Debug for Notifier {
 impl Notifier {
     /// Starts the sender task on the current tokio runtime.
     pub fn start(targets: Vec<AmTarget>) -> Notifier {
-        let mut conn = HttpConnector::new();
-        conn.set_connect_timeout(Some(Duration::from_secs(10)));
-        let client = Client::builder(TokioExecutor::new()).build(conn);
         let inner = Arc::new(Inner {
             queue: Mutex::new(VecDeque::new()),
             targets: Mutex::new(targets),
             wake: tokio::sync::Notify::new(),
             counters: Counters::default(),
-            client,
         });
         let task_inner = inner.clone();
         tokio::spawn(async move {
@@ -303,9 +280,8 @@ async fn send_all(inner: &Inner) {
         let mut tasks = Vec::new();
         for t in targets {
             let body = body.clone();
-            let client = inner.client.clone();
             tasks.push(async move {
-                let r = post(&client, &t, body).await;
+                let r = post(&t, body).await;
                 (t, r)
             });
         }
@@ -344,32 +320,15 @@ where
     out
 }
 
-async fn post(
-    client: &Client<HttpConnector, Full<Bytes>>,
-    t: &AmTarget,
-    body: Bytes,
-) -> Result<(), String> {
-    let mut req = hyper::Request::post(&t.url)
-        .header("content-type", "application/json")
-        .header(
-            "user-agent",
-            concat!("Tidemark/", env!("CARGO_PKG_VERSION")),
-        );
-    if let Some(a) = &t.auth {
-        req = req.header("authorization", a);
-    }
-    let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
+async fn post(t: &AmTarget, body: Bytes) -> Result<(), String> {
     let fut = async {
-        let resp = client.request(req).await.map_err(|e| e.to_string())?;
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        if !status.is_success() {
-            let text = String::from_utf8_lossy(&body[..body.len().min(512)]).to_string();
+        let mut conn = t.conn.lock().await;
+        let (status, text) = t
+            .client
+            .post(&mut conn, &t.url, "application/json", body)
+            .await?;
+        if !(200..300).contains(&status) {
+            let text = String::from_utf8_lossy(&text[..text.len().min(512)]).to_string();
             return Err(format!("bad response status {status}: {text}"));
         }
         Ok(())
@@ -391,7 +350,6 @@ mod tests {
         let t = targets_from_config(&c).unwrap();
         assert_eq!(t.len(), 2);
         assert_eq!(t[0].url, "http://a:9093/am/api/v2/alerts");
-        assert_eq!(t[1].auth.as_deref(), Some("Basic dTpw"));
         assert_eq!(t[0].timeout, Duration::from_secs(3));
     }
 

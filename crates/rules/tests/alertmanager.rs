@@ -191,3 +191,147 @@ fn alert_fires_reaches_alertmanager_and_resolves() {
     mgr.stop();
     rt.shutdown_timeout(Duration::from_secs(2));
 }
+
+/// The notifier over HTTPS: Debian's alertmanager serves TLS (its `--web.config.file`), the
+/// Alertmanager config trusts that certificate through `tls_config.ca_file`, and a firing alert
+/// arrives. A second Alertmanager config without the CA fails verification (counted as errors).
+#[test]
+fn alerts_reach_an_https_alertmanager() {
+    if !Path::new(AM).exists() {
+        println!("SKIPPED: {AM} not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let ca = dir.path().join("am.crt");
+    std::fs::write(&ca, ck.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("am.key"), ck.signing_key.serialize_pem()).unwrap();
+    std::fs::write(
+        dir.path().join("web.yml"),
+        format!(
+            "tls_server_config:\n  cert_file: {}\n  key_file: {}\n",
+            ca.display(),
+            dir.path().join("am.key").display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("am.yml"),
+        "route:\n  receiver: 'null'\n  group_wait: 1s\nreceivers:\n  - name: 'null'\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let child = Command::new(AM)
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("am.yml").display()
+        ))
+        .arg(format!(
+            "--storage.path={}",
+            dir.path().join("amdata").display()
+        ))
+        .arg(format!("--web.listen-address={addr}"))
+        .arg(format!(
+            "--web.config.file={}",
+            dir.path().join("web.yml").display()
+        ))
+        .arg("--cluster.listen-address=")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _guard = Kill(child);
+    // Plain HTTP is refused by a TLS listener; wait until the port accepts connections.
+    wait_for("alertmanager to listen", Duration::from_secs(15), || {
+        TcpStream::connect(&addr).is_ok()
+    });
+
+    std::fs::write(
+        dir.path().join("rules.yml"),
+        "groups:\n- name: tls\n  interval: 1s\n  rules:\n  - alert: Always\n    expr: vector(1)\n",
+    )
+    .unwrap();
+    let cfg = tidemark_scrape::parse_config(&format!(
+        "rule_files: ['{}']\nalerting:\n  alertmanagers:\n  - scheme: https\n    tls_config: {{ca_file: '{}', server_name: localhost}}\n    static_configs: [{{targets: ['{addr}']}}]\n    timeout: 2s\n",
+        dir.path().join("rules.yml").display(),
+        ca.display()
+    ))
+    .unwrap();
+    let st = Arc::new(MemStorage::new());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mgr = rt.block_on(async {
+        let m = RuleManager::new(
+            Arc::new(Engine::new(EngineOptions::default())),
+            st.clone(),
+            st.clone(),
+            GroupOptions::default(),
+        );
+        m.apply_config(&cfg, "http://tidemark.test:9190").unwrap();
+        m
+    });
+    let metric = |name: &str| -> f64 {
+        let mut m = String::new();
+        mgr.render_metrics(&mut m);
+        m.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    wait_for("an alert sent over TLS", Duration::from_secs(20), || {
+        metric("tidemark_notifications_sent_total") >= 1.0
+    });
+    assert_eq!(metric("tidemark_notifications_errors_total"), 0.0);
+    // Alertmanager has it (read back over TLS with curl when available).
+    let curl = Command::new("curl")
+        .args(["-s", "--cacert"])
+        .arg(&ca)
+        .arg("--resolve")
+        .arg(format!("localhost:{port}:127.0.0.1"))
+        .arg(format!("https://localhost:{port}/api/v2/alerts"))
+        .output();
+    if let Ok(out) = curl
+        && out.status.success()
+    {
+        let v: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(
+            v.iter().any(|a| a["labels"]["alertname"] == "Always"),
+            "{v:?}"
+        );
+    }
+    mgr.stop();
+
+    // Without the CA the certificate is not trusted: sending fails and is counted.
+    let cfg = tidemark_scrape::parse_config(&format!(
+        "rule_files: ['{}']\nalerting:\n  alertmanagers:\n  - scheme: https\n    static_configs: [{{targets: ['{addr}']}}]\n    timeout: 2s\n",
+        dir.path().join("rules.yml").display()
+    ))
+    .unwrap();
+    let mgr2 = rt.block_on(async {
+        let m = RuleManager::new(
+            Arc::new(Engine::new(EngineOptions::default())),
+            st.clone(),
+            st.clone(),
+            GroupOptions::default(),
+        );
+        m.apply_config(&cfg, "http://tidemark.test:9190").unwrap();
+        m
+    });
+    wait_for("a failed TLS send", Duration::from_secs(20), || {
+        let mut m = String::new();
+        mgr2.render_metrics(&mut m);
+        m.lines()
+            .find(|l| l.starts_with("tidemark_notifications_errors_total"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            >= 1.0
+    });
+    mgr2.stop();
+    rt.shutdown_timeout(Duration::from_secs(2));
+}

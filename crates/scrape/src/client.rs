@@ -1,13 +1,14 @@
 //! The scrape HTTP client: HTTP/1.1 over TCP or TLS (rustls with the ring provider), one kept-
 //! alive connection per target, Prometheus' Accept header, gzip, body size limit, basic auth,
 //! bearer/authorization credentials (inline or from files, re-read on every scrape), redirects.
-//! No proxy support (by design).
+//! No proxy support (by design). Also the Alertmanager notifier's client ([`HttpClient::post`]):
+//! one implementation of TLS, credentials and connection reuse.
 
 use std::io::BufReader;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{
     ACCEPT, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HOST, LOCATION,
@@ -62,9 +63,9 @@ pub(crate) struct Fetched {
 }
 
 /// A kept-alive connection to one `scheme://authority`.
-pub(crate) struct Connection {
+pub struct Connection {
     key: String,
-    sender: SendRequest<Empty<Bytes>>,
+    sender: SendRequest<Full<Bytes>>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -75,9 +76,9 @@ impl std::fmt::Debug for Connection {
     }
 }
 
-/// One scrape config's HTTP client.
+/// One scrape config's (or Alertmanager config's) HTTP client.
 #[derive(Clone)]
-pub(crate) struct HttpClient {
+pub struct HttpClient {
     tls: Option<tokio_rustls::TlsConnector>,
     tls_error: Option<String>,
     server_name: Option<String>,
@@ -243,7 +244,7 @@ pub(crate) fn tls_client_config(t: &TlsConfig) -> Result<rustls::ClientConfig, S
 
 impl HttpClient {
     /// A client for one scrape config. A broken TLS setup is reported on every https scrape.
-    pub(crate) fn new(cfg: &HttpClientConfig, gzip: bool, body_limit: u64) -> HttpClient {
+    pub fn new(cfg: &HttpClientConfig, gzip: bool, body_limit: u64) -> HttpClient {
         let (tls, tls_error) = match tls_client_config(&cfg.tls_config) {
             Ok(c) => (Some(tokio_rustls::TlsConnector::from(Arc::new(c))), None),
             Err(e) => (None, Some(e)),
@@ -444,6 +445,62 @@ impl HttpClient {
         ))
     }
 
+    /// POSTs `body` to `url` on `conn` (reconnecting when needed); returns the status and at
+    /// most 4 KiB of the response body.
+    pub async fn post(
+        &self,
+        conn: &mut Option<Connection>,
+        url: &str,
+        content_type: &str,
+        body: Bytes,
+    ) -> Result<(u16, Bytes), String> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+        let key = format!(
+            "{}://{}",
+            uri.scheme_str().unwrap_or("http"),
+            uri.authority().map_or("", |a| a.as_str())
+        );
+        let reusable = match conn {
+            Some(c) => c.key == key && c.sender.ready().await.is_ok(),
+            None => false,
+        };
+        if !reusable {
+            *conn = Some(self.connect(&uri).await?);
+        }
+        let Some(c) = conn.as_mut() else {
+            return Err("no connection".into());
+        };
+        let mut req = Request::post(uri.path_and_query().map_or("/", |p| p.as_str()))
+            .header(HOST, uri.authority().map_or("", |a| a.as_str()))
+            .header(CONTENT_TYPE, content_type)
+            .header(USER_AGENT, &self.user_agent);
+        if let Some(a) = self.auth_header()? {
+            req = req.header(AUTHORIZATION, a);
+        }
+        let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
+        let resp = match c.sender.send_request(req).await {
+            Ok(r) => r,
+            Err(e) => {
+                *conn = None;
+                return Err(e.to_string());
+            }
+        };
+        let status = resp.status().as_u16();
+        let mut body = resp.into_body();
+        let mut out = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| format!("reading response of {url:?}: {e}"))?;
+            if let Some(d) = frame.data_ref()
+                && out.len() < 4096
+            {
+                out.extend_from_slice(&d[..d.len().min(4096 - out.len())]);
+            }
+        }
+        Ok((status, Bytes::from(out)))
+    }
+
     async fn request(
         &self,
         conn: &mut Option<Connection>,
@@ -477,7 +534,9 @@ impl HttpClient {
         if let Some(a) = self.auth_header()? {
             req = req.header(AUTHORIZATION, a);
         }
-        let req = req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
+        let req = req
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| e.to_string())?;
         match c.sender.send_request(req).await {
             Ok(r) => Ok(r),
             Err(e) => {

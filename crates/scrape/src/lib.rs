@@ -14,7 +14,7 @@ pub mod relabel;
 mod scrape;
 pub mod target;
 
-pub use client::{ACCEPT_HEADER, base64};
+pub use client::{ACCEPT_HEADER, Connection, HttpClient, base64};
 pub use config::{ConfigError, PrometheusConfig, ScrapeConfig, load_config, parse_config};
 pub use manager::{
     ActiveTargetInfo, DroppedTargetInfo, Health, ScrapeError, ScrapeManager, ScrapeOptions,
