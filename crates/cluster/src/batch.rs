@@ -93,22 +93,48 @@ pub fn decode(data: &[u8]) -> Result<Vec<BatchSeries>, BatchError> {
 
 /// Decodes a batch series by series.
 pub fn for_each(data: &[u8], mut f: impl FnMut(BatchSeries)) -> Result<(), BatchError> {
+    let mut err = None;
+    for_each_raw(data, |at, lb, samples| match Labels::from_encoded(lb) {
+        Ok(labels) => f(BatchSeries {
+            labels,
+            samples: samples.to_vec(),
+        }),
+        Err(e) => {
+            if err.is_none() {
+                err = Some(BatchError::Labels {
+                    at,
+                    reason: e.to_string(),
+                });
+            }
+        }
+    })?;
+    match err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Decodes a batch series by series without decoding the labels: `f` gets the byte offset of
+/// the labels, their canonical encoding (not validated: see [`Labels::from_encoded`]) and the
+/// samples. For callers that cache decoded label sets by their bytes.
+pub fn for_each_raw(
+    data: &[u8],
+    mut f: impl FnMut(usize, &[u8], &[(i64, f64)]),
+) -> Result<(), BatchError> {
     let mut r = Reader { data, pos: 0 };
     let v = r.u8()?;
     if v != VERSION {
         return Err(BatchError::Version(v));
     }
     let n = r.uvarint()?;
+    let mut samples = Vec::new();
     for _ in 0..n {
         let len = r.len()?;
         let at = r.pos;
         let lb = r.bytes(len)?;
-        let labels = Labels::from_encoded(lb).map_err(|e| BatchError::Labels {
-            at,
-            reason: e.to_string(),
-        })?;
         let ns = r.len()?;
-        let mut samples = Vec::with_capacity(ns.min(PREALLOC_CAP));
+        samples.clear();
+        samples.reserve(ns.min(PREALLOC_CAP));
         let mut prev = 0i64;
         for _ in 0..ns {
             let t = prev.wrapping_add(r.varint()?);
@@ -118,7 +144,7 @@ pub fn for_each(data: &[u8], mut f: impl FnMut(BatchSeries)) -> Result<(), Batch
             a.copy_from_slice(b);
             samples.push((t, f64::from_bits(u64::from_le_bytes(a))));
         }
-        f(BatchSeries { labels, samples });
+        f(at, lb, &samples);
     }
     if r.pos != data.len() {
         return Err(BatchError::Trailing(data.len() - r.pos));

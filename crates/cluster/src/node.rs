@@ -190,7 +190,8 @@ impl Node {
             install_snapshot_timeout: 60_000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_after_entries),
             max_in_snapshot_log_to_keep: opts.keep_entries_after_snapshot,
-            purge_batch_size: 256,
+            // Purge in batches, but never wait for more than a quarter of a snapshot interval.
+            purge_batch_size: (opts.snapshot_after_entries / 4).clamp(1, 256),
             max_payload_entries: 64,
             ..Config::default()
         };
@@ -589,6 +590,27 @@ impl Node {
     /// Waits until this replica may serve linearizable reads of shard `s` (it is the leader
     /// and has applied everything committed before the read). Err: (leader hint, reason).
     async fn ensure_readable(&self, sh: &Shard) -> Result<Db, (Option<NodeId>, String)> {
+        // Lease read: a leader that heard from a quorum less than half the minimum election
+        // timeout ago cannot have been replaced (no follower campaigns before its election
+        // timeout passes without a heartbeat), and when it has applied its whole log (including
+        // the blank entry of its own term) every acknowledged write is visible here. Otherwise
+        // confirm leadership with a read-index round (ensure_linearizable).
+        let lease_ms = self.opts.election_timeout_ms.0 / 2;
+        let leased = {
+            let m = sh.raft.metrics();
+            let m = m.borrow();
+            m.state == openraft::ServerState::Leader
+                && m.current_leader == Some(self.opts.node_id)
+                && m.millis_since_quorum_ack.is_some_and(|ms| ms < lease_ms)
+                && m.last_log_index.is_some()
+                && m.last_applied.map(|l| l.index) == m.last_log_index
+        };
+        if leased {
+            return sh
+                .data
+                .db()
+                .ok_or_else(|| (None, "shard data is being replaced".to_string()));
+        }
         match sh.raft.ensure_linearizable().await {
             Ok(_) => {}
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {

@@ -68,6 +68,8 @@ pub struct ShardData {
     /// `None` while a snapshot is being installed.
     db: RwLock<Option<Db>>,
     applied: Mutex<(Option<LogId>, StoredMembership)>,
+    /// Series references of this replica's Db (cleared when the Db is replaced).
+    cache: Mutex<SeriesCache>,
     /// Serializes snapshot builds and installs.
     snap: tokio::sync::Mutex<()>,
 }
@@ -122,6 +124,7 @@ impl StateMachine {
             db_opts,
             db: RwLock::new(None),
             applied: Mutex::new(applied),
+            cache: Mutex::new(SeriesCache::default()),
             snap: tokio::sync::Mutex::new(()),
         });
         if snap_dir.join(REBUILD_MARKER).exists() {
@@ -161,19 +164,49 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Label sets already seen by this replica, by their canonical bytes: applying a batch then
+/// skips decoding and validating the labels and the head's series lookup (the series
+/// reference is the hint). Like the remote-write series cache of a single node.
+#[derive(Debug, Default)]
+pub(crate) struct SeriesCache {
+    map: std::collections::HashMap<u64, (Labels, Option<tidemark_storage::SeriesRef>)>,
+}
+
+/// Entries above which the cache is cleared (bounds memory after churn).
+const SERIES_CACHE_MAX: usize = 4_000_000;
+
 fn apply_batch(
     app: &mut dyn tidemark_storage::Appender,
+    cache: &mut SeriesCache,
     data: &[u8],
     res: &mut ApplyResult,
 ) -> Result<(), String> {
     let mut fatal = None;
-    batch::for_each(data, |s| {
+    batch::for_each_raw(data, |_, lb, samples| {
         if fatal.is_some() {
             return;
         }
-        let mut r = None;
-        for &(t, v) in &s.samples {
-            match app.append(r, &s.labels, t, v) {
+        let h = xxhash_rust::xxh3::xxh3_64(lb);
+        let hit = cache
+            .map
+            .get(&h)
+            .filter(|(l, _)| l.encoded() == lb)
+            .cloned();
+        let (labels, mut r) = match hit {
+            Some(x) => x,
+            None => match Labels::from_encoded(lb) {
+                Ok(l) => (l, None),
+                Err(e) => {
+                    res.rejected += samples.len() as u64;
+                    if res.first_error.is_none() {
+                        res.first_error = Some(format!("invalid labels: {e}"));
+                    }
+                    return;
+                }
+            },
+        };
+        for &(t, v) in samples {
+            match app.append(r, &labels, t, v) {
                 Ok(sr) => {
                     r = Some(sr);
                     res.accepted += 1;
@@ -181,12 +214,16 @@ fn apply_batch(
                 Err(e) if e.is_sample_error() => {
                     res.rejected += 1;
                     if res.first_error.is_none() {
-                        res.first_error = Some(format!("{e} (series {})", s.labels));
+                        res.first_error = Some(format!("{e} (series {labels})"));
                     }
                 }
                 Err(e) => fatal = Some(e.to_string()),
             }
         }
+        if cache.map.len() >= SERIES_CACHE_MAX {
+            cache.map.clear();
+        }
+        cache.map.insert(h, (labels, r));
     })
     .map_err(|e| e.to_string())?;
     match fatal {
@@ -214,6 +251,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .db()
                 .ok_or_else(|| sm_err(ErrorVerb::Write, "shard data is being replaced"))?;
             let mut app = db.appender();
+            let mut cache = data.cache.lock();
             let mut out = Vec::with_capacity(entries.len());
             let mut last = None;
             let mut membership = None;
@@ -222,7 +260,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 match &e.payload {
                     EntryPayload::Blank => {}
                     EntryPayload::Normal(b) => {
-                        if let Err(err) = apply_batch(app.as_mut(), &b.0, &mut res) {
+                        if let Err(err) = apply_batch(app.as_mut(), &mut cache, &b.0, &mut res) {
                             // A malformed batch is rejected on every replica alike (the batch
                             // was validated before it was proposed; this is defense in depth).
                             tracing::error!(index = e.log_id.index, error = %err, "entry not applied");
@@ -236,6 +274,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 last = Some(e.log_id);
                 out.push(res);
             }
+            drop(cache);
             app.commit().map_err(|e| sm_err(ErrorVerb::Write, e))?;
             let mut g = data.applied.lock();
             if last.is_some() {

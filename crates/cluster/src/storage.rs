@@ -57,6 +57,7 @@ impl Appendable for ClusterStorage {
             storage: self.clone(),
             index: HashMap::new(),
             series: Vec::new(),
+            last: None,
         })
     }
 }
@@ -66,8 +67,11 @@ impl Appendable for ClusterStorage {
 #[derive(Debug)]
 struct ClusterAppender {
     storage: ClusterStorage,
-    index: HashMap<Labels, usize>,
+    /// Position in `series` by the label set's stable hash (xxh3; collisions are checked).
+    index: HashMap<u64, usize>,
     series: Vec<(Labels, Vec<(i64, f64)>)>,
+    /// The series of the previous append (callers append a series' samples together).
+    last: Option<usize>,
 }
 
 impl Appender for ClusterAppender {
@@ -83,14 +87,24 @@ impl Appender for ClusterAppender {
                 "empty label set".into(),
             ));
         }
-        let i = match self.index.get(labels) {
-            Some(i) => *i,
-            None => {
-                self.series.push((labels.clone(), Vec::new()));
-                self.index.insert(labels.clone(), self.series.len() - 1);
-                self.series.len() - 1
+        let i = match self.last {
+            Some(i) if self.series[i].0 == *labels => i,
+            _ => {
+                let h = labels.stable_hash();
+                match self.index.get(&h) {
+                    Some(&i) if self.series[i].0 == *labels => i,
+                    other => {
+                        self.series.push((labels.clone(), Vec::new()));
+                        let i = self.series.len() - 1;
+                        if other.is_none() {
+                            self.index.insert(h, i);
+                        }
+                        i
+                    }
+                }
             }
         };
+        self.last = Some(i);
         self.series[i].1.push((t, v));
         Ok(SeriesRef(labels.stable_hash()))
     }
@@ -111,6 +125,7 @@ impl Appender for ClusterAppender {
             }
         }
         self.index.clear();
+        self.last = None;
         let batches: Vec<(u32, Vec<u8>)> = per_shard
             .into_iter()
             .flat_map(|(s, bs)| bs.into_iter().map(move |b| (s, b.finish())))
@@ -131,6 +146,7 @@ impl Appender for ClusterAppender {
     fn rollback(&mut self) -> tidemark_storage::Result<()> {
         self.series.clear();
         self.index.clear();
+        self.last = None;
         Ok(())
     }
 }

@@ -529,7 +529,8 @@ fn follower_down_past_log_truncation_catches_up_from_a_snapshot() {
     let log = std::fs::read_to_string(c.nodes[2].dir.join("node3.log")).unwrap();
     assert!(
         log.contains("snapshot installed"),
-        "node 3 did not catch up from a snapshot"
+        "node 3 did not catch up from a snapshot ({} writes acknowledged)",
+        acked.len()
     );
     // Every replica of every shard holds the same data.
     let sums: Vec<BTreeMap<u64, (String, u64)>> = c.nodes.iter().map(checksums).collect();
