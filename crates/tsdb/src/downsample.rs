@@ -42,6 +42,9 @@ const FLAG_RAW_LAST: u8 = 1;
 /// Flag: sum, min and max are stored as whole chunks (their timestamp streams differ from the
 /// count's; never expected, kept as a safe fallback).
 const FLAG_FULL_STREAMS: u8 = 2;
+/// Flag: the counter's window values are the max values (a counter without resets in the
+/// block); only its leading raw-first sample, if any, is stored in the counter part.
+const FLAG_COUNTER_IS_MAX: u8 = 4;
 
 /// One of the aggregates a downsampled block stores per window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -271,7 +274,20 @@ pub fn encode_aggr_chunk(a: &AggrSeries) -> Result<(i64, i64, Vec<u8>)> {
         encode_stream(&a.min)?,
         encode_stream(&a.max)?,
     ];
-    let counter = encode_stream(&a.counter)?;
+    // A counter without resets: every window's counter value is its max.
+    let lead = a.counter.len().saturating_sub(a.max.len());
+    let counter_is_max = a.raw_last.is_none()
+        && lead <= 1
+        && a.counter[lead..].len() == a.max.len()
+        && a.counter[lead..]
+            .iter()
+            .zip(&a.max)
+            .all(|(c, m)| c.t == m.t && c.v.to_bits() == m.v.to_bits());
+    let counter = if counter_is_max {
+        encode_stream(&a.counter[..lead])?
+    } else {
+        encode_stream(&a.counter)?
+    };
     let prefix = ts_prefix_len(&count)
         .ok_or_else(|| BlockError::Invalid("encoding an aggregate: bad count chunk".into()))?;
     let shared = others
@@ -283,6 +299,9 @@ pub fn encode_aggr_chunk(a: &AggrSeries) -> Result<(i64, i64, Vec<u8>)> {
     }
     if !shared {
         flags |= FLAG_FULL_STREAMS;
+    }
+    if counter_is_max {
+        flags |= FLAG_COUNTER_IS_MAX;
     }
     let mut out = Vec::with_capacity(count.len() * 4 + counter.len() + 16);
     out.push(AGGR_CHUNK_VERSION);
@@ -366,6 +385,9 @@ pub fn decode_aggr_chunk(data: &[u8]) -> std::result::Result<AggrSeries, String>
         }
     }
     dec(counter, "counter", &mut out.counter)?;
+    if flags & FLAG_COUNTER_IS_MAX != 0 {
+        out.counter.extend_from_slice(&out.max);
+    }
     Ok(out)
 }
 
@@ -719,6 +741,19 @@ mod tests {
         assert_eq!(c.count, vec![s(11, 5.0)]);
         assert_eq!(c.counter, vec![s(0, 10.0), s(11, 28.0)]);
         assert_eq!(c.raw_last, Some(1.0));
+    }
+
+    #[test]
+    fn counter_without_resets_is_stored_as_max() {
+        let raw: Vec<Sample> = (0..50).map(|i| s(i * 3, (i * i) as f64)).collect();
+        let a = aggregate_raw(&raw, 10);
+        assert_eq!(a.counter.len(), a.max.len() + 1, "leading sample");
+        let (_, _, bytes) = encode_aggr_chunk(&a).unwrap();
+        assert_eq!(bytes[1] & FLAG_COUNTER_IS_MAX, FLAG_COUNTER_IS_MAX);
+        assert_eq!(decode_aggr_chunk(&bytes).unwrap(), a);
+        let single = aggregate_raw(&[s(5, 1.0), s(15, 2.0)], 10);
+        let (_, _, bytes) = encode_aggr_chunk(&single).unwrap();
+        assert_eq!(decode_aggr_chunk(&bytes).unwrap(), single);
     }
 
     #[test]
