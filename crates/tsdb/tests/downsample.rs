@@ -14,6 +14,7 @@
 //! - `retention_per_resolution_matches_model` (proptest): blocks of each resolution; retention
 //!   deletes exactly the blocks outside their resolution's window, keeping raw/5 m blocks whose
 //!   coarser version does not exist yet.
+//!   `analyze` then reports one block per resolution.
 //! - `db_downsamples_and_keeps_raw_queries_raw`: the Db writes 5 m and 1 h blocks during
 //!   maintenance, raw queries are unchanged, `querier_resolution` reads the aggregates, and a
 //!   reopen plus another maintenance run changes nothing.
@@ -386,6 +387,20 @@ fn leftover_and_obsolete_blocks_after_a_crash() {
             .is_empty()
     );
     assert_eq!(read(dir.path(), RES_1H, Aggregate::Sum), want_1h);
+
+    // `tidemark tsdb analyze` shows the blocks per resolution.
+    let report = tidemark_tsdb::analyze::analyze(dir.path(), 5).unwrap();
+    let per_res: Vec<(i64, u64)> = report
+        .resolutions
+        .iter()
+        .map(|r| (r.resolution, r.blocks))
+        .collect();
+    assert_eq!(per_res, vec![(0, 1), (RES_5M, 1), (RES_1H, 1)]);
+    let text = report.to_string();
+    assert!(
+        text.contains("Blocks per resolution") && text.contains("  5m "),
+        "{text}"
+    );
 }
 
 /// Child mode of `downsampling_survives_sigkill`: downsamples the directory named by the env
