@@ -19,6 +19,8 @@ pub struct BlockSummary {
     pub min_time: i64,
     pub max_time: i64,
     pub level: u32,
+    /// Sample resolution in ms (0 raw, 300000 for 5 m, 3600000 for 1 h).
+    pub resolution: i64,
     pub series: u64,
     pub samples: u64,
     pub chunks: u64,
@@ -27,10 +29,35 @@ pub struct BlockSummary {
     pub bytes: u64,
 }
 
+/// Totals of the blocks of one resolution in an [`AnalyzeReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ResolutionSummary {
+    /// Sample resolution in ms (0 = raw).
+    pub resolution: i64,
+    pub blocks: u64,
+    /// Samples (raw) or windows (downsampled).
+    pub samples: u64,
+    pub bytes: u64,
+    pub min_time: i64,
+    pub max_time: i64,
+}
+
+/// `raw`, `5m`, `1h` (or the milliseconds) for a resolution.
+pub fn resolution_name(res: i64) -> String {
+    match res {
+        0 => "raw".into(),
+        r if r % 3_600_000 == 0 => format!("{}h", r / 3_600_000),
+        r if r % 60_000 == 0 => format!("{}m", r / 60_000),
+        r => format!("{r}ms"),
+    }
+}
+
 /// The result of [`analyze`]; `Display` prints it for people.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct AnalyzeReport {
     pub blocks: Vec<BlockSummary>,
+    /// Blocks per resolution, raw first.
+    pub resolutions: Vec<ResolutionSummary>,
     /// Blocks that could not be opened, with the reason.
     pub problems: Vec<String>,
     /// Distinct label sets over all blocks.
@@ -96,6 +123,7 @@ pub fn analyze(dir: &Path, limit: usize) -> Result<AnalyzeReport> {
             min_time: m.min_time,
             max_time: m.max_time,
             level: m.level,
+            resolution: m.resolution,
             series: m.stats.num_series,
             samples: m.stats.num_samples,
             chunks: m.stats.num_chunks,
@@ -136,6 +164,21 @@ pub fn analyze(dir: &Path, limit: usize) -> Result<AnalyzeReport> {
     report
         .blocks
         .sort_by(|a, b| (a.min_time, &a.id).cmp(&(b.min_time, &b.id)));
+    let mut by_res: std::collections::BTreeMap<i64, ResolutionSummary> = Default::default();
+    for b in &report.blocks {
+        let r = by_res.entry(b.resolution).or_insert(ResolutionSummary {
+            resolution: b.resolution,
+            min_time: b.min_time,
+            max_time: b.max_time,
+            ..ResolutionSummary::default()
+        });
+        r.blocks += 1;
+        r.samples += b.samples;
+        r.bytes += b.bytes;
+        r.min_time = r.min_time.min(b.min_time);
+        r.max_time = r.max_time.max(b.max_time);
+    }
+    report.resolutions = by_res.into_values().collect();
     report.series = seen.len() as u64;
     report.label_names = values.len() as u64;
     report.label_pairs = pairs.len() as u64;
@@ -227,11 +270,12 @@ impl fmt::Display for AnalyzeReport {
         if !self.blocks.is_empty() {
             writeln!(
                 f,
-                "{:<26}  {:<24}  {:>10}  {:>5}  {:>10}  {:>12}  {:>10}  {:>12}  {:>12}",
+                "{:<26}  {:<24}  {:>10}  {:>5}  {:>4}  {:>10}  {:>12}  {:>10}  {:>12}  {:>12}",
                 "Block ID",
                 "Min time",
                 "Duration",
                 "Level",
+                "Res",
                 "Series",
                 "Samples",
                 "Chunks",
@@ -242,17 +286,39 @@ impl fmt::Display for AnalyzeReport {
         for b in &self.blocks {
             writeln!(
                 f,
-                "{:<26}  {:<24}  {:>10}  {:>5}  {:>10}  {:>12}  {:>10}  {:>12}  {:>12}",
+                "{:<26}  {:<24}  {:>10}  {:>5}  {:>4}  {:>10}  {:>12}  {:>10}  {:>12}  {:>12}",
                 b.id,
                 format_millis(b.min_time),
                 format_duration(b.max_time - b.min_time),
                 b.level,
+                resolution_name(b.resolution),
                 b.series,
                 b.samples,
                 b.chunks,
                 b.bytes,
                 per_sample(b.bytes, b.samples)
             )?;
+        }
+        if !self.resolutions.is_empty() {
+            writeln!(f)?;
+            writeln!(f, "Blocks per resolution:")?;
+            writeln!(
+                f,
+                "{:>4}  {:>6}  {:<24}  {:<24}  {:>12}  {:>12}",
+                "Res", "Blocks", "From", "To", "Samples", "Bytes"
+            )?;
+            for r in &self.resolutions {
+                writeln!(
+                    f,
+                    "{:>4}  {:>6}  {:<24}  {:<24}  {:>12}  {:>12}",
+                    resolution_name(r.resolution),
+                    r.blocks,
+                    format_millis(r.min_time),
+                    format_millis(r.max_time),
+                    r.samples,
+                    r.bytes
+                )?;
+            }
         }
         writeln!(f)?;
         writeln!(f, "Total series: {}", self.series)?;
@@ -314,5 +380,8 @@ mod tests {
         assert_eq!(format_duration(86_400_000 + 90_000), "1d1m30s");
         assert_eq!(format_duration(0), "0s");
         assert_eq!(format_duration(1500), "1500ms");
+        assert_eq!(resolution_name(0), "raw");
+        assert_eq!(resolution_name(300_000), "5m");
+        assert_eq!(resolution_name(3_600_000), "1h");
     }
 }

@@ -496,6 +496,41 @@ impl BlockWriter {
         Ok(())
     }
 
+    /// Adds a series whose chunks are opaque to the block (downsampled blocks: aggregate
+    /// chunks, see `downsample.rs`): `(min_time, max_time, bytes)` each, sorted, and the number
+    /// of samples (windows) they hold. Only the lower bound of the range is checked: an
+    /// aggregate chunk may end one millisecond past the block (the counter's raw-last marker).
+    pub(crate) fn add_series_opaque(
+        &mut self,
+        labels: &Labels,
+        chunks: &[(i64, i64, Vec<u8>)],
+        samples: u64,
+    ) -> Result<()> {
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let series_ref = self.index.num_series() as u64;
+        let mut metas = Vec::with_capacity(chunks.len());
+        for (mint, maxt, data) in chunks {
+            if *mint < self.min_time || *maxt > self.max_time {
+                return Err(BlockError::Invalid(format!(
+                    "series {labels}: data [{mint}, {maxt}] outside the block's range [{}, {}]",
+                    self.min_time, self.max_time
+                )));
+            }
+            let r = self.write_chunk(series_ref, *mint, *maxt, chunk::ENCODING_XOR, data)?;
+            metas.push(ChunkMeta {
+                min_time: *mint,
+                max_time: *maxt,
+                chunk_ref: r,
+            });
+        }
+        self.index.add_series(labels, metas)?;
+        self.stats.num_series += 1;
+        self.stats.num_samples += samples;
+        Ok(())
+    }
+
     /// Number of series added so far.
     pub fn num_series(&self) -> u64 {
         self.stats.num_series
@@ -644,6 +679,19 @@ impl Block {
             mint,
             maxt,
         })
+    }
+
+    /// The stored bytes of chunk `c`, undecoded (CRC checked).
+    pub(crate) fn chunk_data(&self, c: &ChunkMeta) -> Result<&[u8]> {
+        let view = self
+            .inner
+            .chunks
+            .chunk(ChunkRef(c.chunk_ref))
+            .map_err(|source| BlockError::Chunks {
+                dir: self.inner.dir.join(CHUNKS_DIR),
+                source,
+            })?;
+        Ok(view.data)
     }
 
     /// Every sample of the series `entry` (all its chunks, read from this block), appended to
@@ -1030,8 +1078,8 @@ pub(crate) fn block_dirs(data_dir: &Path) -> Result<Vec<String>> {
 ///   are removed;
 /// - a block that fails to open (corrupt index, bad meta.json) is renamed to `<id>.corrupt`
 ///   and the others keep serving;
-/// - a block whose sources are all held by another complete block (a compaction that crashed
-///   before deleting its inputs) is deleted.
+/// - a block whose sources are all held by another complete block of the same resolution (a
+///   compaction or re-downsampling that crashed before deleting its inputs) is deleted.
 pub fn open_blocks(data_dir: &Path) -> Result<(Vec<Block>, Vec<String>)> {
     let mut problems = Vec::new();
     if !data_dir.exists() {
@@ -1087,6 +1135,7 @@ pub fn open_blocks(data_dir: &Path) -> Result<(Vec<Block>, Vec<String>)> {
     for a in &blocks {
         for b in &blocks {
             if a.id() != b.id()
+                && a.meta().resolution == b.meta().resolution
                 && b.meta().sources.len() > a.meta().sources.len()
                 && a.meta()
                     .sources

@@ -72,12 +72,15 @@ pub fn ranges(opts: &CompactOptions) -> Vec<i64> {
 
 /// Groups of block ids to compact, each group into one new block. Groups are disjoint, so they
 /// can run one after the other without re-planning; re-plan afterwards, since the new blocks may
-/// be compactable again. Blocks of different resolutions (raw, downsampled) are never merged
-/// with each other: each resolution is planned on its own.
+/// be compactable again. Only raw blocks are compacted: downsampled blocks (resolution > 0)
+/// are left as written.
 pub fn plan(metas: &[BlockMeta], opts: &CompactOptions) -> Vec<Vec<String>> {
     let mut resolutions: Vec<i64> = metas.iter().map(|m| m.resolution).collect();
     resolutions.sort_unstable();
     resolutions.dedup();
+    // Downsampled blocks hold aggregate chunks that a sample merge cannot combine: they are
+    // never compacted (one downsampled block per source block, see downsample.rs).
+    resolutions.retain(|&r| r == 0);
     let mut out = Vec::new();
     for r in resolutions {
         let same: Vec<&BlockMeta> = metas.iter().filter(|m| m.resolution == r).collect();

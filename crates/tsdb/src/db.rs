@@ -9,10 +9,12 @@
 //!
 //! - Appends go to the head; a commit is one log batch (fsynced per [`SyncPolicy`]) after which
 //!   the batch is visible.
-//! - Queries merge the head and every block overlapping the range.
+//! - Queries merge the head and every raw block overlapping the range; downsampled blocks are
+//!   read with [`Db::querier_resolution`].
 //! - When the head spans more than 1.5 block ranges, its oldest whole block range is written as a
 //!   block, dropped from the head, and the log is checkpointed and purged. A background thread
-//!   does this, then compaction and retention, every [`DbOptions::maintenance_interval`].
+//!   does this, then compaction, downsampling and retention, every
+//!   [`DbOptions::maintenance_interval`].
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -29,9 +31,11 @@ use tidemark_storage::{
 
 use crate::block::{self, Block, BlockError, BlockMeta, BlockWriter};
 use crate::compact::{self, CompactOptions};
+use crate::downsample::{self, Aggregate, DownsampleOptions, DownsampledQuerier};
 use crate::head::{Head, HeadError, HeadOptions};
 use crate::head_log::ReplayStats;
 use crate::log::{self, Log, LogOptions, SyncPolicy};
+use crate::retention::ResolutionRetention;
 
 const DAY_MS: i64 = 24 * 3_600_000;
 /// Subdirectory of the log.
@@ -62,6 +66,17 @@ pub struct DbOptions {
     /// Threads inserting samples during log replay (default 1: the opening thread; 0: one per
     /// CPU, at most 4). More threads were slower on the shared 2-core machine (benchmarks.md).
     pub replay_workers: usize,
+    /// Write 5 m and 1 h blocks for old blocks during maintenance (default true).
+    pub downsampling: bool,
+    /// Raw blocks whose newest sample is older than the newest sample minus this get a 5 m
+    /// version (default 40h).
+    pub downsample_5m_after_ms: i64,
+    /// 5 m blocks older than the newest sample minus this get a 1 h version (default 10d).
+    pub downsample_1h_after_ms: i64,
+    /// Retention of 5 m blocks (default 90d; 0 = forever). Raw blocks use `retention_time_ms`.
+    pub retention_5m_ms: i64,
+    /// Retention of 1 h blocks (default 365d; 0 = forever).
+    pub retention_1h_ms: i64,
 }
 
 impl Default for DbOptions {
@@ -76,6 +91,11 @@ impl Default for DbOptions {
             background_maintenance: true,
             maintenance_interval: Duration::from_secs(60),
             replay_workers: 1,
+            downsampling: true,
+            downsample_5m_after_ms: 40 * 3_600_000,
+            downsample_1h_after_ms: 10 * DAY_MS,
+            retention_5m_ms: 90 * DAY_MS,
+            retention_1h_ms: 365 * DAY_MS,
         }
     }
 }
@@ -350,13 +370,104 @@ impl Db {
         }
     }
 
-    /// Cuts the blocks that are due, compacts, applies retention.
+    /// Cuts the blocks that are due, compacts, downsamples, applies retention.
     pub fn compact_now(&self) -> Result<(), DbError> {
         let _m = self.inner.maintenance.lock();
         self.cut_blocks(false)?;
         self.compact_blocks()?;
+        if self.inner.opts.downsampling {
+            self.downsample_blocks()?;
+        }
         self.apply_retention()?;
         Ok(())
+    }
+
+    /// A querier over the downsampled blocks of `resolution` (5 m: [`RES_5M`], 1 h:
+    /// [`RES_1H`]) that returns aggregate `aggr` of each series in `[mint, maxt]`, under the
+    /// series' labels (docs/downsampling.md). Raw data is read with [`Queryable::querier`].
+    ///
+    /// [`RES_5M`]: crate::downsample::RES_5M
+    /// [`RES_1H`]: crate::downsample::RES_1H
+    pub fn querier_resolution(
+        &self,
+        mint: i64,
+        maxt: i64,
+        resolution: i64,
+        aggr: Aggregate,
+    ) -> Result<DownsampledQuerier, DbError> {
+        if resolution <= 0 {
+            return Err(DbError::Block(BlockError::Invalid(format!(
+                "resolution {resolution}: downsampled data has resolution 300000 or 3600000; read raw data with querier()"
+            ))));
+        }
+        let _view = self.inner.view.read();
+        let blocks: Vec<Block> = self
+            .inner
+            .blocks
+            .read()
+            .iter()
+            .filter(|b| b.meta().resolution == resolution)
+            .cloned()
+            .collect();
+        Ok(DownsampledQuerier::new(blocks, mint, maxt, aggr))
+    }
+
+    /// Writes the downsampled versions that are due ([`downsample::plan`]), then deletes the
+    /// downsampled blocks they make obsolete (a block re-downsampled after its raw block grew).
+    fn downsample_blocks(&self) -> Result<(), DbError> {
+        let opts = DownsampleOptions {
+            to_5m_after_ms: self.inner.opts.downsample_5m_after_ms,
+            to_1h_after_ms: self.inner.opts.downsample_1h_after_ms,
+        };
+        // Each pass can only add 5 m blocks from raw and 1 h blocks from 5 m ones.
+        for _pass in 0..3 {
+            let metas = self.blocks();
+            let newest = self.newest_time(&metas);
+            let plans = downsample::plan(&metas, newest, &opts);
+            if plans.is_empty() {
+                return Ok(());
+            }
+            for (id, res) in plans {
+                let Some(src) = self
+                    .inner
+                    .blocks
+                    .read()
+                    .iter()
+                    .find(|b| b.id() == id)
+                    .cloned()
+                else {
+                    continue;
+                };
+                let meta = downsample::downsample_block(&self.inner.dir, &src, res)?;
+                let nb = Block::open(&self.inner.dir.join(&meta.id))?;
+                let obsolete = downsample::obsoleted_by(&meta, &self.blocks());
+                {
+                    let _view = self.inner.view.write();
+                    let mut blocks = self.inner.blocks.write();
+                    blocks.retain(|b| !obsolete.iter().any(|o| o == b.id()));
+                    blocks.push(nb);
+                    blocks.sort_by(|a, b| {
+                        (a.meta().min_time, a.meta().max_time)
+                            .cmp(&(b.meta().min_time, b.meta().max_time))
+                    });
+                }
+                for o in &obsolete {
+                    block::delete_block(&self.inner.dir, o)?;
+                    tracing::info!(block = %o, by = %meta.id, "deleted downsampled block replaced by a newer one");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The newest time of the data: the head's max time or the newest block's last millisecond.
+    fn newest_time(&self, metas: &[BlockMeta]) -> i64 {
+        metas
+            .iter()
+            .map(|m| m.max_time - 1)
+            .max()
+            .unwrap_or(i64::MIN)
+            .max(self.inner.head.max_time())
     }
 
     /// Makes every committed sample durable, whatever the sync policy (the cluster calls it
@@ -494,18 +605,19 @@ impl Db {
         if metas.is_empty() {
             return Ok(());
         }
-        let head_max = self.inner.head.max_time();
-        let newest = metas
-            .iter()
-            .map(|m| m.max_time - 1)
-            .max()
-            .unwrap_or(i64::MIN)
-            .max(head_max);
-        let deleted = crate::retention::apply(
+        let newest = self.newest_time(&metas);
+        let o = &self.inner.opts;
+        let retention = ResolutionRetention {
+            raw_ms: o.retention_time_ms,
+            res_5m_ms: o.retention_5m_ms,
+            res_1h_ms: o.retention_1h_ms,
+            downsampling: o.downsampling,
+        };
+        let deleted = crate::retention::apply_by_resolution(
             &self.inner.dir,
             &metas,
-            self.inner.opts.retention_time_ms,
-            self.inner.opts.retention_size_bytes,
+            &retention,
+            o.retention_size_bytes,
             newest,
         )?;
         if !deleted.is_empty() {
@@ -548,7 +660,8 @@ impl DbQuerier {
     fn parts(&self) -> Vec<Box<dyn Querier>> {
         let mut qs: Vec<Box<dyn Querier>> = Vec::new();
         for b in self.db.inner.blocks.read().iter() {
-            if b.meta().overlaps(self.mint, self.maxt) {
+            // Raw data only: downsampled blocks are read through `Db::querier_resolution`.
+            if b.meta().resolution == 0 && b.meta().overlaps(self.mint, self.maxt) {
                 qs.push(b.querier(self.mint, self.maxt));
             }
         }

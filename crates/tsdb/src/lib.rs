@@ -1,7 +1,7 @@
 //! tidemark-tsdb: the storage engine behind the tidemark-storage traits. Modules are named after
 //! what they own on disk: `chunk` (the Gorilla codec), `chunks` (chunk segment files), `log`
 //! (the segmented write-ahead log), `head` (in-memory recent window), `index` (block index),
-//! `block`, `compact`, `retention`, and `db` which ties them together.
+//! `block`, `compact`, `downsample`, `retention`, and `db` which ties them together.
 
 pub mod analyze;
 pub mod block;
@@ -9,6 +9,7 @@ pub mod chunk;
 pub mod chunks;
 pub mod compact;
 pub mod db;
+pub mod downsample;
 pub mod head;
 mod head_append;
 mod head_log;

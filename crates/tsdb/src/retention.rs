@@ -8,12 +8,52 @@
 //! - By size: while the blocks together are larger than `retention_size_bytes`, the oldest block
 //!   (smallest min time) is deleted. 0 turns it off.
 //!
+//! - Per resolution ([`select_by_resolution`]): raw, 5 m and 1 h blocks each have their own
+//!   retention by time; with downsampling on, a block is kept past its retention until its
+//!   coarser version exists (docs/downsampling.md).
+//!
 //! Only blocks are ever deleted, never the head. Deletion renames the block to
 //! `<id>.tmp-for-deletion` first, so a crash never leaves a half-deleted block behind.
 
 use std::path::Path;
 
 use crate::block::{BlockMeta, Result, delete_block, dir_size};
+
+/// Retention by time per resolution (0 = keep forever).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResolutionRetention {
+    /// Raw blocks (default 15d).
+    pub raw_ms: i64,
+    /// 5 m blocks (default 90d).
+    pub res_5m_ms: i64,
+    /// 1 h blocks (default 365d).
+    pub res_1h_ms: i64,
+    /// When true, a raw (5 m) block past its retention is kept until a 5 m (1 h) block holds
+    /// its sources, unless that coarser block would itself be past its retention.
+    pub downsampling: bool,
+}
+
+impl ResolutionRetention {
+    /// The same retention for every resolution, no waiting for downsampled versions (what
+    /// [`select`] applies).
+    pub fn uniform(ms: i64) -> Self {
+        ResolutionRetention {
+            raw_ms: ms,
+            res_5m_ms: ms,
+            res_1h_ms: ms,
+            downsampling: false,
+        }
+    }
+
+    /// Retention of blocks of `resolution` (other resolutions use the 1 h one).
+    pub fn of(&self, resolution: i64) -> i64 {
+        match resolution {
+            0 => self.raw_ms,
+            crate::downsample::RES_5M => self.res_5m_ms,
+            _ => self.res_1h_ms,
+        }
+    }
+}
 
 /// Ids of the blocks to delete (pure: sizes given per block, same order as `blocks`).
 pub fn select(
@@ -23,26 +63,51 @@ pub fn select(
     retention_size_bytes: u64,
     head_max_time: i64,
 ) -> Vec<String> {
+    select_by_resolution(
+        blocks,
+        sizes,
+        &ResolutionRetention::uniform(retention_time_ms),
+        retention_size_bytes,
+        head_max_time,
+    )
+}
+
+/// Like [`select`], with a retention by time per resolution: a block of resolution `r` goes
+/// when `max_time <= newest - retention(r)` and (with `downsampling`) its next coarser version
+/// exists or would itself be past its retention.
+pub fn select_by_resolution(
+    blocks: &[BlockMeta],
+    sizes: &[u64],
+    retention: &ResolutionRetention,
+    retention_size_bytes: u64,
+    head_max_time: i64,
+) -> Vec<String> {
     let mut order: Vec<usize> = (0..blocks.len()).collect();
     order.sort_by(|&a, &b| {
         let (a, b) = (&blocks[a], &blocks[b]);
         (a.min_time, a.max_time, &a.id).cmp(&(b.min_time, b.max_time, &b.id))
     });
     let mut delete = vec![false; blocks.len()];
-    if retention_time_ms > 0 {
-        let newest = blocks
-            .iter()
-            .map(|b| b.max_time.saturating_sub(1))
-            .max()
-            .unwrap_or(i64::MIN)
-            .max(head_max_time);
-        if newest != i64::MIN {
-            let cutoff = newest.saturating_sub(retention_time_ms);
-            for (i, b) in blocks.iter().enumerate() {
-                if b.max_time <= cutoff {
-                    delete[i] = true;
-                }
-            }
+    let newest = blocks
+        .iter()
+        .map(|b| b.max_time.saturating_sub(1))
+        .max()
+        .unwrap_or(i64::MIN)
+        .max(head_max_time);
+    let expired = |resolution: i64, max_time: i64| {
+        let ms = retention.of(resolution);
+        ms > 0 && newest != i64::MIN && max_time <= newest.saturating_sub(ms)
+    };
+    for (i, b) in blocks.iter().enumerate() {
+        if !expired(b.resolution, b.max_time) {
+            continue;
+        }
+        let keep_for_downsampling = retention.downsampling
+            && crate::downsample::next_resolution(b.resolution).is_some_and(|next| {
+                !expired(next, b.max_time) && !crate::downsample::covered(b, next, blocks)
+            });
+        if !keep_for_downsampling {
+            delete[i] = true;
         }
     }
     if retention_size_bytes > 0 {
@@ -76,15 +141,32 @@ pub fn apply(
     retention_size_bytes: u64,
     head_max_time: i64,
 ) -> Result<Vec<String>> {
+    apply_by_resolution(
+        data_dir,
+        blocks,
+        &ResolutionRetention::uniform(retention_time_ms),
+        retention_size_bytes,
+        head_max_time,
+    )
+}
+
+/// [`apply`] with a retention by time per resolution ([`select_by_resolution`]).
+pub fn apply_by_resolution(
+    data_dir: &Path,
+    blocks: &[BlockMeta],
+    retention: &ResolutionRetention,
+    retention_size_bytes: u64,
+    head_max_time: i64,
+) -> Result<Vec<String>> {
     let mut sizes = Vec::with_capacity(blocks.len());
     for b in blocks {
         let dir = data_dir.join(&b.id);
         sizes.push(if dir.exists() { dir_size(&dir)? } else { 0 });
     }
-    let ids = select(
+    let ids = select_by_resolution(
         blocks,
         &sizes,
-        retention_time_ms,
+        retention,
         retention_size_bytes,
         head_max_time,
     );

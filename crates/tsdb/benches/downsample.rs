@@ -1,0 +1,96 @@
+//! Storage of the 5 m and 1 h resolutions relative to raw, run by hand (not part of
+//! `cargo test`):
+//!
+//! ```text
+//! CARGO_TARGET_DIR=target cargo bench -p tidemark-tsdb --bench downsample -- [targets] [days]
+//! ```
+//!
+//! Defaults: 13 node_exporter-like targets (~10k series) × 30 days at 15 s. For each target
+//! and each 18 h window (the size of compacted raw blocks with the default retention) it
+//! generates the samples (`testdata::node_exporter`, seeded), writes a raw block with the
+//! compacted chunk size (1024 samples), downsamples it to 5 m and that to 1 h, adds up the
+//! bytes on disk of each, and deletes the blocks (so the disk holds one window at a time).
+//! Counters restart in each window (the generator starts fresh), which is immaterial to sizes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: panics on failure by design
+
+use std::time::Instant;
+
+use tidemark_tsdb::block::{Block, BlockWriter, delete_block};
+use tidemark_tsdb::compact::COMPACTED_SAMPLES_PER_CHUNK;
+use tidemark_tsdb::downsample::{RES_1H, RES_5M, downsample_block};
+use tidemark_tsdb::testdata::node_exporter;
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let targets: usize = args.first().and_then(|s| s.parse().ok()).unwrap_or(13);
+    let days: i64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(30);
+    let window: i64 = 18 * 3_600_000;
+    let per_window = (window / 15_000) as usize;
+    let windows = days * 24 / 18;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut raw, mut m5, mut h1) = (0u64, 0u64, 0u64);
+    let (mut samples, mut series) = (0u64, 0u64);
+    let (mut t_write, mut t_ds) = (0.0f64, 0.0f64);
+    for target in 0..targets {
+        for w in 0..windows {
+            let start = w * window;
+            let mut data = node_exporter(
+                1,
+                per_window,
+                0x5eed ^ target as u64 ^ ((w as u64) << 20),
+                start,
+            );
+            for s in &mut data {
+                // One target per call: give each its own instance label.
+                s.labels = s
+                    .labels
+                    .to_builder()
+                    .set("instance", &format!("host-{target}:9100"))
+                    .build();
+                s.samples.retain(|x| x.t < start + window);
+            }
+            data.sort_by(|a, b| a.labels.cmp(&b.labels));
+            let t0 = Instant::now();
+            let mut bw = BlockWriter::new(dir.path(), start, start + window).unwrap();
+            bw.set_samples_per_chunk(COMPACTED_SAMPLES_PER_CHUNK);
+            for s in &data {
+                bw.add_samples(&s.labels, &s.samples).unwrap();
+            }
+            let meta = bw.finish().unwrap();
+            t_write += t0.elapsed().as_secs_f64();
+            if w == 0 {
+                series += meta.stats.num_series;
+            }
+            samples += meta.stats.num_samples;
+            let b = Block::open(&dir.path().join(&meta.id)).unwrap();
+            let t1 = Instant::now();
+            let d5 = downsample_block(dir.path(), &b, RES_5M).unwrap();
+            let b5 = Block::open(&dir.path().join(&d5.id)).unwrap();
+            let d1 = downsample_block(dir.path(), &b5, RES_1H).unwrap();
+            t_ds += t1.elapsed().as_secs_f64();
+            raw += b.size_bytes();
+            m5 += b5.size_bytes();
+            h1 += Block::open(&dir.path().join(&d1.id)).unwrap().size_bytes();
+            for id in [&meta.id, &d5.id, &d1.id] {
+                delete_block(dir.path(), id).unwrap();
+            }
+        }
+    }
+    let pct = |x: u64| 100.0 * x as f64 / raw as f64;
+    println!("series {series}, days {days}, raw samples {samples}");
+    println!(
+        "raw  {raw:>14} bytes  {:.3} bytes/sample",
+        raw as f64 / samples as f64
+    );
+    println!("5m   {m5:>14} bytes  {:.1}% of raw", pct(m5));
+    println!("1h   {h1:>14} bytes  {:.1}% of raw", pct(h1));
+    println!("5m+1h {:.1}% on top of raw", pct(m5 + h1));
+    println!(
+        "write raw {t_write:.1}s, downsample {t_ds:.1}s ({:.1} M raw samples/s)",
+        samples as f64 / t_ds / 1e6
+    );
+}

@@ -1,0 +1,665 @@
+//! Downsampling against a model computed from the raw samples, crash safety, retention per
+//! resolution, and the Db integration.
+//!
+//! - `aggregates_match_raw_per_window` (proptest): random counters (with resets) and gauges
+//!   over several raw 2 h blocks are downsampled to 5 m and then 1 h; every window's count,
+//!   sum, min and max equal the values computed from the raw samples, the stitched counter
+//!   equals the raw running total with resets compensated at every sample it has, and the
+//!   increase over any range matches raw within the documented tolerance (the raw increase
+//!   inside the first and the last window of the range).
+//! - `leftover_and_obsolete_blocks_after_a_crash`: a temp dir left by a crash, a re-run, and a
+//!   superseded downsampled block left behind leave exactly one downsampled block per source.
+//! - `downsampling_survives_sigkill`: a child process downsampling a directory is SIGKILLed at
+//!   spread-out points; after each kill, reopening shows no partial or duplicate data.
+//! - `retention_per_resolution_matches_model` (proptest): blocks of each resolution; retention
+//!   deletes exactly the blocks outside their resolution's window, keeping raw/5 m blocks whose
+//!   coarser version does not exist yet.
+//!   `analyze` then reports one block per resolution.
+//! - `db_downsamples_and_keeps_raw_queries_raw`: the Db writes 5 m and 1 h blocks during
+//!   maintenance, raw queries are unchanged, `querier_resolution` reads the aggregates, and a
+//!   reopen plus another maintenance run changes nothing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on failure by design
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use proptest::prelude::*;
+use tidemark_model::{Labels, Matcher, Sample};
+use tidemark_storage::{Appendable, Queryable};
+use tidemark_tsdb::block::{Block, BlockMeta, BlockStats, BlockWriter, open_blocks};
+use tidemark_tsdb::downsample::{
+    self, Aggregate, DownsampleOptions, DownsampledQuerier, RES_1H, RES_5M,
+};
+use tidemark_tsdb::retention::{ResolutionRetention, select_by_resolution};
+use tidemark_tsdb::{Db, DbOptions};
+
+const H: i64 = 3_600_000;
+const DAY: i64 = 24 * H;
+/// "Now" for the tests that downsample every block.
+const NEWEST: i64 = i64::MAX / 2;
+
+fn labels(i: usize) -> Labels {
+    Labels::from_pairs([("__name__", "m".to_string()), ("i", i.to_string())])
+}
+
+/// Raw series: labels and samples (integer values, so that sums are exact in f64).
+type RawData = BTreeMap<Labels, Vec<Sample>>;
+
+/// Writes `data` as raw blocks of `range` ms aligned to the epoch.
+fn write_raw_blocks(dir: &Path, data: &RawData, range: i64) -> Vec<BlockMeta> {
+    let (Some(mint), Some(maxt)) = (
+        data.values().filter_map(|s| s.first()).map(|s| s.t).min(),
+        data.values().filter_map(|s| s.last()).map(|s| s.t).max(),
+    ) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut start = mint.div_euclid(range) * range;
+    while start <= maxt {
+        let end = start + range;
+        let mut w = BlockWriter::new(dir, start, end).unwrap();
+        for (l, ss) in data {
+            let part: Vec<Sample> = ss
+                .iter()
+                .copied()
+                .filter(|s| s.t >= start && s.t < end)
+                .collect();
+            w.add_samples(l, &part).unwrap();
+        }
+        if w.num_series() > 0 {
+            out.push(w.finish().unwrap());
+        }
+        start = end;
+    }
+    out
+}
+
+fn blocks_of(dir: &Path, res: i64) -> Vec<Block> {
+    let (blocks, _) = open_blocks(dir).unwrap();
+    blocks
+        .into_iter()
+        .filter(|b| b.meta().resolution == res)
+        .collect()
+}
+
+fn read(dir: &Path, res: i64, aggr: Aggregate) -> BTreeMap<Labels, Vec<Sample>> {
+    let q = DownsampledQuerier::new(blocks_of(dir, res), i64::MIN, i64::MAX, aggr);
+    read_querier(&q, &[Matcher::equal("__name__", "m")])
+}
+
+fn read_querier(q: &dyn tidemark_storage::Querier, m: &[Matcher]) -> BTreeMap<Labels, Vec<Sample>> {
+    let mut out = BTreeMap::new();
+    for s in q.select(true, None, m) {
+        let s = s.unwrap();
+        let mut it = s.iter();
+        let mut v = Vec::new();
+        while it.next() {
+            v.push(it.at());
+        }
+        assert!(it.err().is_none());
+        out.insert(s.labels().clone(), v);
+    }
+    out
+}
+
+/// Model of one window: (timestamp of the last sample, count, sum, min, max).
+fn model_windows(raw: &[Sample], res: i64) -> Vec<(i64, f64, f64, f64, f64)> {
+    let mut out: Vec<(i64, f64, f64, f64, f64)> = Vec::new();
+    let mut cur: Option<i64> = None;
+    for s in raw {
+        let w = s.t.div_euclid(res);
+        if cur == Some(w) {
+            let last = out.last_mut().unwrap();
+            last.0 = s.t;
+            last.1 += 1.0;
+            last.2 += s.v;
+            last.3 = last.3.min(s.v);
+            last.4 = last.4.max(s.v);
+        } else {
+            out.push((s.t, 1.0, s.v, s.v, s.v));
+            cur = Some(w);
+        }
+    }
+    out
+}
+
+/// The raw running total with resets compensated, at every raw timestamp (starts at the first
+/// value; a drop adds the new value in full, as PromQL's increase does).
+fn model_counter(raw: &[Sample]) -> BTreeMap<i64, f64> {
+    let mut out = BTreeMap::new();
+    let mut total = 0.0;
+    let mut prev: Option<f64> = None;
+    for s in raw {
+        total += match prev {
+            None => s.v,
+            Some(p) if s.v >= p => s.v - p,
+            Some(_) => s.v,
+        };
+        prev = Some(s.v);
+        out.insert(s.t, total);
+    }
+    out
+}
+
+/// A generated series: (is counter, [(gap ms, value or increment, reset?)]).
+type GenSeries = (bool, Vec<(i64, u32, bool)>);
+
+fn arb_series() -> impl Strategy<Value = GenSeries> {
+    // (is counter, [(gap ms, value or increment, reset?)]).
+    (
+        any::<bool>(),
+        prop::collection::vec(
+            (1i64..240_000, 0u32..1000, prop::bool::weighted(0.03)),
+            1..700,
+        ),
+    )
+}
+
+fn build(series: &[GenSeries], start: i64) -> RawData {
+    let mut data = RawData::new();
+    for (i, (counter, steps)) in series.iter().enumerate() {
+        let mut t = start;
+        let mut v = 0.0;
+        let mut out = Vec::new();
+        for &(gap, x, reset) in steps {
+            t += gap;
+            if *counter {
+                v = if reset {
+                    f64::from(x % 50)
+                } else {
+                    v + f64::from(x)
+                };
+            } else {
+                v = f64::from(x);
+            }
+            out.push(Sample::new(t, v));
+        }
+        data.insert(labels(i), out);
+    }
+    data
+}
+
+fn check_resolution(dir: &Path, data: &RawData, res: i64) -> Result<(), TestCaseError> {
+    let count = read(dir, res, Aggregate::Count);
+    let sum = read(dir, res, Aggregate::Sum);
+    let min = read(dir, res, Aggregate::Min);
+    let max = read(dir, res, Aggregate::Max);
+    let counter = read(dir, res, Aggregate::Counter);
+    prop_assert_eq!(count.len(), data.len());
+    for (l, raw) in data {
+        let want = model_windows(raw, res);
+        let pick = |m: &BTreeMap<Labels, Vec<Sample>>| -> Vec<(i64, f64)> {
+            m[l].iter().map(|s| (s.t, s.v)).collect()
+        };
+        prop_assert_eq!(
+            pick(&count),
+            want.iter().map(|w| (w.0, w.1)).collect::<Vec<_>>(),
+            "count {} res {}",
+            l,
+            res
+        );
+        prop_assert_eq!(
+            pick(&sum),
+            want.iter().map(|w| (w.0, w.2)).collect::<Vec<_>>(),
+            "sum"
+        );
+        prop_assert_eq!(
+            pick(&min),
+            want.iter().map(|w| (w.0, w.3)).collect::<Vec<_>>(),
+            "min"
+        );
+        prop_assert_eq!(
+            pick(&max),
+            want.iter().map(|w| (w.0, w.4)).collect::<Vec<_>>(),
+            "max"
+        );
+        // Counter: at every sample it has, the raw running total; it starts at the first raw
+        // sample and ends at the last.
+        let c = &counter[l];
+        let model = model_counter(raw);
+        for s in c {
+            prop_assert_eq!(
+                model.get(&s.t).copied(),
+                Some(s.v),
+                "counter {} at {} res {}",
+                l,
+                s.t,
+                res
+            );
+        }
+        prop_assert_eq!(c.first().map(|s| s.t), raw.first().map(|s| s.t));
+        prop_assert_eq!(c.last().map(|s| s.t), raw.last().map(|s| s.t));
+        // Every window's last raw sample is in the counter stream.
+        for w in &want {
+            prop_assert!(
+                c.iter().any(|s| s.t == w.0),
+                "window ending {} missing",
+                w.0
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Increase over `[a, b]` from the first to the last sample inside it (no extrapolation).
+fn increase(samples: &[(i64, f64)], a: i64, b: i64) -> Option<f64> {
+    let inside: Vec<&(i64, f64)> = samples.iter().filter(|s| s.0 >= a && s.0 <= b).collect();
+    Some(inside.last()?.1 - inside.first()?.1)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn aggregates_match_raw_per_window(
+        series in prop::collection::vec(arb_series(), 1..4),
+        start in -3 * H..3 * H,
+        ranges in prop::collection::vec((0i64..30 * H, 0i64..30 * H), 8),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let data = build(&series, start);
+        write_raw_blocks(dir.path(), &data, 2 * H);
+        let opts = DownsampleOptions { to_5m_after_ms: 0, to_1h_after_ms: 0 };
+        let written = downsample::run(dir.path(), i64::MAX / 2, &opts).unwrap();
+        let raw_blocks = blocks_of(dir.path(), 0).len();
+        prop_assert_eq!(written.len(), 2 * raw_blocks);
+        check_resolution(dir.path(), &data, RES_5M)?;
+        check_resolution(dir.path(), &data, RES_1H)?;
+        // Re-running writes nothing.
+        prop_assert!(downsample::run(dir.path(), i64::MAX / 2, &opts).unwrap().is_empty());
+
+        // Increase over random ranges: 0 <= raw - downsampled <= the raw increase inside the
+        // window of the first raw sample in the range plus the one from the last sample before
+        // the window of the last raw sample in the range to that sample.
+        for res in [RES_5M, RES_1H] {
+            let ds = read(dir.path(), res, Aggregate::Counter);
+            for (l, raw) in &data {
+                let model = model_counter(raw);
+                let raw_c: Vec<(i64, f64)> = model.iter().map(|(&t, &v)| (t, v)).collect();
+                let ds_c: Vec<(i64, f64)> = ds[l].iter().map(|s| (s.t, s.v)).collect();
+                for &(x, y) in &ranges {
+                    let (a, b) = (start + x.min(y), start + x.max(y));
+                    let (Some(inc_raw), Some(inc_ds)) = (increase(&raw_c, a, b), increase(&ds_c, a, b)) else {
+                        continue;
+                    };
+                    let first = raw_c.iter().find(|s| s.0 >= a).unwrap();
+                    let last = raw_c.iter().rev().find(|s| s.0 <= b).unwrap();
+                    let wf = first.0.div_euclid(res);
+                    let end_first_window = raw_c.iter().rev().find(|s| s.0.div_euclid(res) == wf).unwrap();
+                    let wl = last.0.div_euclid(res);
+                    let before_last_window = raw_c.iter().rev().find(|s| s.0.div_euclid(res) < wl).map_or(raw_c[0].1, |s| s.1);
+                    let tol = (end_first_window.1 - first.1) + (last.1 - before_last_window);
+                    let err = inc_raw - inc_ds;
+                    prop_assert!(err >= 0.0 && err <= tol,
+                        "{l} res {res} [{a}, {b}]: raw {inc_raw} downsampled {inc_ds} tolerance {tol}");
+                }
+            }
+        }
+    }
+}
+
+fn sample_data(n_series: usize, days: i64, step: i64) -> RawData {
+    let mut data = RawData::new();
+    for i in 0..n_series {
+        let mut v = 0.0;
+        let ss = (0..days * DAY / step)
+            .map(|k| {
+                v = if k % 997 == 500 {
+                    3.0
+                } else {
+                    v + (k % 7) as f64
+                };
+                Sample::new(k * step + i as i64, v)
+            })
+            .collect();
+        data.insert(labels(i), ss);
+    }
+    data
+}
+
+/// Downsampled blocks as (resolution, sources) pairs, sorted: what must be unique.
+fn downsampled_sources(dir: &Path) -> Vec<(i64, Vec<String>)> {
+    let (blocks, _) = open_blocks(dir).unwrap();
+    let mut v: Vec<(i64, Vec<String>)> = blocks
+        .iter()
+        .filter(|b| b.meta().resolution > 0)
+        .map(|b| (b.meta().resolution, b.meta().sources.clone()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn leftover_and_obsolete_blocks_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = sample_data(3, 1, 60_000);
+    let raw = write_raw_blocks(dir.path(), &data, 6 * H);
+    assert_eq!(raw.len(), 4);
+    let opts = DownsampleOptions {
+        to_5m_after_ms: 0,
+        to_1h_after_ms: 0,
+    };
+    // A crash in the middle of writing a downsampled block leaves its temp dir.
+    let src = Block::open(&dir.path().join(&raw[0].id)).unwrap();
+    let tmp = dir
+        .path()
+        .join(format!("{}.tmp-for-creation", "01ARZ3NDEKTSV4RRFFQ69G5FAV"));
+    std::fs::create_dir_all(tmp.join("chunks")).unwrap();
+    std::fs::write(tmp.join("index"), b"partial").unwrap();
+    let (_, problems) = open_blocks(dir.path()).unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(!tmp.exists());
+    // One source downsampled, then the whole run (as after a restart): one 5 m and one 1 h
+    // block per raw block, no duplicates.
+    downsample::downsample_block(dir.path(), &src, RES_5M).unwrap();
+    let written = downsample::run(dir.path(), NEWEST, &opts).unwrap();
+    assert_eq!(
+        written.len(),
+        3 + 4,
+        "3 missing 5 m blocks and 4 1 h blocks"
+    );
+    let ds = downsampled_sources(dir.path());
+    assert_eq!(ds.len(), 8);
+    let mut dedup = ds.clone();
+    dedup.dedup();
+    assert_eq!(dedup, ds);
+    // (Sum: the counter stream also holds the raw first sample of each source block.)
+    let want_1h = read(dir.path(), RES_1H, Aggregate::Sum);
+
+    // The raw blocks are compacted into one (as after a backfill) and downsampled again; a
+    // crash before the superseded 5 m / 1 h blocks were deleted leaves them behind: reopening
+    // deletes them because the new blocks hold all their sources.
+    let blocks: Vec<Block> = blocks_of(dir.path(), 0);
+    let refs: Vec<&Block> = blocks.iter().collect();
+    let merged = tidemark_tsdb::compact::compact(dir.path(), &refs).unwrap();
+    let mb = Block::open(&dir.path().join(&merged.id)).unwrap();
+    let m5 = downsample::downsample_block(dir.path(), &mb, RES_5M).unwrap();
+    let b5 = Block::open(&dir.path().join(&m5.id)).unwrap();
+    downsample::downsample_block(dir.path(), &b5, RES_1H).unwrap();
+    let (_, problems) = open_blocks(dir.path()).unwrap();
+    assert_eq!(problems.len(), 8, "{problems:?}");
+    assert_eq!(downsampled_sources(dir.path()).len(), 2);
+    assert!(
+        downsample::run(dir.path(), NEWEST, &opts)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(read(dir.path(), RES_1H, Aggregate::Sum), want_1h);
+
+    // `tidemark tsdb analyze` shows the blocks per resolution.
+    let report = tidemark_tsdb::analyze::analyze(dir.path(), 5).unwrap();
+    let per_res: Vec<(i64, u64)> = report
+        .resolutions
+        .iter()
+        .map(|r| (r.resolution, r.blocks))
+        .collect();
+    assert_eq!(per_res, vec![(0, 1), (RES_5M, 1), (RES_1H, 1)]);
+    let text = report.to_string();
+    assert!(
+        text.contains("Blocks per resolution") && text.contains("  5m "),
+        "{text}"
+    );
+}
+
+/// Child mode of `downsampling_survives_sigkill`: downsamples the directory named by the env
+/// var (does nothing when run as a normal test).
+#[test]
+fn crash_child_downsample() {
+    let Ok(dir) = std::env::var("TIDEMARK_DOWNSAMPLE_CRASH_DIR") else {
+        return;
+    };
+    let opts = DownsampleOptions {
+        to_5m_after_ms: 0,
+        to_1h_after_ms: 0,
+    };
+    downsample::run(Path::new(&dir), NEWEST, &opts).unwrap();
+}
+
+#[test]
+fn downsampling_survives_sigkill() {
+    let data = sample_data(200, 2, 15_000);
+    let base = tempfile::tempdir().unwrap();
+    let pristine = base.path().join("pristine");
+    write_raw_blocks(&pristine, &data, 12 * H);
+    // The expected result: an uninterrupted run.
+    let full = base.path().join("full");
+    copy_dir(&pristine, &full);
+    let t0 = std::time::Instant::now();
+    run_child(&full, None);
+    let full_time = t0.elapsed();
+    let want = (
+        read(&full, RES_5M, Aggregate::Counter),
+        read(&full, RES_1H, Aggregate::Sum),
+    );
+    assert_eq!(downsampled_sources(&full).len(), 8);
+    let mut states = Vec::new();
+    for round in 0..4u32 {
+        let dir = base.path().join(format!("r{round}"));
+        copy_dir(&pristine, &dir);
+        // Kill points spread over the uninterrupted run's duration, several per round.
+        for k in 0..3u32 {
+            let at = full_time.mul_f64(f64::from(round * 3 + k + 1) / 13.0);
+            run_child(&dir, Some(at));
+            let (blocks, problems) = open_blocks(&dir).unwrap();
+            states.push((blocks.len(), problems.len()));
+            let ds = downsampled_sources(&dir);
+            let mut dedup = ds.clone();
+            dedup.dedup();
+            assert_eq!(
+                dedup, ds,
+                "round {round} kill {k}: duplicate downsampled blocks"
+            );
+        }
+        run_child(&dir, None);
+        assert_eq!(downsampled_sources(&dir).len(), 8);
+        let got = (
+            read(&dir, RES_5M, Aggregate::Counter),
+            read(&dir, RES_1H, Aggregate::Sum),
+        );
+        assert!(
+            got == want,
+            "round {round}: data differs; states {states:?}"
+        );
+    }
+}
+
+fn run_child(dir: &Path, kill_after: Option<std::time::Duration>) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "crash_child_downsample",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("TIDEMARK_DOWNSAMPLE_CRASH_DIR", dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    match kill_after {
+        Some(d) => {
+            std::thread::sleep(d);
+            let _ = child.kill(); // SIGKILL
+            child.wait().unwrap();
+        }
+        None => assert!(child.wait().unwrap().success()),
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), dst).unwrap();
+        }
+    }
+}
+
+fn meta(id: String, res: i64, min: i64, max: i64, sources: Vec<String>) -> BlockMeta {
+    BlockMeta {
+        id,
+        min_time: min,
+        max_time: max,
+        stats: BlockStats::default(),
+        level: 1,
+        sources,
+        parents: vec![],
+        resolution: res,
+        version: 1,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// Blocks of 1 day over `n` days; each day has a raw block and, at random, its 5 m and 1 h
+    /// versions (or only some of them, as if retention or downsampling ran before).
+    #[test]
+    fn retention_per_resolution_matches_model(
+        days in prop::collection::vec((any::<bool>(), any::<bool>(), any::<bool>()), 1..60),
+        raw_days in 1i64..20, d5m_days in 1i64..40, d1h_days in 1i64..80,
+        downsampling in any::<bool>(), head_extra in 0i64..3 * DAY,
+    ) {
+        let mut metas = Vec::new();
+        for (d, &(raw, m5, h1)) in days.iter().enumerate() {
+            let src = format!("src{d}");
+            let (min, max) = (d as i64 * DAY, (d as i64 + 1) * DAY);
+            for (present, res) in [(raw, 0), (m5, RES_5M), (h1, RES_1H)] {
+                if present {
+                    metas.push(meta(format!("{res}-{d}"), res, min, max, vec![src.clone()]));
+                }
+            }
+        }
+        let r = ResolutionRetention { raw_ms: raw_days * DAY, res_5m_ms: d5m_days * DAY, res_1h_ms: d1h_days * DAY, downsampling };
+        let newest_block = metas.iter().map(|m| m.max_time - 1).max();
+        let head_max = newest_block.map_or(i64::MIN, |n| n + head_extra);
+        let got = select_by_resolution(&metas, &vec![0; metas.len()], &r, 0, head_max);
+        // Model: per day and resolution, the retention window in whole days.
+        let newest = newest_block.map_or(i64::MIN, |n| n.max(head_max));
+        let outside = |res: i64, max: i64| {
+            let keep = match res { 0 => r.raw_ms, RES_5M => r.res_5m_ms, _ => r.res_1h_ms };
+            max <= newest - keep
+        };
+        let mut want = Vec::new();
+        for m in &metas {
+            if !outside(m.resolution, m.max_time) {
+                continue;
+            }
+            let next = match m.resolution { 0 => Some(RES_5M), RES_5M => Some(RES_1H), _ => None };
+            let wait = downsampling && next.is_some_and(|n| {
+                !outside(n, m.max_time) && !metas.iter().any(|o| o.resolution == n && o.sources == m.sources)
+            });
+            if !wait {
+                want.push(m.id.clone());
+            }
+        }
+        let mut got_sorted = got.clone();
+        got_sorted.sort();
+        want.sort();
+        prop_assert_eq!(got_sorted, want);
+        // Every kept block of a resolution holds data inside that resolution's window, or
+        // waits for its coarser version.
+        for m in metas.iter().filter(|m| !got.contains(&m.id)) {
+            prop_assert!(!outside(m.resolution, m.max_time) || downsampling);
+        }
+    }
+}
+
+#[test]
+fn db_downsamples_and_keeps_raw_queries_raw() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = DbOptions {
+        background_maintenance: false,
+        downsample_5m_after_ms: 40 * H,
+        downsample_1h_after_ms: 10 * DAY,
+        retention_time_ms: 15 * DAY,
+        log_sync: tidemark_tsdb::log::SyncPolicy::Never,
+        ..DbOptions::default()
+    };
+    let step = 60_000;
+    let days = 13;
+    let series = 4;
+    let mut model: BTreeMap<Labels, Vec<Sample>> = BTreeMap::new();
+    {
+        let db = Db::open(dir.path(), opts.clone()).unwrap();
+        let mut app = db.appender();
+        for k in 0..days * DAY / step {
+            for i in 0..series {
+                let l = labels(i);
+                let t = k * step;
+                let v = (k % 1000) as f64;
+                app.append(None, &l, t, v).unwrap();
+                model.entry(l).or_default().push(Sample::new(t, v));
+            }
+            if k % 120 == 119 {
+                app.commit().unwrap();
+                app = db.appender();
+            }
+            if k % 1200 == 0 {
+                db.compact_now().unwrap();
+            }
+        }
+        app.commit().unwrap();
+        db.compact_now().unwrap();
+        let metas = db.blocks();
+        let count = |r: i64| metas.iter().filter(|m| m.resolution == r).count();
+        assert!(count(RES_5M) > 0 && count(RES_1H) > 0, "{metas:?}");
+        let newest = metas.iter().map(|m| m.max_time).max().unwrap();
+        for m in &metas {
+            match m.resolution {
+                0 if m.max_time <= newest - 41 * H => {
+                    assert!(
+                        downsample::covered(m, RES_5M, &metas),
+                        "raw {} not downsampled",
+                        m.id
+                    )
+                }
+                RES_5M if m.max_time <= newest - 10 * DAY - 2 * H => {
+                    assert!(
+                        downsample::covered(m, RES_1H, &metas),
+                        "5m {} not downsampled",
+                        m.id
+                    )
+                }
+                _ => {}
+            }
+        }
+        // Raw queries read raw data only.
+        let q = db.querier(i64::MIN, i64::MAX).unwrap();
+        let got = read_querier(q.as_ref(), &[Matcher::equal("__name__", "m")]);
+        assert_eq!(got.len(), series);
+        for (l, want) in &model {
+            let g = &got[l];
+            assert_eq!(g.len(), want.len(), "{l}");
+            assert!(g.iter().zip(want).all(|(a, b)| a.t == b.t && a.v == b.v));
+        }
+        // Downsampled data through the Db.
+        let q = db
+            .querier_resolution(0, 2 * DAY - 1, RES_1H, Aggregate::Count)
+            .unwrap();
+        let got = read_querier(&q, &[Matcher::equal("i", "1")]);
+        assert_eq!(got.len(), 1);
+        let c = got.values().next().unwrap();
+        assert_eq!(c.len(), 2 * 24, "one window per hour");
+        assert!(c.iter().all(|s| s.v == 60.0));
+        assert!(db.querier_resolution(0, 1, 0, Aggregate::Sum).is_err());
+        db.close().unwrap();
+    }
+    let before = {
+        let db = Db::open(dir.path(), opts.clone()).unwrap();
+        db.blocks()
+    };
+    let db = Db::open(dir.path(), opts).unwrap();
+    db.compact_now().unwrap();
+    assert_eq!(
+        db.blocks(),
+        before,
+        "a second maintenance run writes nothing"
+    );
+}
