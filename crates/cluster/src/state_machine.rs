@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! shards/<n>/raft/            the Raft log (log_store.rs)
-//! shards/<n>/data/            the shard's Db (blocks, head, its own log for fast restarts)
+//! shards/<n>/data/            the shard's Db (blocks and head; a cluster node runs it without
+//!                             a log of its own: the Raft log is the log)
 //! shards/<n>/snapshot/current.snap   the last snapshot: a tar of blocks/<id>/... + head-<i>.batch
 //! shards/<n>/snapshot/current.meta   its SnapshotMeta (MessagePack)
 //! shards/<n>/snapshot/REBUILD        present while data/ is rebuilt from current.snap
@@ -10,9 +11,10 @@
 //!
 //! Applying an entry appends its batch to the Db (per-sample errors reject that sample only, as
 //! on a single node). The applied position is persisted only with a snapshot: on restart the
-//! Db replays its own log and openraft re-applies the entries after the snapshot. Re-applying
-//! is harmless: an exact duplicate sample is ignored, and the Db's log holds a prefix of the
-//! applied entries (it is written in apply order and fsynced before a snapshot is recorded).
+//! Db opens its blocks, its head is restored from the snapshot's head dump, and openraft
+//! re-applies the Raft entries after the snapshot. Re-applying is harmless: an exact duplicate
+//! sample is ignored. (With a Db that keeps its own log — `DbOptions::wal` — the Db replays it
+//! instead: it holds a prefix of the applied entries, fsynced before a snapshot is recorded.)
 //!
 //! A snapshot is the shard's block files (hard links) plus a dump of the head as write batches;
 //! installing one rebuilds `data/` from the blocks and appends the head dump window by window in
@@ -133,6 +135,13 @@ impl StateMachine {
         } else {
             let db = Db::open(&data.data_dir(), data.db_opts.clone())
                 .map_err(|e| sm_err(ErrorVerb::Read, e))?;
+            if !data.db_opts.wal && meta.is_some() {
+                // Without its own log the Db restarts with an empty head: restore the head as of
+                // the last snapshot; openraft re-applies the entries after it.
+                let dumps = read_head_dumps(&snap_dir.join(SNAP_FILE))
+                    .map_err(|e| snap_err(ErrorVerb::Read, e))?;
+                append_head_dump(&db, &dumps).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+            }
             *data.db.write() = Some(db);
         }
         Ok(StateMachine { data })
@@ -250,32 +259,45 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let db = data
                 .db()
                 .ok_or_else(|| sm_err(ErrorVerb::Write, "shard data is being replaced"))?;
-            let mut app = db.appender();
-            let mut cache = data.cache.lock();
-            let mut out = Vec::with_capacity(entries.len());
-            let mut last = None;
-            let mut membership = None;
-            for e in entries {
-                let mut res = ApplyResult::default();
-                match &e.payload {
-                    EntryPayload::Blank => {}
-                    EntryPayload::Normal(b) => {
-                        if let Err(err) = apply_batch(app.as_mut(), &mut cache, &b.0, &mut res) {
-                            // A malformed batch is rejected on every replica alike (the batch
-                            // was validated before it was proposed; this is defense in depth).
-                            tracing::error!(index = e.log_id.index, error = %err, "entry not applied");
-                            res.first_error = Some(err);
+            // A block cut between append and commit rejects the whole batch with a sample
+            // error at commit; the second pass then rejects those samples one by one at append
+            // time, on every replica alike.
+            let mut attempt = 0;
+            let (out, last, membership) = loop {
+                attempt += 1;
+                let mut app = db.appender();
+                let mut cache = data.cache.lock();
+                let mut out = Vec::with_capacity(entries.len());
+                let mut last = None;
+                let mut membership = None;
+                for e in &entries {
+                    let mut res = ApplyResult::default();
+                    match &e.payload {
+                        EntryPayload::Blank => {}
+                        EntryPayload::Normal(b) => {
+                            if let Err(err) = apply_batch(app.as_mut(), &mut cache, &b.0, &mut res) {
+                                // A malformed batch is rejected on every replica alike (the batch
+                                // was validated before it was proposed; this is defense in depth).
+                                tracing::error!(index = e.log_id.index, error = %err, "entry not applied");
+                                res.first_error = Some(err);
+                            }
+                        }
+                        EntryPayload::Membership(m) => {
+                            membership = Some(StoredMembership::new(Some(e.log_id), m.clone()));
                         }
                     }
-                    EntryPayload::Membership(m) => {
-                        membership = Some(StoredMembership::new(Some(e.log_id), m.clone()));
-                    }
+                    last = Some(e.log_id);
+                    out.push(res);
                 }
-                last = Some(e.log_id);
-                out.push(res);
-            }
-            drop(cache);
-            app.commit().map_err(|e| sm_err(ErrorVerb::Write, e))?;
+                drop(cache);
+                match app.commit() {
+                    Ok(()) => break (out, last, membership),
+                    Err(e) if e.is_sample_error() && attempt < 3 => {
+                        tracing::debug!(error = %e, "apply: batch rejected at commit, retrying");
+                    }
+                    Err(e) => return Err(sm_err(ErrorVerb::Write, e)),
+                }
+            };
             let mut g = data.applied.lock();
             if last.is_some() {
                 g.0 = last;
@@ -412,9 +434,20 @@ fn rebuild_from_snapshot(data: &ShardData) -> std::io::Result<()> {
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::File::open(&data_dir)?.sync_all()?;
     let db = Db::open(&data_dir, data.db_opts.clone()).map_err(std::io::Error::other)?;
-    // The head dump, window by window in time order.
+    append_head_dump(&db, &dumps)?;
+    db.sync_log().map_err(std::io::Error::other)?;
+    *data.db.write() = Some(db);
+    std::fs::remove_file(snap_dir.join(REBUILD_MARKER))?;
+    std::fs::File::open(&snap_dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Appends a snapshot's head dump to `db` window by window in time order, so the head accepts
+/// it as it accepted the original appends (samples below the Db's blocks are rejected: they are
+/// in the blocks already).
+fn append_head_dump(db: &Db, dumps: &[Vec<u8>]) -> std::io::Result<()> {
     let mut series: Vec<batch::BatchSeries> = Vec::new();
-    for d in &dumps {
+    for d in dumps {
         series.extend(batch::decode(d).map_err(std::io::Error::other)?);
     }
     let (mut lo, hi) = series
@@ -439,18 +472,35 @@ fn rebuild_from_snapshot(data: &ShardData) -> std::io::Result<()> {
                 }
             }
         }
-        app.commit()
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        match app.commit() {
+            Ok(()) => {}
+            // A block was cut below these samples meanwhile: they are in the block.
+            Err(e) if e.is_sample_error() => {}
+            Err(e) => return Err(std::io::Error::other(e.to_string())),
+        }
         if end == i64::MAX {
             break;
         }
         lo = end;
     }
-    db.sync_log().map_err(std::io::Error::other)?;
-    *data.db.write() = Some(db);
-    std::fs::remove_file(snap_dir.join(REBUILD_MARKER))?;
-    std::fs::File::open(&snap_dir)?.sync_all()?;
     Ok(())
+}
+
+/// The head-dump entries of a snapshot file.
+fn read_head_dumps(snap: &Path) -> std::io::Result<Vec<Vec<u8>>> {
+    let mut dumps = Vec::new();
+    let f = std::fs::File::open(snap)?;
+    let mut ar = tar::Archive::new(f);
+    for e in ar.entries()? {
+        let mut e = e?;
+        let name = e.path()?.to_string_lossy().into_owned();
+        if name.starts_with("head-") {
+            let mut b = Vec::new();
+            e.read_to_end(&mut b)?;
+            dumps.push(b);
+        }
+    }
+    Ok(dumps)
 }
 
 /// Builds a snapshot of the shard (see the module documentation).

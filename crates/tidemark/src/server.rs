@@ -228,8 +228,9 @@ async fn start_cluster_node(
     o.snapshot_after_entries = args.cluster_snapshot_after_entries.max(10);
     o.keep_entries_after_snapshot = args.cluster_keep_entries;
     o.db = DbOptions {
-        // The shard's Raft log is what makes a write durable; the Db's own log only speeds up
-        // restarts and is fsynced before each snapshot (docs/cluster.md).
+        // The shard's Raft log is the only log: the Db keeps none (its head is restored from the
+        // last snapshot and the Raft entries after it; docs/cluster.md).
+        wal: false,
         log_sync: SyncPolicy::Never,
         ..dbo.clone()
     };

@@ -66,6 +66,10 @@ pub struct DbOptions {
     /// Threads inserting samples during log replay (default 1: the opening thread; 0: one per
     /// CPU, at most 4). More threads were slower on the shared 2-core machine (benchmarks.md).
     pub replay_workers: usize,
+    /// Keep a write-ahead log (default true). Without one, samples in the head are lost on
+    /// restart: only for callers that keep their own log (a cluster shard re-applies its Raft
+    /// log and restores the head from its last snapshot).
+    pub wal: bool,
     /// Write 5 m and 1 h blocks for old blocks during maintenance (default true).
     pub downsampling: bool,
     /// Raw blocks whose newest sample is older than the newest sample minus this get a 5 m
@@ -91,6 +95,7 @@ impl Default for DbOptions {
             background_maintenance: true,
             maintenance_interval: Duration::from_secs(60),
             replay_workers: 1,
+            wal: true,
             downsampling: true,
             downsample_5m_after_ms: 40 * 3_600_000,
             downsample_1h_after_ms: 10 * DAY_MS,
@@ -230,25 +235,30 @@ impl Db {
         }
         // `Always` is implemented as group commit: the log itself never fsyncs on append, every
         // commit waits for its records to be durable (sharing fsyncs with concurrent commits).
-        let group_commit = opts.log_sync == SyncPolicy::Always;
-        let sync = if group_commit {
-            SyncPolicy::Never
+        let (log_report, replay) = if opts.wal {
+            let group_commit = opts.log_sync == SyncPolicy::Always;
+            let sync = if group_commit {
+                SyncPolicy::Never
+            } else {
+                opts.log_sync
+            };
+            let (log, log_report) = Log::open(
+                &dir.join(LOG_DIR),
+                LogOptions {
+                    segment_size: opts.log_segment_size,
+                    sync,
+                },
+            )?;
+            let replay = head.replay(&log)?;
+            if group_commit {
+                head.set_log_group_commit(log);
+            } else {
+                head.set_log(log);
+            }
+            (log_report, replay)
         } else {
-            opts.log_sync
+            (log::OpenReport::default(), ReplayStats::default())
         };
-        let (log, log_report) = Log::open(
-            &dir.join(LOG_DIR),
-            LogOptions {
-                segment_size: opts.log_segment_size,
-                sync,
-            },
-        )?;
-        let replay = head.replay(&log)?;
-        if group_commit {
-            head.set_log_group_commit(log);
-        } else {
-            head.set_log(log);
-        }
         let report = OpenReport {
             log: log_report,
             replay,
