@@ -97,7 +97,7 @@ fn delete_series_and_clean_tombstones() {
     for q in [
         String::new(),
         format!("match[]={}", urlencode("{")),
-        format!("match[]=e2e_del&start=yesterday"),
+        "match[]=e2e_del&start=yesterday".to_string(),
     ] {
         let (st, body) = s
             .request(

@@ -551,14 +551,11 @@ impl Head {
                             .get(&series_ref)
                             .cloned()
                             .or_else(|| self.series_by_ref(series_ref));
-                        match s {
-                            Some(s) => {
-                                s.data.lock().add_deleted(mint, maxt);
-                                self.has_tombstones.store(true, Ordering::Release);
-                                stats.tombstones += 1;
-                            }
-                            // A series the log does not define has no samples to hide.
-                            None => {}
+                        // A series the log does not define has no samples to hide.
+                        if let Some(s) = s {
+                            s.data.lock().add_deleted(mint, maxt);
+                            self.has_tombstones.store(true, Ordering::Release);
+                            stats.tombstones += 1;
                         }
                     }
                 }

@@ -89,7 +89,7 @@ fn head_delete_partial_range_survives_restart() {
     // Samples appended after the deletion (past the series' newest sample) stay visible, even
     // with the default end of the whole time range.
     db.delete(&job("b"), i64::MIN, i64::MAX).unwrap();
-    append(&db, &[b.clone()], 100..105);
+    append(&db, std::slice::from_ref(&b), 100..105);
     let want: Dump = [
         (a.clone(), [range(0, 10), range(20, 100)].concat()),
         (b.clone(), range(100, 105)),
@@ -122,9 +122,9 @@ fn head_delete_survives_checkpoint() {
     let db = Db::open(dir.path(), opts()).unwrap();
     let a = series("a", 0);
     // Two block ranges and a half: the first is cut, the log checkpointed.
-    append(&db, &[a.clone()], 0..1200);
+    append(&db, std::slice::from_ref(&a), 0..1200);
     db.delete(&job("a"), 1100, 1149).unwrap();
-    append(&db, &[a.clone()], 1200..2600);
+    append(&db, std::slice::from_ref(&a), 1200..2600);
     db.compact_now().unwrap();
     assert!(!db.blocks().is_empty());
     let want: Dump = [(a.clone(), [range(0, 1100), range(1150, 2600)].concat())].into();
@@ -143,7 +143,7 @@ fn block_delete_clean_tombstones_and_restart() {
     let ls: Vec<Labels> = (0..3).map(|i| series("a", i)).collect();
     let keep = series("b", 0);
     append(&db, &ls, 0..1000);
-    append(&db, &[keep.clone()], 0..1000);
+    append(&db, std::slice::from_ref(&keep), 0..1000);
     db.flush_head().unwrap();
     let before = db.blocks();
     assert_eq!(before.len(), 1);
@@ -236,7 +236,7 @@ fn compaction_drops_deleted_samples() {
     let a = series("a", 0);
     // Three 1 s blocks fill one 3 s window.
     for w in 0..3 {
-        append(&db, &[a.clone()], w * 1000..w * 1000 + 1000);
+        append(&db, std::slice::from_ref(&a), w * 1000..w * 1000 + 1000);
         db.flush_head().unwrap();
     }
     assert_eq!(db.blocks().len(), 3);
