@@ -494,17 +494,15 @@ impl TsdbAdmin for DbAdmin {
 
     fn delete_series(
         &self,
-        _m: &[Vec<Matcher>],
-        _mint: i64,
-        _maxt: i64,
+        m: &[Vec<Matcher>],
+        mint: i64,
+        maxt: i64,
     ) -> Result<(), tidemark_storage::Error> {
-        Err(tidemark_storage::Error::Other(
-            "delete_series is not supported yet: the engine has no tombstones (see docs/api.md)"
-                .into(),
-        ))
+        Ok(self.db.delete(m, mint, maxt)?)
     }
 
     fn clean_tombstones(&self) -> Result<(), tidemark_storage::Error> {
+        self.db.clean_tombstones()?;
         Ok(())
     }
 

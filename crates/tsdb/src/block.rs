@@ -4,6 +4,7 @@
 //! <data_dir>/<ULID>/meta.json        what the block covers (BlockMeta, JSON)
 //! <data_dir>/<ULID>/index            series, symbols, postings (crate::index)
 //! <data_dir>/<ULID>/chunks/000001    chunk segment files (crate::chunks)
+//! <data_dir>/<ULID>/tombstones        deleted intervals per series (crate::tombstones; optional)
 //! ```
 //!
 //! [`BlockWriter`] writes into `<data_dir>/<ULID>.tmp-for-creation`, fsyncs every file and the
@@ -30,6 +31,7 @@ use crate::chunks::{
 };
 use crate::index::{ChunkMeta, IndexError, IndexReader, IndexWriter, SeriesEntry};
 use crate::postings::{Postings, PostingsSource, postings_for_matchers};
+use crate::tombstones::{Intervals, Tombstones};
 
 /// Name of a block's metadata file.
 pub const META_FILE: &str = "meta.json";
@@ -608,6 +610,8 @@ struct BlockInner {
     index: IndexReader,
     chunks: SegmentReader,
     size_bytes: u64,
+    /// Deleted intervals (replaced as a whole by [`Block::delete`]; queriers take a snapshot).
+    tombstones: parking_lot::RwLock<Arc<Tombstones>>,
 }
 
 /// An open block (cheap to clone). Its files stay readable while any clone or querier lives,
@@ -639,6 +643,7 @@ impl Block {
             source,
         })?;
         let size_bytes = dir_size(dir)?;
+        let tombstones = Tombstones::read(dir)?;
         Ok(Block {
             inner: Arc::new(BlockInner {
                 dir: dir.to_path_buf(),
@@ -646,8 +651,55 @@ impl Block {
                 index,
                 chunks,
                 size_bytes,
+                tombstones: parking_lot::RwLock::new(Arc::new(tombstones)),
             }),
         })
+    }
+
+    /// The block's deleted intervals (a snapshot).
+    pub fn tombstones(&self) -> Arc<Tombstones> {
+        self.inner.tombstones.read().clone()
+    }
+
+    /// Marks the samples in `[mint, maxt]` of every series matching any of `matcher_sets` as
+    /// deleted: the intervals (clamped to each series' samples) are added to the block's
+    /// `tombstones` file, replaced atomically, then to the open block. Returns the number of
+    /// series given a new interval. Callers serialize deletions with compaction of the block.
+    pub fn delete(&self, matcher_sets: &[Vec<Matcher>], mint: i64, maxt: i64) -> Result<usize> {
+        if mint > maxt || !self.meta().overlaps(mint, maxt) {
+            return Ok(0);
+        }
+        let mut ids: Vec<u64> = Vec::new();
+        for ms in matcher_sets {
+            let p = postings_for_matchers(self.index(), ms)
+                .map_err(|e| BlockError::Invalid(format!("block {}: matchers: {e}", self.id())))?;
+            ids.extend(p.iter());
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        let mut g = self.inner.tombstones.write();
+        let mut next: Tombstones = (**g).clone();
+        let mut n = 0;
+        for id in ids {
+            let e = self.index().series(id)?;
+            let smin = e.chunks.iter().map(|c| c.min_time).min();
+            let smax = e.chunks.iter().map(|c| c.max_time).max();
+            let (Some(smin), Some(smax)) = (smin, smax) else {
+                continue;
+            };
+            let (a, b) = (mint.max(smin), maxt.min(smax));
+            if a > b || next.get(id).is_some_and(|iv| iv.covers(a, b)) {
+                continue;
+            }
+            next.add(id, a, b);
+            n += 1;
+        }
+        if n > 0 {
+            next.write(self.dir())?;
+            *g = Arc::new(next);
+            tracing::info!(block = %self.id(), series = n, mint, maxt, "tombstones added");
+        }
+        Ok(n)
     }
 
     pub fn meta(&self) -> &BlockMeta {
@@ -672,12 +724,14 @@ impl Block {
         &self.inner.index
     }
 
-    /// A querier over `[mint, maxt]` (both inclusive).
+    /// A querier over `[mint, maxt]` (both inclusive); it sees the tombstones of the moment it
+    /// is created.
     pub fn querier(&self, mint: i64, maxt: i64) -> Box<dyn Querier> {
         Box::new(BlockQuerier {
             block: self.clone(),
             mint,
             maxt,
+            tombstones: self.tombstones(),
         })
     }
 
@@ -695,11 +749,35 @@ impl Block {
     }
 
     /// Every sample of the series `entry` (all its chunks, read from this block), appended to
-    /// `out`.
+    /// `out`. Deleted samples included: see [`Block::read_live_series_samples`].
     pub fn read_series_samples(&self, entry: &SeriesEntry, out: &mut Vec<Sample>) -> Result<()> {
         for c in &entry.chunks {
             self.inner.decode_chunk(&entry.labels, c, out)?;
         }
+        Ok(())
+    }
+
+    /// The samples of series `id` (its index entry `entry`) that are not deleted by the
+    /// block's tombstones, appended to `out` (what compaction and `clean_tombstones` keep).
+    pub fn read_live_series_samples(
+        &self,
+        id: u64,
+        entry: &SeriesEntry,
+        out: &mut Vec<Sample>,
+    ) -> Result<()> {
+        let ts = self.tombstones();
+        let Some(iv) = ts.get(id) else {
+            return self.read_series_samples(entry, out);
+        };
+        let before = out.len();
+        for c in &entry.chunks {
+            if !iv.covers(c.min_time, c.max_time) {
+                self.inner.decode_chunk(&entry.labels, c, out)?;
+            }
+        }
+        let mut tail = out.split_off(before);
+        iv.filter(&mut tail);
+        out.extend_from_slice(&tail);
         Ok(())
     }
 }
@@ -763,21 +841,43 @@ struct BlockQuerier {
     block: Block,
     mint: i64,
     maxt: i64,
+    tombstones: Arc<Tombstones>,
 }
 
 impl BlockQuerier {
+    /// True when the range covers the whole block and nothing is deleted: the index's label
+    /// lists answer label queries directly.
     fn covers_block(&self) -> bool {
         let m = self.block.meta();
-        self.mint <= m.min_time && self.maxt >= m.max_time - 1
+        self.mint <= m.min_time && self.maxt >= m.max_time - 1 && self.tombstones.is_empty()
     }
 
     /// Reads series `id` and keeps the chunks overlapping the range; None when no sample of
-    /// the series falls inside the range.
+    /// the series falls inside the range (deleted samples do not count).
     fn series_in_range(&self, id: u64) -> Result<Option<SeriesEntry>> {
         let mut e = self.block.index().series(id)?;
         e.chunks
             .retain(|c| c.max_time >= self.mint && c.min_time <= self.maxt);
         if e.chunks.is_empty() {
+            return Ok(None);
+        }
+        if let Some(iv) = self.tombstones.get(id) {
+            e.chunks.retain(|c| !iv.covers(c.min_time, c.max_time));
+            let mut buf = Vec::new();
+            for c in &e.chunks {
+                buf.clear();
+                if self
+                    .block
+                    .inner
+                    .decode_chunk(&e.labels, c, &mut buf)
+                    .is_err()
+                    || buf
+                        .iter()
+                        .any(|s| s.t >= self.mint && s.t <= self.maxt && !iv.contains(s.t))
+                {
+                    return Ok(Some(e));
+                }
+            }
             return Ok(None);
         }
         // A chunk entirely inside the range surely has a sample in it; one that only overlaps
@@ -827,6 +927,7 @@ impl Querier for BlockQuerier {
             block: self.block.clone(),
             mint: self.mint,
             maxt: self.maxt,
+            tombstones: self.tombstones.clone(),
         };
         let mut emitted = 0usize;
         // Series ids are in label order, so the set is sorted.
@@ -844,6 +945,7 @@ impl Querier for BlockQuerier {
                         chunks: e.chunks,
                         mint: q.mint,
                         maxt: q.maxt,
+                        deleted: q.tombstones.get(id).cloned(),
                     });
                     Some(Ok(s))
                 }
@@ -918,6 +1020,8 @@ struct BlockSeries {
     chunks: Vec<ChunkMeta>,
     mint: i64,
     maxt: i64,
+    /// Deleted intervals of the series (skipped when reading).
+    deleted: Option<Intervals>,
 }
 
 impl Series for BlockSeries {
@@ -969,6 +1073,10 @@ impl BlockSampleIter<'_> {
                 self.err = Some(e);
                 self.buf.clear();
                 return false;
+            }
+            if let Some(iv) = &s.deleted {
+                // A chunk left empty is skipped by the caller, which loads the next one.
+                iv.filter(&mut self.buf);
             }
             return true;
         }
@@ -1131,16 +1239,21 @@ pub fn open_blocks(data_dir: &Path) -> Result<(Vec<Block>, Vec<String>)> {
     }
     // Blocks made obsolete by a compaction that finished writing but crashed before deleting
     // its sources.
+    // A block that names another as a parent holds its data too (also a block rewritten by
+    // `clean_tombstones`, which keeps its sources).
     let mut obsolete: HashSet<String> = HashSet::new();
     for a in &blocks {
         for b in &blocks {
             if a.id() != b.id()
+                // Only blocks of the same resolution supersede each other: a downsampled block
+                // names its raw source as a parent but does not replace it.
                 && a.meta().resolution == b.meta().resolution
-                && b.meta().sources.len() > a.meta().sources.len()
-                && a.meta()
-                    .sources
-                    .iter()
-                    .all(|s| b.meta().sources.contains(s))
+                && (b.meta().parents.iter().any(|p| p == a.id())
+                    || b.meta().sources.len() > a.meta().sources.len()
+                        && a.meta()
+                            .sources
+                            .iter()
+                            .all(|s| b.meta().sources.contains(s)))
             {
                 obsolete.insert(a.id().to_string());
             }

@@ -221,7 +221,7 @@ pub fn write_compacted(
             }
             let entry: SeriesEntry = b.index().series(*id)?;
             part.clear();
-            b.read_series_samples(&entry, &mut part)?;
+            b.read_live_series_samples(*id, &entry, &mut part)?;
             if parts == 0 {
                 samples.extend_from_slice(&part);
             } else {

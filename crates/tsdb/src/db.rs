@@ -11,6 +11,9 @@
 //!   the batch is visible.
 //! - Queries merge the head and every raw block overlapping the range; downsampled blocks are
 //!   read with [`Db::querier_resolution`].
+//! - [`Db::delete`] marks samples deleted (tombstones in the head, logged, and in every block
+//!   overlapping, in its `tombstones` file); [`Db::clean_tombstones`] rewrites the blocks that
+//!   have tombstones without the deleted samples. Cutting and compaction drop deleted samples.
 //! - When the head spans more than 1.5 block ranges, its oldest whole block range is written as a
 //!   block, dropped from the head, and the log is checkpointed and purged. A background thread
 //!   does this, then compaction, downsampling and retention, every
@@ -478,6 +481,69 @@ impl Db {
             .max()
             .unwrap_or(i64::MIN)
             .max(self.inner.head.max_time())
+    }
+
+    /// `delete_series`: marks the samples in `[mint, maxt]` (inclusive) of every series matching
+    /// any of `matcher_sets` as deleted, in the head and in every block overlapping the range.
+    /// Queries stop returning them at once; the intervals are durable when this returns (the
+    /// head's in a fsynced log record, each block's in its `tombstones` file). Serialized with
+    /// cutting and compaction, which drop deleted samples. As in Prometheus each series'
+    /// interval is clamped to the samples it holds now: samples appended later stay visible.
+    pub fn delete(
+        &self,
+        matcher_sets: &[Vec<Matcher>],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<(), DbError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(DbError::Closed);
+        }
+        let _m = self.inner.maintenance.lock();
+        let blocks: Vec<Block> = self.inner.blocks.read().clone();
+        let mut n = 0;
+        for b in blocks.iter().filter(|b| b.meta().overlaps(mint, maxt)) {
+            n += b.delete(matcher_sets, mint, maxt)?;
+        }
+        n += self.inner.head.delete(matcher_sets, mint, maxt)?;
+        tracing::info!(series_intervals = n, mint, maxt, "deleted series");
+        Ok(())
+    }
+
+    /// `clean_tombstones`: rewrites every block that has tombstones without the deleted samples
+    /// (a new block, written like a compaction's, replaces it; a block left empty is deleted).
+    /// Returns the number of blocks rewritten or deleted. The head's tombstones go when its
+    /// data is cut into blocks.
+    pub fn clean_tombstones(&self) -> Result<usize, DbError> {
+        let _m = self.inner.maintenance.lock();
+        let dirty: Vec<Block> = self
+            .inner
+            .blocks
+            .read()
+            .iter()
+            .filter(|b| !b.tombstones().is_empty())
+            .cloned()
+            .collect();
+        for old in &dirty {
+            let new = match crate::tombstones::rewrite_without_tombstones(&self.inner.dir, old)? {
+                Some(meta) => Some(Block::open(&self.inner.dir.join(&meta.id))?),
+                None => None,
+            };
+            {
+                let _view = self.inner.view.write();
+                let mut blocks = self.inner.blocks.write();
+                blocks.retain(|b| b.id() != old.id());
+                if let Some(nb) = &new {
+                    blocks.push(nb.clone());
+                    blocks.sort_by(|a, b| {
+                        (a.meta().min_time, a.meta().max_time)
+                            .cmp(&(b.meta().min_time, b.meta().max_time))
+                    });
+                }
+            }
+            block::delete_block(&self.inner.dir, old.id())?;
+            tracing::info!(block = %old.id(), new_block = ?new.as_ref().map(|b| b.id().to_string()), "cleaned tombstones");
+        }
+        Ok(dirty.len())
     }
 
     /// Makes every committed sample durable, whatever the sync policy (the cluster calls it

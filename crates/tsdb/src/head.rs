@@ -16,12 +16,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::{Mutex, RwLock};
-use tidemark_model::{Labels, Sample};
+use tidemark_model::{Labels, Matcher, Sample};
 
 use crate::chunk::{self, ChunkEncoder};
 use crate::chunks::{ChunkRef, SegmentReader, SegmentWriter, SegmentWriterOptions};
 use crate::log::Log;
-use crate::postings::{Postings, PostingsSource};
+use crate::postings::{Postings, PostingsSource, postings_for_matchers};
+use crate::record::{self, RefTombstone};
+use crate::tombstones::Intervals;
 
 /// Number of stripes of the series maps (a power of two).
 const STRIPES: usize = 1 << 12;
@@ -73,6 +75,8 @@ pub enum HeadError {
     },
     #[error("log: {0}")]
     Log(#[from] crate::log::LogError),
+    #[error("{0}")]
+    Storage(#[from] tidemark_storage::Error),
     #[error("head chunk directory {dir}: {source}")]
     Io {
         dir: PathBuf,
@@ -85,6 +89,7 @@ impl From<HeadError> for tidemark_storage::Error {
     fn from(e: HeadError) -> Self {
         match e {
             HeadError::BadChunk { .. } => tidemark_storage::Error::Corruption(e.to_string()),
+            HeadError::Storage(e) => e,
             other => tidemark_storage::Error::Other(other.to_string()),
         }
     }
@@ -114,6 +119,38 @@ pub(crate) struct SeriesData {
     pub(crate) last_v: f64,
     /// Out-of-order samples (older than `last_t` at their arrival), sorted by time, unique.
     pub(crate) ooo: Vec<Sample>,
+    /// Deleted intervals (`delete_series`): readers skip these samples; cutting a block drops
+    /// them. Boxed: almost every series has none.
+    pub(crate) deleted: Option<Box<Intervals>>,
+}
+
+impl SeriesData {
+    /// Oldest and newest sample time (deleted ones included), `None` without samples.
+    fn bounds(&self) -> Option<(i64, i64)> {
+        let open = self.open.as_ref();
+        let min = self
+            .full
+            .iter()
+            .map(|c| c.min_time)
+            .chain(open.and_then(|o| o.min_time()))
+            .chain(self.ooo.first().map(|x| x.t))
+            .min()?;
+        let max = self
+            .full
+            .iter()
+            .map(|c| c.max_time)
+            .chain(open.and_then(|o| o.max_time()))
+            .chain(self.ooo.last().map(|x| x.t))
+            .max()?;
+        Some((min, max))
+    }
+
+    /// Adds a deleted interval.
+    pub(crate) fn add_deleted(&mut self, mint: i64, maxt: i64) {
+        self.deleted
+            .get_or_insert_with(Default::default)
+            .add(mint, maxt);
+    }
 }
 
 /// One series of the head.
@@ -496,6 +533,9 @@ pub struct Head {
     /// "every logged record is applied" (checkpoints, raising the min valid time) holds the log
     /// lock (no new commit can start) and waits for this to drop to zero.
     pub(crate) inflight: AtomicUsize,
+    /// Some series has deleted intervals: label queries cannot answer from the index alone.
+    /// Set by deletion and replay, recomputed by [`Head::truncate_before`].
+    pub(crate) has_tombstones: AtomicBool,
 }
 
 impl Head {
@@ -525,6 +565,7 @@ impl Head {
             closed: AtomicBool::new(false),
             syncer: Mutex::new(None),
             inflight: AtomicUsize::new(0),
+            has_tombstones: AtomicBool::new(false),
         })
     }
 
@@ -754,8 +795,17 @@ impl Head {
         self.set_min_valid_time(t);
         let mut removed: Vec<(u64, Labels)> = Vec::new();
         let mut new_min = i64::MAX;
+        let mut tombstones = false;
         for s in self.all_series() {
             let mut d = s.data.lock();
+            if let Some(iv) = d.deleted.as_mut() {
+                iv.trim_before(t);
+                if iv.is_empty() {
+                    d.deleted = None;
+                } else {
+                    tombstones = true;
+                }
+            }
             d.full.retain(|c| c.max_time >= t);
             let open_empty = d
                 .open
@@ -809,6 +859,8 @@ impl Head {
             self.num_series.fetch_sub(removed.len(), Ordering::Relaxed);
         }
         self.min_time.store(new_min, Ordering::Release);
+        // Deletions are serialized with truncation by the Db (its maintenance lock).
+        self.has_tombstones.store(tombstones, Ordering::Release);
         if let Some(c) = &self.chunks {
             // Queriers that snapshot before this point may still name chunks of removed
             // segments: those reads fail with a clear error instead of returning stale data.
@@ -817,6 +869,77 @@ impl Head {
             }
         }
         removed.len()
+    }
+
+    /// Marks the samples in `[mint, maxt]` of every series matching any of `matcher_sets` as
+    /// deleted. Each series' interval is clamped to its samples of the moment (as Prometheus
+    /// does), so samples appended later stay visible. The intervals are written to the log as a
+    /// tombstones record and fsynced before they apply; replay re-applies them. Returns the
+    /// number of series given a new interval.
+    pub fn delete(
+        &self,
+        matcher_sets: &[Vec<Matcher>],
+        mint: i64,
+        maxt: i64,
+    ) -> Result<usize, HeadError> {
+        if mint > maxt {
+            return Ok(0);
+        }
+        let mut refs: Vec<u64> = Vec::new();
+        {
+            let idx = self.index.read();
+            for ms in matcher_sets {
+                refs.extend(postings_for_matchers(&*idx, ms)?.iter());
+            }
+        }
+        refs.sort_unstable();
+        refs.dedup();
+        // The log lock keeps commits and checkpoints out until the intervals are applied (a
+        // checkpoint in between would purge the record without carrying the intervals).
+        let mut log = self.log.lock();
+        let mut stones: Vec<(Arc<MemSeries>, RefTombstone)> = Vec::new();
+        for r in refs {
+            let Some(s) = self.series_by_ref(r) else {
+                continue;
+            };
+            let d = s.data.lock();
+            let Some((smin, smax)) = d.bounds() else {
+                continue;
+            };
+            let (a, b) = (mint.max(smin), maxt.min(smax));
+            if a > b || d.deleted.as_ref().is_some_and(|iv| iv.covers(a, b)) {
+                continue;
+            }
+            drop(d);
+            stones.push((
+                s,
+                RefTombstone {
+                    series_ref: r,
+                    mint: a,
+                    maxt: b,
+                },
+            ));
+        }
+        if stones.is_empty() {
+            return Ok(0);
+        }
+        if let Some(log) = log.as_mut() {
+            let list: Vec<RefTombstone> = stones.iter().map(|(_, t)| *t).collect();
+            let mut rec = Vec::with_capacity(list.len() * 12 + 1);
+            record::encode_tombstones(&list, &mut rec);
+            log.append(&rec)?;
+            log.sync()?;
+        }
+        {
+            let _iso = self.isolation.write();
+            for (s, t) in &stones {
+                s.data.lock().add_deleted(t.mint, t.maxt);
+            }
+            self.has_tombstones.store(true, Ordering::Release);
+        }
+        drop(log);
+        tracing::info!(series = stones.len(), mint, maxt, "head: tombstones added");
+        Ok(stones.len())
     }
 
     /// Raises the min valid time under the log lock: commits after this see it, and commits
@@ -909,6 +1032,7 @@ pub(crate) struct SeriesSnapshot {
     full: Vec<ChunkMeta>,
     open: Option<Vec<u8>>,
     ooo: Vec<Sample>,
+    deleted: Option<Intervals>,
 }
 
 impl SeriesSnapshot {
@@ -934,11 +1058,23 @@ impl SeriesSnapshot {
             .get(lo..hi)
             .map(<[Sample]>::to_vec)
             .unwrap_or_default();
-        SeriesSnapshot { full, open, ooo }
+        let deleted = d.deleted.as_deref().cloned();
+        SeriesSnapshot {
+            full,
+            open,
+            ooo,
+            deleted,
+        }
     }
 
+    /// True when the snapshot holds no sample at all (deleted ones included).
     pub(crate) fn is_empty(&self) -> bool {
         self.full.is_empty() && self.open.is_none() && self.ooo.is_empty()
+    }
+
+    /// True when some samples of the snapshot may be deleted (decode to know what is left).
+    pub(crate) fn has_deleted(&self) -> bool {
+        self.deleted.is_some()
     }
 
     pub(crate) fn samples(
@@ -950,6 +1086,13 @@ impl SeriesSnapshot {
     ) -> Result<Vec<Sample>, HeadError> {
         let mut inorder: Vec<Sample> = Vec::new();
         for c in &self.full {
+            if self
+                .deleted
+                .as_ref()
+                .is_some_and(|iv| iv.covers(c.min_time, c.max_time))
+            {
+                continue;
+            }
             head.read_chunk(series_ref, c, &mut inorder)?;
         }
         if let Some(b) = &self.open {
@@ -962,10 +1105,15 @@ impl SeriesSnapshot {
         let lo = inorder.partition_point(|x| x.t < mint);
         let hi = inorder.partition_point(|x| x.t <= maxt);
         let inorder = &inorder[lo..hi];
-        if self.ooo.is_empty() {
-            return Ok(inorder.to_vec());
+        let mut out = if self.ooo.is_empty() {
+            inorder.to_vec()
+        } else {
+            merge_samples(inorder, &self.ooo)
+        };
+        if let Some(iv) = &self.deleted {
+            iv.filter(&mut out);
         }
-        Ok(merge_samples(inorder, &self.ooo))
+        Ok(out)
     }
 }
 

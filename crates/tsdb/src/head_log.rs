@@ -19,7 +19,7 @@ use tidemark_model::Sample;
 use crate::head::{Head, HeadError, MemSeries, SeriesData, U64Map};
 use crate::head_append::Inserted;
 use crate::log::Log;
-use crate::record::{self, Record, RefSample, RefSeries};
+use crate::record::{self, Record, RefSample, RefSeries, RefTombstone};
 
 /// What replay did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -29,6 +29,8 @@ pub struct ReplayStats {
     pub samples: u64,
     /// Samples skipped: before the min valid time, unknown series, or conflicting values.
     pub samples_skipped: u64,
+    /// Deleted intervals re-applied (tombstones records).
+    pub tombstones: u64,
     pub unknown_series_refs: u64,
     /// Records whose payload did not decode (named in `problems`).
     pub bad_records: u64,
@@ -491,6 +493,9 @@ impl Head {
         sink: &mut dyn FnMut(usize, ReplayMsg) -> bool,
     ) {
         let owner = |r: u64| (r % workers as u64) as usize;
+        // Log references whose series the head knows under another reference (tombstones
+        // refer to series by their log reference).
+        let mut aliases: U64Map<Arc<MemSeries>> = U64Map::default();
         while let Some(r) = replay.next_record() {
             let (index, payload) = match r {
                 Ok(x) => x,
@@ -505,6 +510,9 @@ impl Head {
                     for RefSeries { series_ref, labels } in list {
                         let (s, created) = self.get_or_create(&labels, Some(series_ref));
                         s.logged.store(true, Ordering::Release);
+                        if s.series_ref != series_ref {
+                            aliases.insert(series_ref, s.clone());
+                        }
                         stats.series += 1;
                         let msg = ReplayMsg::Series(series_ref, s, created);
                         if !sink(owner(series_ref), msg) {
@@ -527,6 +535,27 @@ impl Head {
                     for (w, part) in parts.into_iter().enumerate() {
                         if !part.is_empty() && !sink(w, ReplayMsg::Samples(part)) {
                             return;
+                        }
+                    }
+                }
+                Ok(Record::Tombstones(list)) => {
+                    // Intervals hide samples whenever these arrive, so they apply right away,
+                    // ahead of samples still buffered or queued for workers.
+                    for RefTombstone {
+                        series_ref,
+                        mint,
+                        maxt,
+                    } in list
+                    {
+                        let s = aliases
+                            .get(&series_ref)
+                            .cloned()
+                            .or_else(|| self.series_by_ref(series_ref));
+                        // A series the log does not define has no samples to hide.
+                        if let Some(s) = s {
+                            s.data.lock().add_deleted(mint, maxt);
+                            self.has_tombstones.store(true, Ordering::Release);
+                            stats.tombstones += 1;
                         }
                     }
                 }
@@ -564,6 +593,23 @@ impl Head {
             for part in samples.chunks(64 * 1024) {
                 let mut b = Vec::with_capacity(part.len() * 6);
                 record::encode_samples(part, &mut b);
+                recs.push(b);
+            }
+            // Deleted samples are left out above; the intervals stay so that out-of-order
+            // samples arriving in them later are hidden after a restart as before it.
+            let stones: Vec<RefTombstone> = batch
+                .iter()
+                .flat_map(|s| {
+                    let d = s.data.lock();
+                    d.deleted.as_ref().map(|iv| iv.as_slice().to_vec()).unwrap_or_default()
+                        .into_iter()
+                        .map(|(mint, maxt)| RefTombstone { series_ref: s.series_ref, mint, maxt })
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            if !stones.is_empty() {
+                let mut b = Vec::with_capacity(stones.len() * 12 + 1);
+                record::encode_tombstones(&stones, &mut b);
                 recs.push(b);
             }
             recs

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use tidemark_model::{Labels, Matcher};
 use tidemark_storage::{ListSeries, Querier, Result, SelectHints, Series, SeriesSet};
@@ -39,6 +40,25 @@ impl HeadQuerier {
     /// True when the head holds data overlapping the querier's range.
     fn overlaps(&self) -> bool {
         self.head.min_time() <= self.maxt && self.head.max_time() >= self.mint
+    }
+
+    /// Label queries without matchers answer from the index unless samples were deleted.
+    fn index_answers(&self, matchers: &[Matcher]) -> bool {
+        matchers.is_empty() && !self.head.has_tombstones.load(Ordering::Acquire)
+    }
+
+    /// True when `s` has a sample (not deleted) in the querier's range.
+    fn has_data_in(&self, s: &MemSeries) -> bool {
+        let snap = SeriesSnapshot::take(s, self.mint, self.maxt);
+        if snap.is_empty() {
+            return false;
+        }
+        if !snap.has_deleted() {
+            return true;
+        }
+        // A read error keeps the series (reading it reports the error).
+        snap.samples(&self.head, s.series_ref, self.mint, self.maxt)
+            .map_or(true, |v| !v.is_empty())
     }
 }
 
@@ -94,7 +114,7 @@ impl Querier for HeadQuerier {
         if !self.overlaps() {
             return Ok(Vec::new());
         }
-        let mut out: Vec<String> = if matchers.is_empty() {
+        let mut out: Vec<String> = if self.index_answers(matchers) {
             let mut v =
                 crate::postings::PostingsSource::label_values(&*self.head.index.read(), name)?;
             v.sort_unstable();
@@ -103,7 +123,7 @@ impl Querier for HeadQuerier {
             let set: BTreeSet<String> = self
                 .matching_series(matchers)?
                 .iter()
-                .filter(|s| has_data_in(s, self.mint, self.maxt))
+                .filter(|s| self.has_data_in(s))
                 .filter_map(|s| s.labels.get(name).map(str::to_string))
                 .collect();
             set.into_iter().collect()
@@ -118,13 +138,13 @@ impl Querier for HeadQuerier {
         if !self.overlaps() {
             return Ok(Vec::new());
         }
-        let mut out = if matchers.is_empty() {
+        let mut out = if self.index_answers(matchers) {
             self.head.index.read().label_names()
         } else {
             let set: BTreeSet<String> = self
                 .matching_series(matchers)?
                 .iter()
-                .filter(|s| has_data_in(s, self.mint, self.maxt))
+                .filter(|s| self.has_data_in(s))
                 .flat_map(|s| label_names_of(&s.labels))
                 .collect();
             set.into_iter().collect()
@@ -138,8 +158,4 @@ impl Querier for HeadQuerier {
 
 fn label_names_of(l: &Labels) -> Vec<String> {
     l.iter().map(|x| x.name.to_string()).collect()
-}
-
-fn has_data_in(s: &MemSeries, mint: i64, maxt: i64) -> bool {
-    !SeriesSnapshot::take(s, mint, maxt).is_empty()
 }

@@ -1,7 +1,8 @@
 //! tidemark-tsdb: the storage engine behind the tidemark-storage traits. Modules are named after
 //! what they own on disk: `chunk` (the Gorilla codec), `chunks` (chunk segment files), `log`
 //! (the segmented write-ahead log), `head` (in-memory recent window), `index` (block index),
-//! `block`, `compact`, `downsample`, `retention`, and `db` which ties them together.
+//! `block`, `tombstones` (deleted intervals), `compact`, `downsample`, `retention`, and `db`
+//! which ties them together.
 
 pub mod analyze;
 pub mod block;
@@ -22,6 +23,7 @@ pub mod record;
 pub mod retention;
 #[doc(hidden)]
 pub mod testdata;
+pub mod tombstones;
 
 pub use db::{Db, DbError, DbOptions, DbStats, OpenReport};
 pub use head::{Head, HeadError, HeadOptions, HeadStats};

@@ -8,6 +8,7 @@
 //!   sample:       varint(ref - base_ref) varint(t - base_t) value
 //!   value:        uvarint((zigzag(v as i64) << 1) | 1)   when v is an integer, |v| < 2^53, not -0.0
 //!                 0x00 + 8 bytes of f64 bits              otherwise (staleness NaN included)
+//! tombstones:     0x03 { uvarint(ref) varint(mint) varint(maxt) }*   deleted [mint, maxt], inclusive
 //! ```
 //!
 //! A series' labels are written once (a series record, before its first samples); sample records
@@ -20,6 +21,16 @@ use tidemark_model::Labels;
 pub const RECORD_SERIES: u8 = 1;
 /// Record type byte of a samples record.
 pub const RECORD_SAMPLES: u8 = 2;
+/// Record type byte of a tombstones record (`delete_series` on the head).
+pub const RECORD_TOMBSTONES: u8 = 3;
+
+/// Samples of a series known by reference deleted in `[mint, maxt]` (both inclusive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefTombstone {
+    pub series_ref: u64,
+    pub mint: i64,
+    pub maxt: i64,
+}
 
 /// A series reference and its labels.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,6 +58,7 @@ impl PartialEq for RefSample {
 pub enum Record {
     Series(Vec<RefSeries>),
     Samples(Vec<RefSample>),
+    Tombstones(Vec<RefTombstone>),
 }
 
 /// A record payload that does not decode.
@@ -201,6 +213,16 @@ pub fn encode_samples(samples: &[RefSample], out: &mut Vec<u8>) {
     }
 }
 
+/// Appends a tombstones record to `out`.
+pub fn encode_tombstones(stones: &[RefTombstone], out: &mut Vec<u8>) {
+    out.push(RECORD_TOMBSTONES);
+    for s in stones {
+        put_uvarint(out, s.series_ref);
+        put_varint(out, s.mint);
+        put_varint(out, s.maxt);
+    }
+}
+
 /// Decodes one record payload. Never panics on arbitrary bytes.
 pub fn decode(buf: &[u8]) -> Result<Record, RecordError> {
     let (&ty, _) = buf.split_first().ok_or(RecordError::Empty)?;
@@ -256,6 +278,20 @@ pub fn decode(buf: &[u8]) -> Result<Record, RecordError> {
                 });
             }
             Ok(Record::Samples(out))
+        }
+        RECORD_TOMBSTONES => {
+            let mut out = Vec::new();
+            while !r.done() {
+                let series_ref = r.uvarint("series ref")?;
+                let mint = r.varint("mint")?;
+                let maxt = r.varint("maxt")?;
+                out.push(RefTombstone {
+                    series_ref,
+                    mint,
+                    maxt,
+                });
+            }
+            Ok(Record::Tombstones(out))
         }
         other => Err(RecordError::UnknownType(other)),
     }
@@ -334,7 +370,7 @@ mod tests {
             let n = rng.random_range(0..40);
             let mut b: Vec<u8> = (0..n).map(|_| rng.random()).collect();
             if rng.random_bool(0.5) && !b.is_empty() {
-                b[0] = rng.random_range(1..3);
+                b[0] = rng.random_range(1..4);
             }
             let mut m = good.clone();
             let i = rng.random_range(0..m.len());
@@ -348,11 +384,32 @@ mod tests {
                     match &rec {
                         Record::Series(s) => encode_series(s, &mut again),
                         Record::Samples(s) => encode_samples(s, &mut again),
+                        Record::Tombstones(s) => encode_tombstones(s, &mut again),
                     }
                     assert_eq!(decode(&again).ok(), Some(rec));
                 }
             }
         }
+    }
+
+    #[test]
+    fn tombstones_round_trip() {
+        let t = vec![
+            RefTombstone {
+                series_ref: 7,
+                mint: i64::MIN,
+                maxt: i64::MAX,
+            },
+            RefTombstone {
+                series_ref: 1,
+                mint: -5,
+                maxt: 1_700_000_000_000,
+            },
+        ];
+        let mut buf = Vec::new();
+        encode_tombstones(&t, &mut buf);
+        assert_eq!(decode(&buf).unwrap(), Record::Tombstones(t));
+        assert!(decode(&buf[..buf.len() - 1]).is_err());
     }
 
     proptest! {
