@@ -84,29 +84,6 @@ impl BatchBuilder {
     }
 }
 
-/// Concatenates batches into one (the series of each, in order): concurrent writes to a shard
-/// become one Raft entry.
-pub fn merge(parts: &[&[u8]]) -> Result<Vec<u8>, BatchError> {
-    let mut total = 0u64;
-    let mut bodies = Vec::with_capacity(parts.len());
-    for p in parts {
-        let mut r = Reader { data: p, pos: 0 };
-        let v = r.u8()?;
-        if v != VERSION {
-            return Err(BatchError::Version(v));
-        }
-        total += r.uvarint()?;
-        bodies.push(&p[r.pos..]);
-    }
-    let mut out = Vec::with_capacity(bodies.iter().map(|b| b.len()).sum::<usize>() + 11);
-    out.push(VERSION);
-    put_uvarint(&mut out, total);
-    for b in bodies {
-        out.extend_from_slice(b);
-    }
-    Ok(out)
-}
-
 /// Decodes a whole batch.
 pub fn decode(data: &[u8]) -> Result<Vec<BatchSeries>, BatchError> {
     let mut out = Vec::new();
@@ -291,21 +268,6 @@ mod tests {
         let mut long = enc.clone();
         long.push(0);
         assert_eq!(decode(&long), Err(BatchError::Trailing(1)));
-    }
-
-    #[test]
-    fn merge_concatenates_series() {
-        let mut a = BatchBuilder::new();
-        a.add(&labels(1), &[(1, 1.0)]);
-        let mut b = BatchBuilder::new();
-        b.add(&labels(2), &[(2, 2.0), (3, 3.0)]);
-        b.add(&labels(3), &[]);
-        let m = merge(&[&a.finish(), &b.finish()]).unwrap();
-        let d = decode(&m).unwrap();
-        assert_eq!(d.len(), 3);
-        assert_eq!(d[0].labels, labels(1));
-        assert_eq!(d[1].samples, vec![(2, 2.0), (3, 3.0)]);
-        assert!(merge(&[&[9u8][..]]).is_err());
     }
 
     proptest! {

@@ -170,66 +170,6 @@ pub struct Node {
     started: Instant,
     pub stats: WriteStats,
     shutdown: tokio::sync::watch::Sender<bool>,
-    /// Per hosted shard: the queue of the task that proposes writes to Raft (see `propose_loop`).
-    proposers: HashMap<u32, tokio::sync::mpsc::Sender<Proposal>>,
-}
-
-type WriteResult = Result<ApplyResult, (Option<NodeId>, String)>;
-
-/// A write waiting to be proposed.
-#[derive(Debug)]
-struct Proposal {
-    batch: Vec<u8>,
-    done: tokio::sync::oneshot::Sender<WriteResult>,
-}
-
-/// Largest merged entry (bytes of batch).
-const MAX_ENTRY_BYTES: usize = 8 << 20;
-
-/// Proposes one shard's writes: while one entry is being committed, the writes that arrive are
-/// merged into the next entry (group commit at the Raft level: fewer entries, fsyncs and RPCs per
-/// sample under concurrent load; one write alone is proposed at once).
-async fn propose_loop(
-    raft: Raft,
-    mut rx: tokio::sync::mpsc::Receiver<Proposal>,
-    timeout: Duration,
-) {
-    while let Some(first) = rx.recv().await {
-        let mut group = vec![first];
-        let mut bytes = group[0].batch.len();
-        while bytes < MAX_ENTRY_BYTES {
-            match rx.try_recv() {
-                Ok(p) => {
-                    bytes += p.batch.len();
-                    group.push(p);
-                }
-                Err(_) => break,
-            }
-        }
-        let merged = if group.len() == 1 {
-            Ok(std::mem::take(&mut group[0].batch))
-        } else {
-            let parts: Vec<&[u8]> = group.iter().map(|p| p.batch.as_slice()).collect();
-            crate::batch::merge(&parts)
-        };
-        let res: WriteResult = match merged {
-            Err(e) => Err((None, e.to_string())),
-            // A leader cut off from its quorum never commits: bound the wait so that the
-            // writes queued behind it get an answer (the entry may still commit later; a retry
-            // of it is harmless).
-            Ok(b) => match tokio::time::timeout(timeout, raft.client_write(Batch(b))).await {
-                Ok(Ok(r)) => Ok(r.data),
-                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                    Err((f.leader_id, "not the leader".into()))
-                }
-                Ok(Err(e)) => Err((None, e.to_string())),
-                Err(_) => Err((None, "no quorum acknowledged the write in time".into())),
-            },
-        };
-        for p in group {
-            let _ = p.done.send(res.clone());
-        }
-    }
 }
 
 impl Node {
@@ -299,14 +239,7 @@ impl Node {
             );
         }
         let (shutdown, _) = tokio::sync::watch::channel(false);
-        let mut proposers = HashMap::new();
-        for sh in shards.values() {
-            let (tx, rx) = tokio::sync::mpsc::channel(1024);
-            tokio::spawn(propose_loop(sh.raft.clone(), rx, opts.write_timeout));
-            proposers.insert(sh.id, tx);
-        }
         let node = Arc::new(Node {
-            proposers,
             ids: ids.clone(),
             shards,
             clients,
@@ -612,18 +545,19 @@ impl Node {
         s: u32,
         batch: Vec<u8>,
     ) -> Result<ApplyResult, (Option<NodeId>, String)> {
-        let Some(q) = self.proposers.get(&s) else {
+        let Some(sh) = self.shards.get(&s) else {
             return Err((
                 None,
                 format!("shard {s} is not hosted on node {}", self.opts.node_id),
             ));
         };
-        let (done, rx) = tokio::sync::oneshot::channel();
-        if q.send(Proposal { batch, done }).await.is_err() {
-            return Err((None, "the shard's proposer stopped".into()));
+        match sh.raft.client_write(Batch(batch)).await {
+            Ok(r) => Ok(r.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err((f.leader_id, "not the leader".into()))
+            }
+            Err(e) => Err((None, e.to_string())),
         }
-        rx.await
-            .unwrap_or_else(|_| Err((None, "the shard's proposer stopped".into())))
     }
 
     /// Writes batches to their shards in parallel. Ok only when every shard acknowledged.
