@@ -23,8 +23,10 @@ use tonic::{Request, Response, Status};
 use crate::log_store::LogStore;
 use crate::network::{Clients, MAX_MESSAGE_BYTES, NetworkFactory};
 use crate::pb;
+use crate::pb::cluster_client::ClusterClient;
 use crate::state_machine::{ShardData, StateMachine};
 use crate::types::{ApplyResult, Batch, NodeId, Raft, decode, encode};
+use tonic::transport::Channel;
 
 /// Samples per chunk in select replies.
 const CHUNK_SAMPLES: usize = 240;
@@ -432,6 +434,15 @@ impl Node {
         self.leader_hint.lock().get(&s).copied()
     }
 
+    /// The leader to try for shard `s`: the known one, else the replicas in turn.
+    fn leader_guess(&self, s: u32, attempt: u32) -> Option<NodeId> {
+        self.leader_of(s).or_else(|| {
+            shard_replicas(&self.ids, s, self.opts.replication_factor)
+                .get(attempt as usize % self.opts.replication_factor.max(1))
+                .copied()
+        })
+    }
+
     fn set_hint(&self, s: u32, leader: Option<NodeId>) {
         let mut g = self.leader_hint.lock();
         match leader {
@@ -463,11 +474,7 @@ impl Node {
                 }
                 tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt.min(6)))).await;
             }
-            let leader = self.leader_of(s).or_else(|| {
-                shard_replicas(&self.ids, s, self.opts.replication_factor)
-                    .get(attempt as usize % self.opts.replication_factor.max(1))
-                    .copied()
-            });
+            let leader = self.leader_guess(s, attempt);
             let Some(leader) = leader else { continue };
             if leader == self.opts.node_id {
                 // A leader cut off from its quorum never commits: bound the wait.
@@ -623,15 +630,22 @@ impl Node {
             .ok_or_else(|| (None, "shard data is being replaced".to_string()))
     }
 
-    /// Reads shard `s` from its leader (or from this replica when `allow_stale`).
-    pub async fn select_shard(
+    /// Runs a read of shard `s` on its leader: `local` with this replica's Db when this node
+    /// leads (and may serve reads), else `remote` against the leader's service. Follows leader
+    /// hints and retries with backoff until `read_timeout`. `remote` answers `Ok(Err((leader,
+    /// reason)))` when the node it asked cannot serve the read.
+    async fn read_on_leader<T, L, LF, R, RF>(
         &self,
         s: u32,
-        matchers: &[Matcher],
-        mint: i64,
-        maxt: i64,
-        allow_stale: bool,
-    ) -> Result<Vec<ShardSeries>, ClusterError> {
+        local: L,
+        remote: R,
+    ) -> Result<T, ClusterError>
+    where
+        L: Fn(Db) -> LF,
+        LF: std::future::Future<Output = Result<T, ClusterError>>,
+        R: Fn(ClusterClient<Channel>, Duration) -> RF,
+        RF: std::future::Future<Output = Result<Result<T, (NodeId, String)>, Status>>,
+    {
         let deadline = Instant::now() + self.opts.read_timeout;
         let mut last_err = String::from("no leader known");
         let mut attempt = 0u32;
@@ -646,21 +660,14 @@ impl Node {
                 }
                 tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt.min(6)))).await;
             }
-            if allow_stale && let Some(db) = self.shards.get(&s).and_then(|sh| sh.data.db()) {
-                return local_select(db, matchers.to_vec(), mint, maxt).await;
-            }
-            let leader = self.leader_of(s).or_else(|| {
-                shard_replicas(&self.ids, s, self.opts.replication_factor)
-                    .get(attempt as usize % self.opts.replication_factor.max(1))
-                    .copied()
-            });
+            let leader = self.leader_guess(s, attempt);
             let Some(leader) = leader else { continue };
             if leader == self.opts.node_id {
                 let Some(sh) = self.shards.get(&s) else {
                     continue;
                 };
                 match self.ensure_readable(sh).await {
-                    Ok(db) => return local_select(db, matchers.to_vec(), mint, maxt).await,
+                    Ok(db) => return local(db).await,
                     Err((hint, e)) => {
                         self.set_hint(s, hint);
                         last_err = e;
@@ -668,30 +675,17 @@ impl Node {
                     }
                 }
             }
-            let Ok(mut c) = self.clients.get(leader, &self.addr_of(leader)) else {
+            let Ok(c) = self.clients.get(leader, &self.addr_of(leader)) else {
                 continue;
             };
-            let mut r = Request::new(pb::SelectRequest {
-                shard: s,
-                matchers: matchers.iter().map(to_pb_matcher).collect(),
-                min_time: mint,
-                max_time: maxt,
-                allow_stale: false,
-            });
-            r.set_timeout(
-                deadline
-                    .saturating_duration_since(Instant::now())
-                    .max(Duration::from_millis(100)),
-            );
-            match c.select(r).await {
-                Ok(rep) => {
-                    let rep = rep.into_inner();
-                    if !rep.error.is_empty() {
-                        self.set_hint(s, Some(rep.leader));
-                        last_err = rep.error;
-                        continue;
-                    }
-                    return decode_series(rep.series).map_err(ClusterError::Other);
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(100));
+            match remote(c, left).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err((hint, e))) => {
+                    self.set_hint(s, Some(hint));
+                    last_err = e;
                 }
                 Err(st) => {
                     self.set_hint(s, None);
@@ -699,6 +693,43 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Reads shard `s` from its leader (or from this replica when `allow_stale`).
+    pub async fn select_shard(
+        &self,
+        s: u32,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        allow_stale: bool,
+    ) -> Result<Vec<ShardSeries>, ClusterError> {
+        if allow_stale && let Some(db) = self.shards.get(&s).and_then(|sh| sh.data.db()) {
+            return local_select(db, matchers.to_vec(), mint, maxt).await;
+        }
+        let pb_matchers: Vec<pb::LabelMatcher> = matchers.iter().map(to_pb_matcher).collect();
+        self.read_on_leader(
+            s,
+            |db| local_select(db, matchers.to_vec(), mint, maxt),
+            |mut c, timeout| {
+                let mut r = Request::new(pb::SelectRequest {
+                    shard: s,
+                    matchers: pb_matchers.clone(),
+                    min_time: mint,
+                    max_time: maxt,
+                    allow_stale: false,
+                });
+                r.set_timeout(timeout);
+                async move {
+                    let rep = c.select(r).await?.into_inner();
+                    if !rep.error.is_empty() {
+                        return Ok(Err((rep.leader, rep.error)));
+                    }
+                    Ok(Ok(decode_series(rep.series).map_err(Status::internal)?))
+                }
+            },
+        )
+        .await
     }
 
     /// Label names (`name` empty) or values of label `name` in shard `s`.
@@ -711,87 +742,45 @@ impl Node {
         maxt: i64,
         limit: usize,
     ) -> Result<Vec<String>, ClusterError> {
-        let deadline = Instant::now() + self.opts.read_timeout;
-        let mut last_err = String::from("no leader known");
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            if attempt > 1 {
-                if Instant::now() >= deadline {
-                    return Err(ClusterError::Unavailable {
-                        shard: s,
-                        reason: last_err,
-                    });
-                }
-                tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt.min(6)))).await;
-            }
-            let leader = self.leader_of(s).or_else(|| {
-                shard_replicas(&self.ids, s, self.opts.replication_factor)
-                    .get(attempt as usize % self.opts.replication_factor.max(1))
-                    .copied()
-            });
-            let Some(leader) = leader else { continue };
-            if leader == self.opts.node_id {
-                let Some(sh) = self.shards.get(&s) else {
-                    continue;
-                };
-                match self.ensure_readable(sh).await {
-                    Ok(db) => {
-                        return local_labels(
-                            db,
-                            name.map(str::to_string),
-                            matchers.to_vec(),
-                            mint,
-                            maxt,
-                            limit,
-                        )
-                        .await;
+        let pb_matchers: Vec<pb::LabelMatcher> = matchers.iter().map(to_pb_matcher).collect();
+        self.read_on_leader(
+            s,
+            |db| {
+                local_labels(
+                    db,
+                    name.map(str::to_string),
+                    matchers.to_vec(),
+                    mint,
+                    maxt,
+                    limit,
+                )
+            },
+            |mut c, timeout| {
+                let mut r = Request::new(pb::LabelsRequest {
+                    shard: s,
+                    name: name.unwrap_or_default().to_string(),
+                    matchers: pb_matchers.clone(),
+                    min_time: mint,
+                    max_time: maxt,
+                    limit: limit as u64,
+                    allow_stale: false,
+                });
+                r.set_timeout(timeout);
+                async move {
+                    let rep = if name.is_some() {
+                        c.label_values(r).await?
+                    } else {
+                        c.label_names(r).await?
                     }
-                    Err((hint, e)) => {
-                        self.set_hint(s, hint);
-                        last_err = e;
-                        continue;
-                    }
-                }
-            }
-            let Ok(mut c) = self.clients.get(leader, &self.addr_of(leader)) else {
-                continue;
-            };
-            let mut r = Request::new(pb::LabelsRequest {
-                shard: s,
-                name: name.unwrap_or_default().to_string(),
-                matchers: matchers.iter().map(to_pb_matcher).collect(),
-                min_time: mint,
-                max_time: maxt,
-                limit: limit as u64,
-                allow_stale: false,
-            });
-            r.set_timeout(
-                deadline
-                    .saturating_duration_since(Instant::now())
-                    .max(Duration::from_millis(100)),
-            );
-            let res = if name.is_some() {
-                c.label_values(r).await
-            } else {
-                c.label_names(r).await
-            };
-            match res {
-                Ok(rep) => {
-                    let rep = rep.into_inner();
+                    .into_inner();
                     if !rep.error.is_empty() {
-                        self.set_hint(s, Some(rep.leader));
-                        last_err = rep.error;
-                        continue;
+                        return Ok(Err((rep.leader, rep.error)));
                     }
-                    return Ok(rep.values);
+                    Ok(Ok(rep.values))
                 }
-                Err(st) => {
-                    self.set_hint(s, None);
-                    last_err = format!("node {leader}: {}", st.message());
-                }
-            }
-        }
+            },
+        )
+        .await
     }
 
     /// This node's view of the cluster.
@@ -1150,27 +1139,17 @@ impl pb::cluster_server::Cluster for Service {
     ) -> Result<Response<pb::SelectReply>, Status> {
         let node = self.node()?;
         let req = req.into_inner();
-        let sh = self.shard(&node, req.shard)?;
-        let matchers = req
-            .matchers
-            .iter()
-            .map(from_pb_matcher)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(Status::invalid_argument)?;
-        let db = if req.allow_stale {
-            sh.data
-                .db()
-                .ok_or_else(|| Status::unavailable("shard data is being replaced"))?
-        } else {
-            match node.ensure_readable(&sh).await {
-                Ok(db) => db,
-                Err((l, e)) => {
-                    return Ok(Response::new(pb::SelectReply {
-                        error: e,
-                        leader: l.unwrap_or(0),
-                        ..Default::default()
-                    }));
-                }
+        let (db, matchers) = match self
+            .read_target(&node, req.shard, &req.matchers, req.allow_stale)
+            .await?
+        {
+            Ok(x) => x,
+            Err((l, e)) => {
+                return Ok(Response::new(pb::SelectReply {
+                    error: e,
+                    leader: l.unwrap_or(0),
+                    ..Default::default()
+                }));
             }
         };
         let series = local_select(db, matchers, req.min_time, req.max_time)
@@ -1212,34 +1191,51 @@ impl pb::cluster_server::Cluster for Service {
     }
 }
 
+/// A read target: this replica's Db and the request's matchers, or why this replica must not
+/// serve the read (leader hint, reason) — then the caller answers with the hint.
+type ReadTarget = Result<(Db, Vec<Matcher>), (Option<NodeId>, String)>;
+
 impl Service {
+    async fn read_target(
+        &self,
+        node: &Node,
+        shard: u32,
+        matchers: &[pb::LabelMatcher],
+        allow_stale: bool,
+    ) -> Result<ReadTarget, Status> {
+        let sh = self.shard(node, shard)?;
+        let matchers = matchers
+            .iter()
+            .map(from_pb_matcher)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(Status::invalid_argument)?;
+        if allow_stale {
+            let db = sh
+                .data
+                .db()
+                .ok_or_else(|| Status::unavailable("shard data is being replaced"))?;
+            return Ok(Ok((db, matchers)));
+        }
+        Ok(node.ensure_readable(&sh).await.map(|db| (db, matchers)))
+    }
+
     async fn labels(
         &self,
         req: pb::LabelsRequest,
         values: bool,
     ) -> Result<Response<pb::LabelsReply>, Status> {
         let node = self.node()?;
-        let sh = self.shard(&node, req.shard)?;
-        let matchers = req
-            .matchers
-            .iter()
-            .map(from_pb_matcher)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(Status::invalid_argument)?;
-        let db = if req.allow_stale {
-            sh.data
-                .db()
-                .ok_or_else(|| Status::unavailable("shard data is being replaced"))?
-        } else {
-            match node.ensure_readable(&sh).await {
-                Ok(db) => db,
-                Err((l, e)) => {
-                    return Ok(Response::new(pb::LabelsReply {
-                        error: e,
-                        leader: l.unwrap_or(0),
-                        ..Default::default()
-                    }));
-                }
+        let (db, matchers) = match self
+            .read_target(&node, req.shard, &req.matchers, req.allow_stale)
+            .await?
+        {
+            Ok(x) => x,
+            Err((l, e)) => {
+                return Ok(Response::new(pb::LabelsReply {
+                    error: e,
+                    leader: l.unwrap_or(0),
+                    ..Default::default()
+                }));
             }
         };
         let name = values.then_some(req.name);

@@ -854,17 +854,10 @@ fn rolling_restart_under_load_loses_no_acknowledged_write() {
 }
 
 fn alert_states(n: &ClusterNode, name: &str) -> Vec<String> {
-    let Ok((200, body)) = n.http("GET", "/api/v1/alerts", "text/plain", b"") else {
-        return Vec::new();
-    };
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    v["data"]["alerts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|a| a["labels"]["alertname"] == name)
-        .map(|a| a["state"].as_str().unwrap().to_string())
-        .collect()
+    match n.http("GET", "/api/v1/alerts", "text/plain", b"") {
+        Ok((200, body)) => server::alert_states_in(&body, name),
+        _ => Vec::new(),
+    }
 }
 
 #[test]

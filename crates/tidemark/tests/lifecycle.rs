@@ -11,17 +11,10 @@ use std::time::{Duration, Instant};
 use server::{Server, send_signal};
 
 fn alert_states(s: &Server, name: &str) -> Vec<String> {
-    let Ok((200, body)) = s.request("GET", "/api/v1/alerts", None) else {
-        return Vec::new();
-    };
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    v["data"]["alerts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|a| a["labels"]["alertname"] == name)
-        .map(|a| a["state"].as_str().unwrap().to_string())
-        .collect()
+    match s.request("GET", "/api/v1/alerts", None) {
+        Ok((200, body)) => server::alert_states_in(body.as_bytes(), name),
+        _ => Vec::new(),
+    }
 }
 
 #[test]

@@ -155,3 +155,15 @@ pub fn urlencode(s: &str) -> String {
 pub fn result(v: &serde_json::Value) -> &Vec<serde_json::Value> {
     v["data"]["result"].as_array().unwrap()
 }
+
+/// States of the alerts named `name` in a `/api/v1/alerts` response body.
+pub fn alert_states_in(body: &[u8], name: &str) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+    v["data"]["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["labels"]["alertname"] == name)
+        .map(|a| a["state"].as_str().unwrap().to_string())
+        .collect()
+}
