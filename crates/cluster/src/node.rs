@@ -816,6 +816,11 @@ impl Node {
                     term: m.current_term,
                     checksum: 0,
                     samples: 0,
+                    rejected_samples: sh.data.rejected_samples(),
+                    dropped_at_commit: sh
+                        .data
+                        .db()
+                        .map_or(0, |d| d.head().stats().samples_dropped_at_commit),
                 }
             })
             .collect();

@@ -45,6 +45,7 @@ fn status_json(st: &tidemark_cluster::pb::StatusReply) -> serde_json::Value {
             "snapshot_index": s.snapshot_index, "voters": s.voters,
             "head_series": s.head_series,
             "checksum": format!("{:016x}", s.checksum), "samples": s.samples,
+            "rejected_samples": s.rejected_samples, "dropped_at_commit": s.dropped_at_commit,
             "replication": s.replication.iter().map(|r| serde_json::json!({
                 "node": r.node, "matched": r.matched,
             })).collect::<Vec<_>>(),
