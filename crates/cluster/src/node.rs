@@ -148,6 +148,14 @@ pub struct ShardSeries {
     pub samples: Vec<tidemark_model::Sample>,
 }
 
+/// Where a read of one shard is served: this node's replica (read it lazily, in place), or
+/// the series another node sent.
+#[derive(Debug)]
+pub enum ShardRead {
+    Local(Db),
+    Remote(Vec<ShardSeries>),
+}
+
 /// Write figures (exposed in /metrics).
 #[derive(Debug, Default)]
 pub struct WriteStats {
@@ -602,17 +610,7 @@ impl Node {
         // timeout passes without a heartbeat), and when it has applied its whole log (including
         // the blank entry of its own term) every acknowledged write is visible here. Otherwise
         // confirm leadership with a read-index round (ensure_linearizable).
-        let lease_ms = self.opts.election_timeout_ms.0 / 2;
-        let leased = {
-            let m = sh.raft.metrics();
-            let m = m.borrow();
-            m.state == openraft::ServerState::Leader
-                && m.current_leader == Some(self.opts.node_id)
-                && m.millis_since_quorum_ack.is_some_and(|ms| ms < lease_ms)
-                && m.last_log_index.is_some()
-                && m.last_applied.map(|l| l.index) == m.last_log_index
-        };
-        if leased {
+        if self.leased_applied(sh).is_some() {
             return sh
                 .data
                 .db()
@@ -628,6 +626,71 @@ impl Node {
         sh.data
             .db()
             .ok_or_else(|| (None, "shard data is being replaced".to_string()))
+    }
+
+    /// The read index this leader hands out for shard `sh` (Raft's ReadIndex): an index every
+    /// write acknowledged so far is at or below. Under the lease (see [`Node::ensure_readable`])
+    /// that is the applied index; otherwise leadership is confirmed by a heartbeat round.
+    async fn read_index(&self, sh: &Shard) -> Result<u64, (Option<NodeId>, String)> {
+        if let Some(i) = self.leased_applied(sh) {
+            return Ok(i);
+        }
+        match sh.raft.get_read_log_id().await {
+            Ok((read, _)) => Ok(read.map_or(0, |l| l.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err((f.leader_id, "not the leader".into()))
+            }
+            Err(e) => Err((None, e.to_string())),
+        }
+    }
+
+    /// The applied index when this node leads `sh` under a valid lease with its whole log
+    /// applied; `None` otherwise.
+    fn leased_applied(&self, sh: &Shard) -> Option<u64> {
+        let lease_ms = self.opts.election_timeout_ms.0 / 2;
+        let m = sh.raft.metrics();
+        let m = m.borrow();
+        let ok = m.state == openraft::ServerState::Leader
+            && m.current_leader == Some(self.opts.node_id)
+            && m.millis_since_quorum_ack.is_some_and(|ms| ms < lease_ms)
+            && m.last_log_index.is_some()
+            && m.last_applied.map(|l| l.index) == m.last_log_index;
+        if ok {
+            m.last_applied.map(|l| l.index)
+        } else {
+            None
+        }
+    }
+
+    /// This node's replica of shard `s`, when it may serve a read that sees every acknowledged
+    /// write: as the leader ([`Node::ensure_readable`]), or as a follower once it has applied
+    /// the leader's read index (one small RPC instead of shipping the data). `None`: read on
+    /// the leader instead.
+    async fn readable_here(&self, s: u32) -> Option<Db> {
+        let sh = self.shards.get(&s)?;
+        let leader = self.leader_of(s)?;
+        if leader == self.opts.node_id {
+            return self.ensure_readable(sh).await.ok();
+        }
+        let mut c = self.clients.get(leader, &self.addr_of(leader)).ok()?;
+        let mut r = Request::new(pb::ReadIndexRequest { shard: s });
+        r.set_timeout(Duration::from_secs(1));
+        let rep = c.read_index(r).await.ok()?.into_inner();
+        if rep.index < 0 {
+            if rep.leader != 0 {
+                self.set_hint(s, Some(rep.leader));
+            }
+            return None;
+        }
+        let waited = sh
+            .raft
+            .wait(Some(Duration::from_millis(500)))
+            .applied_index_at_least(Some(rep.index as u64), "follower read")
+            .await;
+        if waited.is_err() {
+            return None;
+        }
+        sh.data.db()
     }
 
     /// Runs a read of shard `s` on its leader: `local` with this replica's Db when this node
@@ -695,6 +758,27 @@ impl Node {
         }
     }
 
+    /// Where to read shard `s` from: this replica when it may serve the read (always, with
+    /// `allow_stale`), else the series its leader sends.
+    pub async fn select_shard_read(
+        &self,
+        s: u32,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        allow_stale: bool,
+    ) -> Result<ShardRead, ClusterError> {
+        if allow_stale && let Some(db) = self.shards.get(&s).and_then(|sh| sh.data.db()) {
+            return Ok(ShardRead::Local(db));
+        }
+        if let Some(db) = self.readable_here(s).await {
+            return Ok(ShardRead::Local(db));
+        }
+        self.select_shard(s, matchers, mint, maxt, false)
+            .await
+            .map(ShardRead::Remote)
+    }
+
     /// Reads shard `s` from its leader (or from this replica when `allow_stale`).
     pub async fn select_shard(
         &self,
@@ -742,6 +826,17 @@ impl Node {
         maxt: i64,
         limit: usize,
     ) -> Result<Vec<String>, ClusterError> {
+        if let Some(db) = self.readable_here(s).await {
+            return local_labels(
+                db,
+                name.map(str::to_string),
+                matchers.to_vec(),
+                mint,
+                maxt,
+                limit,
+            )
+            .await;
+        }
         let pb_matchers: Vec<pb::LabelMatcher> = matchers.iter().map(to_pb_matcher).collect();
         self.read_on_leader(
             s,
@@ -1182,6 +1277,25 @@ impl pb::cluster_server::Cluster for Service {
         req: Request<pb::LabelsRequest>,
     ) -> Result<Response<pb::LabelsReply>, Status> {
         self.labels(req.into_inner(), true).await
+    }
+
+    async fn read_index(
+        &self,
+        req: Request<pb::ReadIndexRequest>,
+    ) -> Result<Response<pb::ReadIndexReply>, Status> {
+        let node = self.node()?;
+        let sh = self.shard(&node, req.into_inner().shard)?;
+        Ok(Response::new(match node.read_index(&sh).await {
+            Ok(i) => pb::ReadIndexReply {
+                index: i64::try_from(i).unwrap_or(i64::MAX),
+                ..Default::default()
+            },
+            Err((leader, e)) => pb::ReadIndexReply {
+                index: -1,
+                leader: leader.unwrap_or(0),
+                error: e,
+            },
+        }))
     }
 
     async fn status(

@@ -551,7 +551,14 @@ fn follower_down_past_log_truncation_catches_up_from_a_snapshot() {
     // down, write enough for both shards to snapshot and purge their logs several times.
     c.nodes[2].kill9();
     let w = start_writer(vec![c.nodes[0].http, c.nodes[1].http], base, 0);
-    std::thread::sleep(Duration::from_secs(6));
+    // At least 6 s, and until enough writes went through for several snapshots (a loaded
+    // machine acknowledges fewer per second).
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(6)
+        || (w.acked.lock().unwrap().len() <= 150 && started.elapsed() < Duration::from_secs(40))
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let (acked, _) = w.finish();
     assert!(
         acked.len() > 150,
