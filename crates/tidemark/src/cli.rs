@@ -69,6 +69,37 @@ pub(crate) enum ClusterCommand {
         #[arg(long)]
         checksums: bool,
     },
+    /// Adds a node (started with `--cluster.join`) to the cluster; shard replicas then move to
+    /// it through Raft membership changes, with no downtime.
+    AddNode {
+        /// Cluster (gRPC) address of any current node.
+        #[arg(long, default_value = "127.0.0.1:9290")]
+        address: String,
+        /// Id of the new node (its `--cluster.node-id`).
+        #[arg(long = "node-id")]
+        node_id: u64,
+        /// Cluster address the other nodes reach the new node at.
+        #[arg(long = "node-address")]
+        node_address: String,
+        /// Wait until every shard's replicas have moved (up to this many seconds; 0: return
+        /// once the node is a member).
+        #[arg(long, default_value_t = 300)]
+        wait: u64,
+    },
+    /// Removes a node: its shard replicas move to the remaining nodes, then it leaves the
+    /// cluster (stop it afterwards).
+    RemoveNode {
+        /// Cluster (gRPC) address of any node (not the one removed).
+        #[arg(long, default_value = "127.0.0.1:9290")]
+        address: String,
+        /// Id of the node to remove.
+        #[arg(long = "node-id")]
+        node_id: u64,
+        /// Wait until every shard's replicas have moved (up to this many seconds; 0: return
+        /// once the node is no longer a member).
+        #[arg(long, default_value_t = 300)]
+        wait: u64,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -162,6 +193,11 @@ pub(crate) struct ServerArgs {
     /// Number of shards; fixed when the cluster is created.
     #[arg(long = "cluster.shards", default_value_t = 8)]
     pub(crate) cluster_shards: u32,
+
+    /// Start as a new node of an existing cluster: initialize nothing and wait for
+    /// `tidemark cluster add-node` (its --cluster.peers lists the current nodes and itself).
+    #[arg(long = "cluster.join")]
+    pub(crate) cluster_join: bool,
 
     /// Replicas of each shard (capped at the number of nodes).
     #[arg(long = "cluster.replication-factor", default_value_t = 3)]

@@ -225,6 +225,7 @@ async fn start_cluster_node(
         tidemark_cluster::node::ClusterOptions::new(id, listen, peers, storage_path.to_path_buf());
     o.num_shards = args.cluster_shards.max(1);
     o.replication_factor = args.cluster_replication_factor.max(1);
+    o.join = args.cluster_join;
     o.snapshot_after_entries = args.cluster_snapshot_after_entries.max(10);
     o.keep_entries_after_snapshot = args.cluster_keep_entries;
     o.db = DbOptions {

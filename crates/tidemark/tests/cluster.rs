@@ -966,3 +966,153 @@ fn rule_groups_spread_and_a_firing_alert_stays_firing_after_failover() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Runs `tidemark cluster <args>` and asserts it succeeds.
+fn cluster_cmd(args: &[String]) {
+    let out = Command::new(BIN)
+        .arg("cluster")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tidemark cluster {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Voters of each shard led by `n`, from its status.
+fn led_voters(n: &ClusterNode) -> BTreeMap<u64, BTreeSet<u64>> {
+    let st = n.status().unwrap();
+    st["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["leader"].as_u64() == Some(n.id))
+        .map(|s| {
+            (
+                s["shard"].as_u64().unwrap(),
+                s["voters"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64().unwrap())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn add_node_and_remove_node_move_replicas_under_load() {
+    let shards = 3;
+    let mut c = start_cluster(3, shards, &["--cluster.snapshot-after-entries=100"]);
+    let base = now_ms() - 120_000;
+    let w = start_writer(c.nodes.iter().map(|n| n.http).collect(), base, 0);
+    std::thread::sleep(Duration::from_secs(2));
+
+    // A fourth node joins: started with --cluster.join, then added through node 1.
+    let (h4, c4) = (free_port(), free_port());
+    let data = c.nodes[0].dir.join("n4");
+    std::fs::create_dir_all(&data).unwrap();
+    let peers: Vec<String> = c
+        .nodes
+        .iter()
+        .map(|n| format!("{}=127.0.0.1:{}", n.id, n.cport))
+        .chain([format!("4=127.0.0.1:{c4}")])
+        .collect();
+    let mut n4 = ClusterNode {
+        id: 4,
+        http: h4,
+        cport: c4,
+        dir: c.nodes[0].dir.clone(),
+        args: vec![
+            format!("--web.listen-address=127.0.0.1:{h4}"),
+            format!("--storage.path={}", data.display()),
+            "--cluster.node-id=4".to_string(),
+            format!("--cluster.listen-address=127.0.0.1:{c4}"),
+            format!("--cluster.peers={}", peers.join(",")),
+            format!("--cluster.shards={shards}"),
+            "--cluster.join".to_string(),
+            "--log.level=info".to_string(),
+        ],
+        child: None,
+    };
+    n4.start();
+    c.nodes.push(n4);
+    let t = Instant::now();
+    cluster_cmd(&[
+        "add-node".into(),
+        "--address".into(),
+        format!("127.0.0.1:{}", c.nodes[0].cport),
+        "--node-id=4".into(),
+        format!("--node-address=127.0.0.1:{c4}"),
+        "--wait=120".into(),
+    ]);
+    eprintln!("add-node: replicas moved in {:?}", t.elapsed());
+    // The map over nodes 1-4 (shard s on ids[(s+k) % 4], k < 3).
+    let want: BTreeMap<u64, BTreeSet<u64>> = [
+        (0, BTreeSet::from([1, 2, 3])),
+        (1, BTreeSet::from([2, 3, 4])),
+        (2, BTreeSet::from([1, 3, 4])),
+    ]
+    .into();
+    let mut got = BTreeMap::new();
+    for n in &c.nodes {
+        got.extend(led_voters(n));
+    }
+    assert_eq!(got, want, "voters after add-node");
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Node 1 leaves: writes stop going to it, its replicas move to nodes 2-4.
+    w.dead.lock().unwrap().insert(0);
+    let t = Instant::now();
+    cluster_cmd(&[
+        "remove-node".into(),
+        "--address".into(),
+        format!("127.0.0.1:{}", c.nodes[1].cport),
+        "--node-id=1".into(),
+        "--wait=120".into(),
+    ]);
+    eprintln!("remove-node: replicas moved in {:?}", t.elapsed());
+    std::thread::sleep(Duration::from_secs(2));
+    let (acked, failed) = w.finish();
+    // No downtime: every write was acknowledged (a leader that left was replaced within the
+    // write timeout, which the node absorbs by retrying).
+    assert_eq!(failed, 0, "{failed} writes failed while replicas moved");
+    assert!(
+        acked.len() > 100,
+        "only {} writes acknowledged",
+        acked.len()
+    );
+    // Node 1 dropped its replicas once the others committed the change; then it is stopped.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = c.nodes[0].status().unwrap();
+        if st["shards"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 1 still hosts replicas after remove-node: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let mut n1 = c.nodes.remove(0);
+    n1.kill9();
+    let st = c.nodes[0].status().unwrap();
+    let members: Vec<u64> = st["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(members, [2, 3, 4]);
+    wait_replicas_converged(&c, shards);
+    assert_replicas_identical(&c, shards);
+    let at = (now_ms() as f64) / 1000.0;
+    for n in &c.nodes {
+        assert_all_acked_present(n, &acked, at);
+    }
+}
