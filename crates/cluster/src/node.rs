@@ -621,6 +621,7 @@ impl Node {
     /// leader changes until `write_timeout`; never reports success unless the leader committed.
     pub async fn write_shard(&self, s: u32, batch: Vec<u8>) -> Result<ApplyResult, ClusterError> {
         use std::sync::atomic::Ordering::Relaxed;
+        let batch = bytes::Bytes::from(batch);
         let deadline = Instant::now() + self.opts.write_timeout;
         let mut last_err = String::from("no leader known");
         let mut attempt = 0u32;
@@ -665,7 +666,7 @@ impl Node {
             };
             let mut r = Request::new(pb::WriteRequest {
                 shard: s,
-                batch: batch.clone(),
+                batch: batch.to_vec(),
             });
             r.set_timeout(
                 deadline
@@ -712,7 +713,7 @@ impl Node {
     async fn local_write(
         &self,
         s: u32,
-        batch: Vec<u8>,
+        batch: bytes::Bytes,
     ) -> Result<ApplyResult, (Option<NodeId>, String)> {
         let Some(sh) = self.shard(s) else {
             return Err((
@@ -1669,7 +1670,7 @@ impl pb::cluster_server::Cluster for Service {
         }
         let res = match tokio::time::timeout(
             node.opts.write_timeout,
-            node.local_write(req.shard, req.batch),
+            node.local_write(req.shard, req.batch.into()),
         )
         .await
         {
