@@ -36,8 +36,9 @@ struct Inner {
     tail: Mutex<Tail>,
 }
 
-/// Bytes of payload the tail cache keeps at most.
-const TAIL_CACHE_BYTES: usize = 32 << 20;
+/// Bytes of payload the tail cache keeps at most (per group: entries are replicated and
+/// applied within milliseconds of their append, so a few MiB cover them).
+const TAIL_CACHE_BYTES: usize = 4 << 20;
 
 #[derive(Debug, Default)]
 struct Tail {
