@@ -757,6 +757,18 @@ impl Node {
         }
     }
 
+    /// Runs an admin command on every shard through its log (every replica applies it at the
+    /// same point); returns once every shard's leader applied it.
+    pub async fn run_command(&self, cmd: &crate::batch::Command) -> Result<(), ClusterError> {
+        let payload = cmd
+            .encode()
+            .map_err(|e| ClusterError::Invalid(e.to_string()))?;
+        let batches = (0..self.opts.num_shards)
+            .map(|s| (s, payload.clone()))
+            .collect();
+        self.write(batches).await.map(|_| ())
+    }
+
     /// Waits until this replica may serve linearizable reads of shard `s` (it is the leader
     /// and has applied everything committed before the read). Err: (leader hint, reason).
     async fn ensure_readable(&self, sh: &Shard) -> Result<Db, (Option<NodeId>, String)> {
@@ -1661,7 +1673,7 @@ impl pb::cluster_server::Cluster for Service {
     ) -> Result<Response<pb::WriteReply>, Status> {
         let node = self.node()?;
         let req = req.into_inner();
-        if let Err(e) = crate::batch::decode(&req.batch) {
+        if let Err(e) = crate::batch::validate(&req.batch) {
             return Ok(Response::new(pb::WriteReply {
                 status: pb::WriteStatus::Invalid as i32,
                 error: e.to_string(),

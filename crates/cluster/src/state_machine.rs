@@ -249,6 +249,28 @@ fn apply_batch(
     }
 }
 
+/// Runs an admin command on this replica's data. A failure (I/O) is fatal for the replica:
+/// going on would leave it different from the others.
+fn run_command(db: &Db, cmd: &batch::Command) -> Result<(), StorageError> {
+    match cmd {
+        batch::Command::Delete {
+            matchers,
+            min_time,
+            max_time,
+        } => {
+            let sets =
+                batch::Command::matcher_sets(matchers).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+            db.delete(&sets, *min_time, *max_time)
+                .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        }
+        batch::Command::CleanTombstones => {
+            db.clean_tombstones()
+                .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        }
+    }
+    Ok(())
+}
+
 /// Appends one entry's batch and commits it. A block cut between append and commit (never
 /// expected on a shard: the apply loop is its only writer) rejects the batch with a sample
 /// error at commit; the next attempt then rejects those samples one by one at append time.
@@ -258,6 +280,15 @@ fn apply_entry(
     index: u64,
     batch: &[u8],
 ) -> Result<ApplyResult, StorageError> {
+    if let Some(cmd) = batch::decode_command(batch) {
+        let mut res = ApplyResult::default();
+        match cmd {
+            Ok(cmd) => run_command(db, &cmd)?,
+            // Rejected alike on every replica (validated before it was proposed).
+            Err(e) => res.first_error = Some(e.to_string()),
+        }
+        return Ok(res);
+    }
     let mut attempt = 0;
     loop {
         attempt += 1;

@@ -151,6 +151,14 @@ impl Appender for ClusterAppender {
     }
 }
 
+impl ClusterStorage {
+    /// Runs an admin command on every shard ([`Node::run_command`]), waiting for it.
+    pub fn run_command(&self, cmd: crate::batch::Command) -> tidemark_storage::Result<()> {
+        let node = self.node.clone();
+        self.wait(async move { node.run_command(&cmd).await.map_err(Into::into) })?
+    }
+}
+
 impl Queryable for ClusterStorage {
     fn querier(&self, mint: i64, maxt: i64) -> tidemark_storage::Result<Box<dyn Querier>> {
         Ok(Box::new(ClusterQuerier {

@@ -101,8 +101,8 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
         let owner = node.clone();
         let backend = Backend {
             appendable: Arc::new(storage.clone()),
-            queryable: Arc::new(storage),
-            admin: Arc::new(ClusterAdmin),
+            queryable: Arc::new(storage.clone()),
+            admin: Arc::new(ClusterAdmin { storage }),
             metrics: Arc::new(ClusterMetrics { node: node.clone() }),
             // With a configuration file, targets are spread over the live nodes; the embedded
             // default (each node scrapes itself) is per node.
@@ -512,34 +512,51 @@ impl TsdbAdmin for DbAdmin {
     }
 }
 
-/// Admin operations on a cluster node: not built yet (docs/cluster.md).
-struct ClusterAdmin;
+/// Admin operations on a cluster node: deletes and tombstone cleaning go through every shard's
+/// Raft log (every replica applies them at the same point); the TSDB status walks every
+/// shard through the cluster querier.
+struct ClusterAdmin {
+    storage: tidemark_cluster::storage::ClusterStorage,
+}
 
 impl TsdbAdmin for ClusterAdmin {
-    fn status(&self, _limit: usize) -> Result<tidemark_api::TsdbStatus, tidemark_storage::Error> {
-        Err(tidemark_storage::Error::Other(
-            "TSDB status is not available on a cluster node yet (docs/cluster.md)".into(),
-        ))
+    fn status(&self, limit: usize) -> Result<tidemark_api::TsdbStatus, tidemark_storage::Error> {
+        // The head's time range and sizes as this node's replicas see them; the series walk
+        // itself covers every shard.
+        let (mut mint, mut maxt, mut series, mut chunks) = (i64::MAX, i64::MIN, 0u64, 0u64);
+        for sh in self.storage.node().hosted() {
+            if let Some(db) = sh.data.db() {
+                let st = db.stats();
+                mint = mint.min(st.head_min_time.unwrap_or(i64::MAX));
+                maxt = maxt.max(st.head_max_time.unwrap_or(i64::MIN));
+                series = series.max(st.head_series as u64);
+                chunks += st.head_chunks_written;
+            }
+        }
+        if mint > maxt {
+            (mint, maxt) = (0, 0);
+        }
+        crate::status::cardinality(&self.storage, (mint, maxt), series, chunks, limit)
     }
 
     fn delete_series(
         &self,
-        _m: &[Vec<Matcher>],
-        _mint: i64,
-        _maxt: i64,
+        m: &[Vec<Matcher>],
+        mint: i64,
+        maxt: i64,
     ) -> Result<(), tidemark_storage::Error> {
-        Err(tidemark_storage::Error::Other(
-            "delete_series is not supported on a cluster node yet".into(),
-        ))
+        self.storage
+            .run_command(tidemark_cluster::batch::Command::delete(m, mint, maxt))
     }
 
     fn clean_tombstones(&self) -> Result<(), tidemark_storage::Error> {
-        Ok(())
+        self.storage
+            .run_command(tidemark_cluster::batch::Command::CleanTombstones)
     }
 
     fn snapshot(&self, _skip_head: bool) -> Result<String, tidemark_storage::Error> {
         Err(tidemark_storage::Error::Other(
-            "snapshots are not available on a cluster node yet (each shard takes Raft snapshots itself)".into(),
+            "snapshots are not available on a cluster node yet (each shard takes Raft snapshots itself; back up each node's data directory)".into(),
         ))
     }
 }

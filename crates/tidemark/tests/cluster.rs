@@ -1116,3 +1116,75 @@ fn add_node_and_remove_node_move_replicas_under_load() {
         assert_all_acked_present(n, &acked, at);
     }
 }
+
+#[test]
+fn admin_delete_and_tsdb_status_cover_every_shard_and_replica() {
+    let shards = 3;
+    let c = start_cluster(3, shards, &["--web.enable-admin-api"]);
+    let base = now_ms() - 120_000;
+    let w = start_writer(c.nodes.iter().map(|n| n.http).collect(), base, 0);
+    std::thread::sleep(Duration::from_secs(2));
+    let (acked, _) = w.finish();
+    assert!(!acked.is_empty());
+    let at = (now_ms() as f64) / 1000.0;
+    assert_eq!(stored(&c.nodes[0], at).len(), SERIES);
+
+    // /api/v1/status/tsdb through any node counts the series of every shard.
+    let (st, body) = c.nodes[1]
+        .http("GET", "/api/v1/status/tsdb?limit=100", "text/plain", b"")
+        .unwrap();
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let per_metric = v["data"]["seriesCountByMetricName"].as_array().unwrap();
+    let n = per_metric
+        .iter()
+        .find(|x| x["name"] == "tm_cluster_test")
+        .map(|x| x["value"].as_u64().unwrap());
+    assert_eq!(n, Some(SERIES as u64), "{v}");
+
+    // Through node 2: delete the first half of two series, and a third series entirely.
+    let half = acked[acked.len() / 2].0;
+    let end_s = (base as f64 + half as f64 * 10.0) / 1000.0;
+    for (sel, range) in [
+        (
+            "tm_cluster_test{series=~\"s0[01]\"}",
+            format!("&end={end_s}"),
+        ),
+        ("tm_cluster_test{series=\"s02\"}", String::new()),
+    ] {
+        let path = format!(
+            "/api/v1/admin/tsdb/delete_series?match[]={}{range}",
+            urlencode(sel)
+        );
+        let (st, body) = c.nodes[1].http("POST", &path, "text/plain", b"").unwrap();
+        assert_eq!(st, 204, "{}", String::from_utf8_lossy(&body));
+    }
+    // Every node sees the same result at once (reads see the applied delete).
+    for n in &c.nodes {
+        let got = stored(n, at);
+        assert!(!got.contains_key("s02"), "node {}: s02 still there", n.id);
+        for s in ["s00", "s01"] {
+            let vals = &got[s];
+            assert!(
+                vals.iter().all(|i| *i > half),
+                "node {}: {s} keeps samples up to {half}: {:?}",
+                n.id,
+                vals.iter().next()
+            );
+            assert!(!vals.is_empty(), "node {}: {s} lost everything", n.id);
+        }
+        assert_eq!(got["s03"].len(), stored(&c.nodes[0], at)["s03"].len());
+    }
+    // clean_tombstones runs on every replica too; the replicas stay identical.
+    let (st, _) = c.nodes[2]
+        .http(
+            "PUT",
+            "/api/v1/admin/tsdb/clean_tombstones",
+            "text/plain",
+            b"",
+        )
+        .unwrap();
+    assert_eq!(st, 204);
+    wait_replicas_converged(&c, shards);
+    assert_replicas_identical(&c, shards);
+}
