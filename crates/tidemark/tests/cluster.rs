@@ -165,6 +165,29 @@ struct Cluster {
     _dir: tempfile::TempDir,
 }
 
+impl Drop for Cluster {
+    /// On a failing test, the tail of every node's log goes to stderr (the data directory is
+    /// deleted afterwards), so a failure in CI can be diagnosed.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for n in &self.nodes {
+            let path = n.dir.join(format!("node{}.log", n.id));
+            let log = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "----- node {} log (last 40 of {} lines) -----",
+                n.id,
+                lines.len()
+            );
+            for l in &lines[lines.len().saturating_sub(40)..] {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
 fn start_cluster(n: u64, shards: u32, extra: &[&str]) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
