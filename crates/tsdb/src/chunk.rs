@@ -175,6 +175,74 @@ fn ts_unmap(z: u64) -> i64 {
     }
 }
 
+/// Rice states below this have a row in [`TS_STEP`].
+const TS_STEP_STATES: usize = 16;
+/// Codes decoded by one [`TS_STEP`] look-up at most (and timestamps it writes).
+const TS_STEP_MAX: usize = 8;
+
+/// What one table step of the timestamp decoder does with the next 8 bits `w` of the stream
+/// when `k = 0` and the Rice state is `s`: `TS_STEP[s * 256 + w]` packs the number `c` of
+/// `k = 0` Rice codes (`q < 4` zeros and a one) decoded (bits 0-3), the bits they take (4-7),
+/// the state `s` after them (8-11) and `k` after them (bit 12). Decoding stops before a code that
+/// does not fit in the 8 bits, has `q >= 4` (a tail code or an anchor) or would be read with
+/// `k != 0`, so `c = 0` sends the decoder to its per-code path. The state stays below 16:
+/// `s - (s >> 2) + q <= 15` for `s <= 15`, `q <= 3`.
+static TS_STEP: [u16; TS_STEP_STATES * 256] = {
+    let mut t = [0u16; TS_STEP_STATES * 256];
+    let mut s0 = 0;
+    while s0 < TS_STEP_STATES {
+        let mut w = 0;
+        while w < 256 {
+            let (mut s, mut k, mut pos, mut c) = (s0 as u64, 0u32, 0u32, 0u32);
+            while (c as usize) < TS_STEP_MAX && k == 0 {
+                let q = ((((w as u32) << pos) & 0xff) | 1).leading_zeros() - 24;
+                if q >= TS_Q || pos + q + 1 > 8 {
+                    break;
+                }
+                pos += q + 1;
+                k = Rice::k_of(s);
+                s = s - (s >> 2) + q as u64;
+                c += 1;
+            }
+            t[s0 * 256 + w] = (c | (pos << 4) | ((s as u32) << 8) | (k << 12)) as u16;
+            w += 1;
+        }
+        s0 += 1;
+    }
+    t
+};
+
+/// For the next 8 bits `w` of the timestamp stream read as `k = 0` Rice codes (as far as they go):
+/// `TS_OFFSETS[w][j]` is `t_j - (g + (j + 1) * d)`, where `t_j` is the timestamp of the `j`-th code
+/// and `g` the grid before the first; `TS_GRID[w][j]` is how far the grid moved, beyond
+/// `(j + 1) * d`, after `j + 1` codes. Entries past the last code of `w` repeat its values.
+static TS_OFFSETS: [[i8; TS_STEP_MAX]; 256] = ts_offset_tables().0;
+static TS_GRID: [[i8; TS_STEP_MAX]; 256] = ts_offset_tables().1;
+
+const fn ts_offset_tables() -> ([[i8; TS_STEP_MAX]; 256], [[i8; TS_STEP_MAX]; 256]) {
+    let mut offs = [[0i8; TS_STEP_MAX]; 256];
+    let mut grid = [[0i8; TS_STEP_MAX]; 256];
+    let mut w = 0;
+    while w < 256 {
+        let (mut pos, mut g, mut last_off) = (0u32, 0i64, 0i64);
+        let mut j = 0;
+        while j < TS_STEP_MAX {
+            let q = ((((w as u32) << pos) & 0xff) | 1).leading_zeros() - 24;
+            if q < TS_Q && pos + q < 8 {
+                pos += q + 1;
+                let r = TS_UNMAP_SMALL[q as usize];
+                last_off = g + r;
+                g += if r < 0 { r } else { 0 };
+            }
+            offs[w][j] = last_off as i8;
+            grid[w][j] = g as i8;
+            j += 1;
+        }
+        w += 1;
+    }
+    (offs, grid)
+}
+
 /// Adaptive Rice parameter. The parameter used for a sample comes from the state two samples
 /// back, which keeps the state update off the decoder's critical path.
 #[derive(Debug, Clone, Copy)]
@@ -194,7 +262,7 @@ impl Rice {
     }
 
     #[inline(always)]
-    fn k_of(s: u64) -> u32 {
+    const fn k_of(s: u64) -> u32 {
         ((s >> 2) | 1).ilog2()
     }
 
@@ -732,10 +800,16 @@ impl TsDecoder<'_> {
             self.grid = unzigzag(self.r.read_varbits());
             return self.grid;
         }
+        self.read_interval();
+        self.next()
+    }
+
+    /// Reads the interval `d` (after the first timestamp, when the chunk has a second sample).
+    #[cold]
+    fn read_interval(&mut self) {
         let secs = self.r.read(1) == 1;
         let d = self.r.read_varbits();
         self.delta = if secs { d.wrapping_mul(1000) } else { d } as i64;
-        self.next()
     }
 
     #[inline(always)]
@@ -1067,33 +1141,42 @@ impl<'a> Decoder<'a> {
 
 /// Decodes every sample of `data` (a whole chunk) and appends them to `out`. On error `out` is
 /// left as it was.
+///
+/// Two passes over the chunk: every timestamp first ([`ts_pass`]), then every value
+/// ([`value_pass`]). Each pass keeps only its own stream's state in registers, which the x86-64
+/// register file holds without spilling; interleaving the streams in one loop needed ~19 live
+/// integer registers and spilled the decimal accumulator onto its own dependency chain.
 pub fn decode_all(data: &[u8], out: &mut Vec<Sample>) -> Result<(), ChunkError> {
     let (mut d, streams, vbase) = Decoder::parse_streams(data)?;
     let n = d.n;
     let start = out.len();
-    // Filling a slice keeps the output pointer in a register (no capacity checks per sample).
     out.resize(start + n, Sample { t: 0, v: 0.0 });
     let dst = out.get_mut(start..).unwrap_or(&mut []);
-    let head = n.min(2);
-    for slot in dst.iter_mut().take(head) {
-        *slot = d.next_sample();
-    }
-    let mut increasing = n < 2 || dst[1].t > dst[0].t;
-    let mut prev = if n == 0 { i64::MIN } else { dst[head - 1].t };
-    // One loop per value mode; a decimal loop ends early when an escape switches the mode.
-    let mut i = head;
-    while i < n {
-        let rest = dst.get_mut(i..).unwrap_or(&mut []);
-        let run = match d.vs.mode {
-            MODE_CONST => const_run(&mut d, streams, rest),
-            MODE_FLOAT => float_run(&mut d, streams, rest),
-            0 => decimal_run::<true>(&mut d, streams, vbase, rest),
-            _ => decimal_run::<false>(&mut d, streams, vbase, rest),
+    let mut increasing = true;
+    if let Some((first, rest)) = dst.split_first_mut() {
+        *first = Sample {
+            t: d.ts.first(0),
+            v: d.vs.first(),
         };
-        let (done, inc, last) = run;
-        increasing &= inc && rest.first().is_none_or(|s| s.t > prev);
-        prev = last;
-        i += done;
+        if !rest.is_empty() {
+            d.ts.read_interval();
+            let constant = d.vs.mode == MODE_CONST;
+            let v = if constant {
+                f64::from_bits(d.vs.vbits)
+            } else {
+                0.0
+            };
+            increasing = ts_pass(&mut d.ts, streams, rest, v) && rest[0].t > first.t;
+            if !constant {
+                rest[0].v = d.vs.second();
+                value_pass(
+                    &mut d.vs,
+                    streams,
+                    vbase,
+                    rest.get_mut(1..).unwrap_or(&mut []),
+                );
+            }
+        }
     }
     d.i = n;
     if let Err(e) = d.check() {
@@ -1114,21 +1197,17 @@ pub fn decode_all(data: &[u8], out: &mut Vec<Sample>) -> Result<(), ChunkError> 
     Ok(())
 }
 
-/// The result of a run: samples decoded, whether their timestamps increase (within the run),
-/// the last timestamp.
-type Run = (usize, bool, i64);
-
-/// The [`Run`] of the samples `run`, whose timestamps were decoded with `zor` the bitwise or of
-/// their code numbers (`u64::MAX` when one was an anchor escape) and `delta` the interval.
+/// Whether the timestamps of `run` increase, given `zor`, an upper bound of the bitwise or of
+/// their code numbers (`u64::MAX` when one was an anchor escape), and `delta` the interval.
 ///
 /// Timestamps need no comparison one by one when every code number is small: a residual `r`
 /// has `|r| <= z` (its code number), so two consecutive timestamps differ by
 /// `delta - max(r_prev, 0) + r >= delta - 2 * zor`, which is positive when `delta > 2 * zor`. Each
 /// step is also at most `delta + zor`, so when `t_first + len * (delta + zor)` does not overflow,
 /// no timestamp wrapped around. Otherwise the run is compared sample by sample.
-fn run_result(run: &[Sample], zor: u64, delta: i64) -> Run {
-    let (Some(first), Some(last)) = (run.first(), run.last()) else {
-        return (0, true, i64::MIN);
+fn run_increasing(run: &[Sample], zor: u64, delta: i64) -> bool {
+    let Some(first) = run.first() else {
+        return true;
     };
     let bound = i64::try_from(zor)
         .ok()
@@ -1136,8 +1215,7 @@ fn run_result(run: &[Sample], zor: u64, delta: i64) -> Run {
         .and_then(|z| delta.checked_add(z))
         .and_then(|step| step.checked_mul(run.len() as i64))
         .and_then(|span| first.t.checked_add(span));
-    let inc = bound.is_some() || run.windows(2).all(|w| w[1].t > w[0].t);
-    (run.len(), inc, last.t)
+    bound.is_some() || run.windows(2).all(|w| w[1].t > w[0].t)
 }
 
 /// The next timestamp from the general path (escapes, long codes), with the register state
@@ -1158,56 +1236,79 @@ fn ts_slow(
     (t, FastBits::new(data, d.r.pos()), d.grid, d.rice)
 }
 
-/// Samples of a constant chunk: timestamps only.
+/// Decodes the timestamps of samples 1.. of a chunk (after its interval) into `dst`, each with
+/// the value `v` (the constant of a constant chunk; the value pass overwrites it otherwise).
+/// Returns whether the timestamps increase.
 #[inline(never)]
-fn const_run(d: &mut Decoder<'_>, data: &[u8], dst: &mut [Sample]) -> Run {
-    let v = f64::from_bits(d.vs.vbits);
-    let mut tb = FastBits::new(data, d.ts.r.pos());
-    let (mut grid, delta, mut trice) = (d.ts.grid, d.ts.delta, d.ts.rice);
-    let mut zor = 0;
-    for slot in dst.iter_mut() {
-        let t = match ts_fast(&mut tb, data, &mut grid, delta, &mut trice, &mut zor) {
-            Some(t) => t,
-            None => {
-                let t;
-                (t, tb, grid, trice) = ts_slow(&mut d.ts, data, tb, grid, trice);
-                zor = u64::MAX;
-                t
+fn ts_pass(d: &mut TsDecoder<'_>, data: &[u8], dst: &mut [Sample], v: f64) -> bool {
+    let mut tb = FastBits::new(data, d.r.pos());
+    let (mut grid, delta, mut rice) = (d.grid, d.delta, d.rice);
+    // Neither the table steps nor the k = 0 path record their code numbers: they are at most 3.
+    let mut zor = u64::from(TS_Q - 1);
+    let mut i = 0;
+    loop {
+        // The hot loop makes no calls, so that its state stays in registers.
+        while i < dst.len() {
+            tb.refill(data);
+            if rice.k == 0
+                && rice.s < TS_STEP_STATES as u64
+                && let Some(out) = dst
+                    .get_mut(i..)
+                    .and_then(|r| r.first_chunk_mut::<TS_STEP_MAX>())
+            {
+                let w = (tb.buf >> 56) as usize;
+                let e = TS_STEP[(rice.s as usize) << 8 | w];
+                let c = (e & 15) as usize;
+                if c != 0 {
+                    // Up to 8 codes in one look-up; every slot of `out` is written, those past
+                    // the `c` decoded are overwritten by the next steps.
+                    let offs = &TS_OFFSETS[w];
+                    let mut base = grid;
+                    for (o, &off) in out.iter_mut().zip(offs) {
+                        base = base.wrapping_add(delta);
+                        *o = Sample {
+                            t: base.wrapping_add(i64::from(off)),
+                            v,
+                        };
+                    }
+                    tb.consume(u32::from(e >> 4) & 15);
+                    rice = Rice {
+                        k: u32::from(e >> 12),
+                        s: u64::from(e >> 8) & 15,
+                    };
+                    let moved = TS_GRID[w].get(c - 1).copied().unwrap_or(0);
+                    grid = grid
+                        .wrapping_add(delta.wrapping_mul(c as i64))
+                        .wrapping_add(i64::from(moved));
+                    i += c;
+                    continue;
+                }
             }
-        };
-        *slot = Sample { t, v };
-    }
-    d.ts.r.set_pos(tb.pos());
-    (d.ts.grid, d.ts.rice) = (grid, trice);
-    run_result(dst, zor, delta)
-}
-
-/// Samples in float (XOR) mode, which lasts to the end of the chunk.
-#[inline(never)]
-fn float_run(d: &mut Decoder<'_>, data: &[u8], dst: &mut [Sample]) -> Run {
-    let mut tb = FastBits::new(data, d.ts.r.pos());
-    let (mut grid, delta, mut trice) = (d.ts.grid, d.ts.delta, d.ts.rice);
-    let mut zor = 0;
-    for slot in dst.iter_mut() {
-        let t = match ts_fast(&mut tb, data, &mut grid, delta, &mut trice, &mut zor) {
-            Some(t) => t,
-            None => {
-                let t;
-                (t, tb, grid, trice) = ts_slow(&mut d.ts, data, tb, grid, trice);
-                zor = u64::MAX;
-                t
+            let Some(t) = ts_fast(&mut tb, data, &mut grid, delta, &mut rice, &mut zor) else {
+                break;
+            };
+            if let Some(slot) = dst.get_mut(i) {
+                *slot = Sample { t, v };
             }
+            i += 1;
+        }
+        let Some(slot) = dst.get_mut(i) else {
+            break;
         };
-        let v = d.vs.next_xor();
+        let t;
+        (t, tb, grid, rice) = ts_slow(d, data, tb, grid, rice);
+        zor = u64::MAX;
         *slot = Sample { t, v };
+        i += 1;
     }
-    d.ts.r.set_pos(tb.pos());
-    (d.ts.grid, d.ts.rice) = (grid, trice);
-    run_result(dst, zor, delta)
+    d.r.set_pos(tb.pos());
+    (d.grid, d.rice) = (grid, rice);
+    run_increasing(dst, zor, delta)
 }
 
 /// The next timestamp from a register bit buffer; `None` (nothing consumed) for the codes the
-/// general path handles: escapes and codes longer than the buffer holds.
+/// general path handles: escapes and codes longer than the buffer holds. Code numbers of the
+/// `k = 0` path (at most `TS_Q - 1`) are not or-ed into `zor`.
 #[inline(always)]
 fn ts_fast(
     tb: &mut FastBits,
@@ -1224,9 +1325,7 @@ fn ts_fast(
     if k == 0 && q < TS_Q {
         // The usual case (scrape jitter of a few ms): the code is q zeros and a one, z = q.
         tb.consume(q + 1);
-        let zz = u64::from(q);
-        rice.update(zz);
-        *zor |= zz;
+        rice.update(u64::from(q));
         let r = TS_UNMAP_SMALL[(q & 3) as usize];
         let pred = grid.wrapping_add(delta);
         *grid = pred.wrapping_add(r.min(0));
@@ -1264,69 +1363,81 @@ fn ts_fast(
     Some(pred.wrapping_add(r))
 }
 
-/// Decodes up to `dst.len()` samples in decimal mode (`INT`: exponent 0) with the state of both
-/// streams in local variables (so in registers); both bit buffers read `data` (the chunk's two
-/// streams; the value stream starts at bit `vbase`). The rare long codes and escapes go through
-/// the general path. Stops early after a sample whose escape switched the mode.
+/// Decodes the values of samples 2.. of a chunk into `dst[..].v`, one run per value mode.
+fn value_pass(d: &mut ValDecoder<'_>, data: &[u8], vbase: usize, dst: &mut [Sample]) {
+    let mut i = 0;
+    while let Some(rest) = dst.get_mut(i..).filter(|r| !r.is_empty()) {
+        i += match d.mode {
+            MODE_CONST => {
+                let v = f64::from_bits(d.vbits);
+                rest.iter_mut().for_each(|s| s.v = v);
+                rest.len()
+            }
+            MODE_FLOAT => float_values(d, rest),
+            0 => decimal_values::<true>(d, data, vbase, rest),
+            _ => decimal_values::<false>(d, data, vbase, rest),
+        };
+    }
+}
+
+/// Values in float (XOR) mode, which lasts to the end of the chunk.
 #[inline(never)]
-fn decimal_run<const INT: bool>(
-    d: &mut Decoder<'_>,
+fn float_values(d: &mut ValDecoder<'_>, dst: &mut [Sample]) -> usize {
+    for slot in dst.iter_mut() {
+        slot.v = d.next_xor();
+    }
+    dst.len()
+}
+
+/// Decodes up to `dst.len()` values in decimal mode (`INT`: exponent 0) with the stream state in
+/// local variables (so in registers); the bit buffer reads `data` (the chunk's two streams; the
+/// value stream starts at bit `vbase`). The rare long codes and escapes go through the general
+/// path. Stops early after a sample whose escape switched the mode; returns the values decoded.
+#[inline(never)]
+fn decimal_values<const INT: bool>(
+    d: &mut ValDecoder<'_>,
     data: &[u8],
     vbase: usize,
     dst: &mut [Sample],
-) -> Run {
-    let mode = d.vs.mode;
-    let mut tb = FastBits::new(data, d.ts.r.pos());
-    let mut vb = FastBits::new(data, vbase + d.vs.r.pos());
-    let (mut grid, delta, mut trice) = (d.ts.grid, d.ts.delta, d.ts.rice);
-    let (mut m, p, mut vrice, mut shift) = (d.vs.m, d.vs.p, d.vs.rice, d.vs.shift);
-    let mut zor = 0;
-    let total = dst.len();
-    let mut slots = dst.iter_mut();
-    let mut switched = false;
-    for slot in slots.by_ref() {
-        let t = match ts_fast(&mut tb, data, &mut grid, delta, &mut trice, &mut zor) {
-            Some(t) => t,
-            None => {
-                let t;
-                (t, tb, grid, trice) = ts_slow(&mut d.ts, data, tb, grid, trice);
-                zor = u64::MAX;
-                t
+) -> usize {
+    let mode = d.mode;
+    let mut vb = FastBits::new(data, vbase + d.r.pos());
+    let (mut m, p, mut rice, mut shift) = (d.m, d.p, d.rice, d.shift);
+    let mut i = 0;
+    loop {
+        // The hot loop makes no calls, so that its state stays in registers.
+        while let Some(slot) = dst.get_mut(i) {
+            vb.refill(data);
+            let w = vb.buf;
+            let q = (w | 1).leading_zeros();
+            let k = rice.k;
+            let len = q + 1 + k;
+            if q >= RICE_LIMIT || len > vb.nb {
+                break;
             }
-        };
-        vb.refill(data);
-        let w = vb.buf;
-        let q = (w | 1).leading_zeros();
-        let k = vrice.k;
-        let len = q + 1 + k;
-        if q < RICE_LIMIT && len <= vb.nb {
             vb.consume(len);
             let zz = (u64::from(q) << k) | (((w << (q + 1)) >> 1) >> (63 - k));
-            vrice.update(zz);
+            rice.update(zz);
             m = m.wrapping_add(unzigzag(zz) << shift);
-            let v = if INT { m as f64 } else { m as f64 / p };
-            *slot = Sample { t, v };
-            continue;
+            slot.v = if INT { m as f64 } else { m as f64 / p };
+            i += 1;
         }
-        d.vs.r.set_pos(vb.pos() - vbase);
-        (d.vs.m, d.vs.rice, d.vs.shift) = (m, vrice, shift);
-        let v = d.vs.next_decimal::<INT>();
-        (m, vrice, shift) = (d.vs.m, d.vs.rice, d.vs.shift);
-        vb = FastBits::new(data, vbase + d.vs.r.pos());
-        *slot = Sample { t, v };
-        if d.vs.mode != mode {
-            switched = true;
+        let Some(slot) = dst.get_mut(i) else {
             break;
+        };
+        d.r.set_pos(vb.pos() - vbase);
+        (d.m, d.rice, d.shift) = (m, rice, shift);
+        slot.v = d.next_decimal::<INT>();
+        i += 1;
+        if d.mode != mode {
+            return i;
         }
+        (m, rice, shift) = (d.m, d.rice, d.shift);
+        vb = FastBits::new(data, vbase + d.r.pos());
     }
-    let done = total - slots.len();
-    d.ts.r.set_pos(tb.pos());
-    (d.ts.grid, d.ts.rice) = (grid, trice);
-    if !switched {
-        d.vs.r.set_pos(vb.pos() - vbase);
-        (d.vs.m, d.vs.rice, d.vs.shift) = (m, vrice, shift);
-    }
-    run_result(dst.get(..done).unwrap_or(&[]), zor, delta)
+    d.r.set_pos(vb.pos() - vbase);
+    (d.m, d.rice, d.shift) = (m, rice, shift);
+    i
 }
 
 /// Iterates the samples of one chunk, decoding one per [`SampleIter::next`].
@@ -1613,6 +1724,130 @@ mod tests {
             while it.next() {}
             assert!(matches!(it.error(), Some(ChunkError::NotIncreasing { .. })));
         }
+    }
+
+    /// The table step of the timestamp decoder against the per-code definition (docs/format/
+    /// chunks.md): for every Rice state below 16 and every 8-bit window, the codes it takes, the
+    /// bits, the state after them and every timestamp and grid move.
+    #[test]
+    fn ts_step_tables_match_per_code_decoding() {
+        let (grid0, delta) = (1_700_000_000_000i64, 15_000i64);
+        for s0 in 0..TS_STEP_STATES as u64 {
+            for w in 0..256usize {
+                let mut rice = Rice { k: 0, s: s0 };
+                let (mut pos, mut grid, mut ts) = (0u32, grid0, Vec::new());
+                while ts.len() < TS_STEP_MAX && rice.k == 0 {
+                    let q = ((((w as u64) << 56) << pos) | 1).leading_zeros();
+                    if q >= TS_Q || pos + q + 1 > 8 {
+                        break;
+                    }
+                    pos += q + 1;
+                    let zz = u64::from(q);
+                    rice.update_ts(zz);
+                    let r = ts_unmap(zz);
+                    let pred = grid + delta;
+                    ts.push(pred + r);
+                    grid = pred + r.min(0);
+                }
+                let e = TS_STEP[(s0 as usize) << 8 | w];
+                let c = ts.len();
+                assert_eq!(usize::from(e & 15), c, "codes, s {s0} w {w:08b}");
+                assert_eq!(u32::from(e >> 4) & 15, pos, "bits, s {s0} w {w:08b}");
+                assert_eq!(u64::from(e >> 8) & 15, rice.s, "state, s {s0} w {w:08b}");
+                assert_eq!(u32::from(e >> 12), rice.k, "k, s {s0} w {w:08b}");
+                for (j, &t) in ts.iter().enumerate() {
+                    let t_table = grid0 + (j as i64 + 1) * delta + i64::from(TS_OFFSETS[w][j]);
+                    assert_eq!(t_table, t, "timestamp {j}, w {w:08b}");
+                }
+                if c > 0 {
+                    let moved = i64::from(TS_GRID[w][c - 1]);
+                    assert_eq!(grid0 + c as i64 * delta + moved, grid, "grid, w {w:08b}");
+                }
+            }
+        }
+    }
+
+    /// Every chunk length from 1 to 300 samples, with scrape jitter, late samples, a missed
+    /// scrape and every value mode: the streams end at every bit position relative to the
+    /// decoders' 32-bit refills and 8-sample table steps. Each round-trips, and each chunk cut
+    /// short by 1 to 4 bytes is an error, never a panic.
+    #[test]
+    fn every_length_round_trips_and_truncation_fails() {
+        for n in 1..=300usize {
+            for kind in 0..4 {
+                let samples: Vec<(i64, f64)> = (0..n as i64)
+                    .map(|i| {
+                        let late = match (i * 7919 + kind) % 29 {
+                            0 => 17,
+                            1 => 7_000,
+                            x => x % 3,
+                        };
+                        let v = match kind {
+                            0 => 42.0,
+                            1 => (i * i % 1000) as f64,
+                            2 => (i * 37 % 101) as f64 / 100.0,
+                            _ => f64::from_bits(0x4000_0000_0000_0000 ^ (i as u64 * 0x9e37_79b9)),
+                        };
+                        // Every 50th scrape is missed.
+                        (1_700_000_000_000 + (i + i / 50) * 15_000 + late, v)
+                    })
+                    .collect();
+                round_trip(&samples);
+                let mut enc = ChunkEncoder::new();
+                for &(t, v) in &samples {
+                    enc.append(t, v).unwrap();
+                }
+                let data = enc.bytes();
+                for cut in 1..=4.min(data.len() - 2) {
+                    let mut out = vec![Sample::new(1, 1.0)];
+                    let short = &data[..data.len() - cut];
+                    if decode_all(short, &mut out).is_ok() {
+                        // Only the zero padding of the last byte may go: the samples must be
+                        // the same.
+                        assert_eq!(out.len(), n + 1, "n {n} kind {kind} cut {cut}");
+                        for (s, &(t, v)) in out[1..].iter().zip(&samples) {
+                            assert_eq!((s.t, s.v.to_bits()), (t, v.to_bits()));
+                        }
+                    } else {
+                        assert_eq!(out, vec![Sample::new(1, 1.0)], "out left as it was");
+                    }
+                }
+            }
+        }
+    }
+
+    /// A chunk of the largest sample count the decoder accepts round-trips through both
+    /// decoders, and one more sample is refused by the encoder.
+    #[test]
+    fn max_length_chunk() {
+        let mut enc = ChunkEncoder::new();
+        let mut model = Vec::with_capacity(MAX_SAMPLES);
+        for i in 0..MAX_SAMPLES as i64 {
+            let t = i * 15_000 + (i * 7919) % 3;
+            let v = (i / 7) as f64;
+            enc.append(t, v).unwrap();
+            model.push((t, v));
+        }
+        assert_eq!(
+            enc.append(i64::MAX, 0.0),
+            Err(ChunkError::Full { max: MAX_SAMPLES })
+        );
+        let data = enc.bytes();
+        let mut out = Vec::new();
+        decode_all(&data, &mut out).unwrap();
+        assert_eq!(out.len(), MAX_SAMPLES);
+        assert!(
+            out.iter()
+                .zip(&model)
+                .all(|(s, &(t, v))| s.t == t && s.v == v)
+        );
+        let mut it = ChunkIter::new(&data).unwrap();
+        let mut n = 0;
+        while it.next() {
+            assert_eq!(it.at().t, model[n].0);
+            n += 1;
+        }
+        assert_eq!(n, MAX_SAMPLES);
     }
 
     #[test]
