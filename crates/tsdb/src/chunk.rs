@@ -183,7 +183,8 @@ const TS_STEP_MAX: usize = 8;
 /// What one table step of the timestamp decoder does with the next 8 bits `w` of the stream
 /// when `k = 0` and the Rice state is `s`: `TS_STEP[s * 256 + w]` packs the number `c` of
 /// `k = 0` Rice codes (`q < 4` zeros and a one) decoded (bits 0-3), the bits they take (4-7),
-/// the state `s` after them (8-11) and `k` after them (bit 12). Decoding stops before a code that
+/// the state `s` after them (8-11) and `k` after them (bit 12; so bits 8-12 are `s + 16 k`, and
+/// the next row to read when they are below 16). Decoding stops before a code that
 /// does not fit in the 8 bits, has `q >= 4` (a tail code or an anchor) or would be read with
 /// `k != 0`, so `c = 0` sends the decoder to its per-code path. The state stays below 16:
 /// `s - (s >> 2) + q <= 15` for `s <= 15`, `q <= 3`.
@@ -756,7 +757,20 @@ fn put_uvarint(out: &mut Vec<u8>, mut x: u64) {
 }
 
 /// Reads a uvarint at `*pos`; `what` names the field in the error.
+#[inline]
 fn get_uvarint(data: &[u8], pos: &mut usize, what: &'static str) -> Result<u64, ChunkError> {
+    match data.get(*pos) {
+        Some(&b) if b < 0x80 => {
+            *pos += 1;
+            Ok(u64::from(b))
+        }
+        _ => get_uvarint_long(data, pos, what),
+    }
+}
+
+/// [`get_uvarint`] of more than one byte (or of none).
+#[inline(never)]
+fn get_uvarint_long(data: &[u8], pos: &mut usize, what: &'static str) -> Result<u64, ChunkError> {
     let start = *pos;
     let mut x = 0u64;
     for i in 0..10 {
@@ -805,11 +819,27 @@ impl TsDecoder<'_> {
     }
 
     /// Reads the interval `d` (after the first timestamp, when the chunk has a second sample).
-    #[cold]
     fn read_interval(&mut self) {
         let secs = self.r.read(1) == 1;
         let d = self.r.read_varbits();
         self.delta = if secs { d.wrapping_mul(1000) } else { d } as i64;
+    }
+
+    /// Reads the first timestamp and, when `interval`, the interval, as [`TsDecoder::first`] and
+    /// [`TsDecoder::read_interval`] do, through a register buffer (a few bit-field reads, not
+    /// one bounds-checked 64-bit load each).
+    #[inline]
+    fn header(&mut self, interval: bool) -> i64 {
+        let data = self.r.data();
+        let mut f = FastBits::new(data, self.r.pos());
+        self.grid = unzigzag(f.take_varbits(data));
+        if interval {
+            let secs = f.take(data, 1) == 1;
+            let d = f.take_varbits(data);
+            self.delta = if secs { d.wrapping_mul(1000) } else { d } as i64;
+        }
+        self.r.set_pos(f.pos());
+        self.grid
     }
 
     #[inline(always)]
@@ -869,6 +899,56 @@ impl ValDecoder<'_> {
             return v;
         }
         self.set_mode(mode)
+    }
+
+    /// [`ValDecoder::first`] through a register buffer, for valid mode codes; `None` (and
+    /// nothing consumed or changed) for an invalid one.
+    #[inline]
+    fn first_fast(&mut self) -> Option<f64> {
+        let data = self.r.data();
+        let mut f = FastBits::new(data, self.r.pos());
+        let mut mode = f.take(data, 5) as u32;
+        let constant = mode == MODE_CONST;
+        if constant {
+            mode = f.take(data, 5) as u32;
+        }
+        let v = if mode == MODE_FLOAT {
+            self.vbits = f.take_long(data, 64);
+            f64::from_bits(self.vbits)
+        } else {
+            let &p = POW10.get(mode as usize)?;
+            self.p = p;
+            self.shift = 0;
+            self.m = unzigzag(f.take_varbits(data));
+            self.m as f64 / p
+        };
+        if constant {
+            self.mode = MODE_CONST;
+            self.vbits = v.to_bits();
+        } else {
+            self.mode = mode;
+        }
+        self.r.set_pos(f.pos());
+        Some(v)
+    }
+
+    /// [`ValDecoder::second`] through a register buffer when it is a decimal first delta.
+    #[inline]
+    fn second_fast(&mut self) -> f64 {
+        if self.mode == MODE_FLOAT || self.mode == MODE_CONST {
+            return self.second();
+        }
+        let data = self.r.data();
+        let mut f = FastBits::new(data, self.r.pos());
+        if f.take(data, 1) == 0 {
+            return self.second();
+        }
+        let delta = unzigzag(f.take_varbits(data));
+        self.r.set_pos(f.pos());
+        self.shift = shift_of(self.m | delta);
+        self.rice = rice_after_whole(delta, self.shift);
+        self.m = self.m.wrapping_add(delta);
+        self.m as f64 / self.p
     }
 
     fn invalid_mode(&mut self, mode: u32) -> f64 {
@@ -1150,34 +1230,31 @@ pub fn decode_all(data: &[u8], out: &mut Vec<Sample>) -> Result<(), ChunkError> 
     let (mut d, streams, vbase) = Decoder::parse_streams(data)?;
     let n = d.n;
     let start = out.len();
-    out.resize(start + n, Sample { t: 0, v: 0.0 });
+    // Slack after the last sample: the timestamp table steps write 8 slots at a time.
+    out.resize(start + n + TS_STEP_MAX - 1, Sample { t: 0, v: 0.0 });
     let dst = out.get_mut(start..).unwrap_or(&mut []);
     let mut increasing = true;
-    if let Some((first, rest)) = dst.split_first_mut() {
-        *first = Sample {
-            t: d.ts.first(0),
-            v: d.vs.first(),
+    if let Some((first, rest)) = dst.split_first_mut()
+        && n > 0
+    {
+        let t = d.ts.header(n > 1);
+        let v = match d.vs.first_fast() {
+            Some(v) => v,
+            None => d.vs.first(),
         };
-        if !rest.is_empty() {
-            d.ts.read_interval();
-            let constant = d.vs.mode == MODE_CONST;
-            let v = if constant {
-                f64::from_bits(d.vs.vbits)
-            } else {
-                0.0
-            };
-            increasing = ts_pass(&mut d.ts, streams, rest, v) && rest[0].t > first.t;
-            if !constant {
-                rest[0].v = d.vs.second();
-                value_pass(
-                    &mut d.vs,
-                    streams,
-                    vbase,
-                    rest.get_mut(1..).unwrap_or(&mut []),
-                );
+        *first = Sample { t, v };
+        if n > 1 {
+            increasing = ts_pass(&mut d.ts, streams, rest, n - 1) && rest[0].t > first.t;
+            let rest = rest.get_mut(..n - 1).unwrap_or(&mut []);
+            if d.vs.mode == MODE_CONST {
+                rest.iter_mut().for_each(|s| s.v = v);
+            } else if let Some((second, rest)) = rest.split_first_mut() {
+                second.v = d.vs.second_fast();
+                value_pass(&mut d.vs, streams, vbase, rest);
             }
         }
     }
+    out.truncate(start + n);
     d.i = n;
     if let Err(e) = d.check() {
         out.truncate(start);
@@ -1236,74 +1313,79 @@ fn ts_slow(
     (t, FastBits::new(data, d.r.pos()), d.grid, d.rice)
 }
 
-/// Decodes the timestamps of samples 1.. of a chunk (after its interval) into `dst`, each with
-/// the value `v` (the constant of a constant chunk; the value pass overwrites it otherwise).
+/// Decodes the timestamps of samples 1..=`n` of a chunk (after its interval) into `dst[..].t`.
+/// `dst` has `TS_STEP_MAX - 1` slots of slack after the `n` (their timestamps are garbage).
 /// Returns whether the timestamps increase.
 #[inline(never)]
-fn ts_pass(d: &mut TsDecoder<'_>, data: &[u8], dst: &mut [Sample], v: f64) -> bool {
+fn ts_pass(d: &mut TsDecoder<'_>, data: &[u8], dst: &mut [Sample], n: usize) -> bool {
     let mut tb = FastBits::new(data, d.r.pos());
     let (mut grid, delta, mut rice) = (d.grid, d.delta, d.rice);
     // Neither the table steps nor the k = 0 path record their code numbers: they are at most 3.
     let mut zor = u64::from(TS_Q - 1);
     let mut i = 0;
-    loop {
-        // The hot loop makes no calls, so that its state stays in registers.
-        while i < dst.len() {
-            tb.refill(data);
-            if rice.k == 0
-                && rice.s < TS_STEP_STATES as u64
-                && let Some(out) = dst
+    while i < n {
+        if rice.k == 0 && rice.s < TS_STEP_STATES as u64 {
+            // Table steps (up to 8 codes per look-up) while k = 0; the loop makes no calls and
+            // keeps only what it needs live, so that its state stays in registers.
+            let mut st = rice.s as usize;
+            loop {
+                tb.refill(data);
+                let w = (tb.buf >> 56) as usize;
+                let Some(&e) = TS_STEP.get(st << 8 | w) else {
+                    break;
+                };
+                let c = usize::from(e & 15);
+                let Some(out) = dst
                     .get_mut(i..)
                     .and_then(|r| r.first_chunk_mut::<TS_STEP_MAX>())
-            {
-                let w = (tb.buf >> 56) as usize;
-                let e = TS_STEP[(rice.s as usize) << 8 | w];
-                let c = (e & 15) as usize;
-                if c != 0 {
-                    // Up to 8 codes in one look-up; every slot of `out` is written, those past
-                    // the `c` decoded are overwritten by the next steps.
-                    let offs = &TS_OFFSETS[w];
-                    let mut base = grid;
-                    for (o, &off) in out.iter_mut().zip(offs) {
-                        base = base.wrapping_add(delta);
-                        *o = Sample {
-                            t: base.wrapping_add(i64::from(off)),
-                            v,
-                        };
-                    }
-                    tb.consume(u32::from(e >> 4) & 15);
-                    rice = Rice {
-                        k: u32::from(e >> 12),
-                        s: u64::from(e >> 8) & 15,
-                    };
-                    let moved = TS_GRID[w].get(c - 1).copied().unwrap_or(0);
-                    grid = grid
-                        .wrapping_add(delta.wrapping_mul(c as i64))
-                        .wrapping_add(i64::from(moved));
-                    i += c;
-                    continue;
+                    .filter(|_| c != 0 && c <= n - i)
+                else {
+                    break;
+                };
+                // Every slot of `out` is written; those past the `c` decoded are overwritten
+                // by the next steps (or are slack).
+                let mut base = grid;
+                for (o, &off) in out.iter_mut().zip(&TS_OFFSETS[w]) {
+                    base = base.wrapping_add(delta);
+                    o.t = base.wrapping_add(i64::from(off));
+                }
+                tb.consume(u32::from(e >> 4) & 15);
+                // s after the codes, and 16 when k became 1.
+                st = usize::from(e >> 8);
+                let moved = TS_GRID[w].get(c - 1).copied().unwrap_or(0);
+                grid = grid
+                    .wrapping_add(delta.wrapping_mul(c as i64))
+                    .wrapping_add(i64::from(moved));
+                i += c;
+                if i >= n {
+                    break;
                 }
             }
-            let Some(t) = ts_fast(&mut tb, data, &mut grid, delta, &mut rice, &mut zor) else {
-                break;
+            rice = Rice {
+                k: (st >> 4) as u32,
+                s: (st & 15) as u64,
             };
-            if let Some(slot) = dst.get_mut(i) {
-                *slot = Sample { t, v };
+            if i >= n {
+                break;
             }
-            i += 1;
         }
-        let Some(slot) = dst.get_mut(i) else {
-            break;
+        let t = match ts_fast(&mut tb, data, &mut grid, delta, &mut rice, &mut zor) {
+            Some(t) => t,
+            None => {
+                let t;
+                (t, tb, grid, rice) = ts_slow(d, data, tb, grid, rice);
+                zor = u64::MAX;
+                t
+            }
         };
-        let t;
-        (t, tb, grid, rice) = ts_slow(d, data, tb, grid, rice);
-        zor = u64::MAX;
-        *slot = Sample { t, v };
+        if let Some(slot) = dst.get_mut(i) {
+            slot.t = t;
+        }
         i += 1;
     }
     d.r.set_pos(tb.pos());
     (d.grid, d.rice) = (grid, rice);
-    run_increasing(dst, zor, delta)
+    run_increasing(dst.get(..n).unwrap_or(&[]), zor, delta)
 }
 
 /// The next timestamp from a register bit buffer; `None` (nothing consumed) for the codes the
