@@ -177,8 +177,10 @@ fn ts_unmap(z: u64) -> i64 {
 
 /// Rice states below this have a row in [`TS_STEP`].
 const TS_STEP_STATES: usize = 16;
-/// Codes decoded by one [`TS_STEP`] look-up at most (and timestamps it writes).
-const TS_STEP_MAX: usize = 8;
+/// Codes decoded by one [`TS_STEP`] look-up at most (and timestamps it writes). An 8-bit window
+/// holds up to 8; stopping at 6 writes two timestamps fewer per step for the rare window of 7 or 8
+/// on-time samples (64.5 instructions/sample against 66.0 with 8 and 64.4 with 5).
+const TS_STEP_MAX: usize = 6;
 
 /// What one table step of the timestamp decoder does with the next 8 bits `w` of the stream
 /// when `k = 0` and the Rice state is `s`: `TS_STEP[s * 256 + w]` packs the number `c` of
@@ -1124,9 +1126,11 @@ impl<'a> Decoder<'a> {
         Self::parse_streams(data).map(|(d, _, _)| d)
     }
 
-    /// Parses the header of a full chunk; also returns the bytes of both streams (the
+    /// Parses the header of a full chunk (inlined: the decoder is built in its caller's frame, not
+    /// copied out); also returns the bytes of both streams (the
     /// timestamp stream, then the value stream) and the bit position where the value stream
     /// starts in them.
+    #[inline]
     fn parse_streams(data: &'a [u8]) -> Result<(Self, &'a [u8], usize), ChunkError> {
         if data.len() < 2 {
             return Err(ChunkError::Empty { found: data.len() });
@@ -1230,7 +1234,7 @@ pub fn decode_all(data: &[u8], out: &mut Vec<Sample>) -> Result<(), ChunkError> 
     let (mut d, streams, vbase) = Decoder::parse_streams(data)?;
     let n = d.n;
     let start = out.len();
-    // Slack after the last sample: the timestamp table steps write 8 slots at a time.
+    // Slack after the last sample: the timestamp table steps write `TS_STEP_MAX` slots at a time.
     out.resize(start + n + TS_STEP_MAX - 1, Sample { t: 0, v: 0.0 });
     let dst = out.get_mut(start..).unwrap_or(&mut []);
     let mut increasing = true;
@@ -1325,7 +1329,7 @@ fn ts_pass(d: &mut TsDecoder<'_>, data: &[u8], dst: &mut [Sample], n: usize) -> 
     let mut i = 0;
     while i < n {
         if rice.k == 0 && rice.s < TS_STEP_STATES as u64 {
-            // Table steps (up to 8 codes per look-up) while k = 0; the loop makes no calls and
+            // Table steps (up to `TS_STEP_MAX` codes per look-up) while k = 0; the loop makes no calls and
             // keeps only what it needs live, so that its state stays in registers.
             let mut st = rice.s as usize;
             loop {
@@ -1338,7 +1342,8 @@ fn ts_pass(d: &mut TsDecoder<'_>, data: &[u8], dst: &mut [Sample], n: usize) -> 
                 let Some(out) = dst
                     .get_mut(i..)
                     .and_then(|r| r.first_chunk_mut::<TS_STEP_MAX>())
-                    .filter(|_| c != 0 && c <= n - i)
+                    // 1 <= c <= n - i, in one comparison.
+                    .filter(|_| c.wrapping_sub(1) < n - i)
                 else {
                     break;
                 };
@@ -1851,7 +1856,7 @@ mod tests {
 
     /// Every chunk length from 1 to 300 samples, with scrape jitter, late samples, a missed
     /// scrape and every value mode: the streams end at every bit position relative to the
-    /// decoders' 32-bit refills and 8-sample table steps. Each round-trips, and each chunk cut
+    /// decoders' 32-bit refills and table steps of up to 6 samples. Each round-trips, and each chunk cut
     /// short by 1 to 4 bytes is an error, never a panic.
     #[test]
     fn every_length_round_trips_and_truncation_fails() {
