@@ -1130,7 +1130,7 @@ impl<'a> Decoder<'a> {
     /// copied out); also returns the bytes of both streams (the
     /// timestamp stream, then the value stream) and the bit position where the value stream
     /// starts in them.
-    #[inline]
+    #[inline(always)]
     fn parse_streams(data: &'a [u8]) -> Result<(Self, &'a [u8], usize), ChunkError> {
         if data.len() < 2 {
             return Err(ChunkError::Empty { found: data.len() });
