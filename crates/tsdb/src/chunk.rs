@@ -809,28 +809,10 @@ struct TsDecoder<'a> {
 }
 
 impl TsDecoder<'_> {
-    /// The first timestamp (i = 0) or the second (i = 1).
-    #[cold]
-    fn first(&mut self, i: usize) -> i64 {
-        if i == 0 {
-            self.grid = unzigzag(self.r.read_varbits());
-            return self.grid;
-        }
-        self.read_interval();
-        self.next()
-    }
-
-    /// Reads the interval `d` (after the first timestamp, when the chunk has a second sample).
-    fn read_interval(&mut self) {
-        let secs = self.r.read(1) == 1;
-        let d = self.r.read_varbits();
-        self.delta = if secs { d.wrapping_mul(1000) } else { d } as i64;
-    }
-
-    /// Reads the first timestamp and, when `interval`, the interval, as [`TsDecoder::first`] and
-    /// [`TsDecoder::read_interval`] do, through a register buffer (a few bit-field reads, not
-    /// one bounds-checked 64-bit load each).
-    #[inline]
+    /// Reads the first timestamp and, when `interval` (the chunk has a second sample), the
+    /// interval `d`, through a register buffer (a few bit-field reads, not one bounds-checked
+    /// 64-bit load each).
+    #[inline(always)]
     fn header(&mut self, interval: bool) -> i64 {
         let data = self.r.data();
         let mut f = FastBits::new(data, self.r.pos());
@@ -905,7 +887,7 @@ impl ValDecoder<'_> {
 
     /// [`ValDecoder::first`] through a register buffer, for valid mode codes; `None` (and
     /// nothing consumed or changed) for an invalid one.
-    #[inline]
+    #[inline(always)]
     fn first_fast(&mut self) -> Option<f64> {
         let data = self.r.data();
         let mut f = FastBits::new(data, self.r.pos());
@@ -935,7 +917,7 @@ impl ValDecoder<'_> {
     }
 
     /// [`ValDecoder::second`] through a register buffer when it is a decimal first delta.
-    #[inline]
+    #[inline(always)]
     fn second_fast(&mut self) -> f64 {
         if self.mode == MODE_FLOAT || self.mode == MODE_CONST {
             return self.second();
@@ -1176,27 +1158,6 @@ impl<'a> Decoder<'a> {
         let ts = BitReader::with_padding(streams, ts_len);
         let vs = BitReader::new(&streams[ts_len..]);
         Ok((Decoder::new(ts, vs, n as usize), streams, ts_len * 8))
-    }
-
-    /// Decodes the next sample (the caller checks `i < n`).
-    #[inline(always)]
-    fn next_sample(&mut self) -> Sample {
-        let s = if self.i >= 2 {
-            Sample {
-                t: self.ts.next(),
-                v: self.vs.next(),
-            }
-        } else {
-            let t = self.ts.first(self.i);
-            let v = if self.i == 0 {
-                self.vs.first()
-            } else {
-                self.vs.second()
-            };
-            Sample { t, v }
-        };
-        self.i += 1;
-        s
     }
 
     /// Error for streams read past their end or invalid codes.
@@ -1527,11 +1488,23 @@ fn decimal_values<const INT: bool>(
     i
 }
 
-/// Iterates the samples of one chunk, decoding one per [`SampleIter::next`].
+/// Samples decoded per batch by [`ChunkIter`].
+const ITER_BATCH: usize = 64;
+
+/// Iterates the samples of one chunk. It decodes [`ITER_BATCH`] samples at a time with the passes
+/// of [`decode_all`] (timestamps, then values) into a buffer it holds, so that iterating costs
+/// about what bulk decoding does; [`SampleIter::next`] then only moves along the buffer. A
+/// decoding error (corrupt or truncated data, timestamps not increasing) ends iteration before
+/// the batch it was found in.
 #[derive(Debug, Clone)]
 pub struct ChunkIter<'a> {
     d: Decoder<'a>,
-    cur: Sample,
+    /// The current batch, with the slack the timestamp table steps write into.
+    buf: [Sample; ITER_BATCH + TS_STEP_MAX - 1],
+    /// Samples of the batch in `buf`.
+    len: usize,
+    /// Samples of the batch returned so far (the current one is `buf[pos - 1]`).
+    pos: usize,
     valid: bool,
     err: Option<ChunkError>,
 }
@@ -1545,10 +1518,9 @@ impl<'a> ChunkIter<'a> {
     fn with_decoder(d: Decoder<'a>) -> Self {
         ChunkIter {
             d,
-            cur: Sample {
-                t: i64::MIN,
-                v: f64::NAN,
-            },
+            buf: [Sample { t: 0, v: 0.0 }; ITER_BATCH + TS_STEP_MAX - 1],
+            len: 0,
+            pos: 0,
             valid: false,
             err: None,
         }
@@ -1569,39 +1541,105 @@ impl<'a> ChunkIter<'a> {
         self.err = Some(e);
         self.valid = false;
         self.d.i = self.d.n;
+        self.len = 0;
+        self.pos = 0;
         false
+    }
+
+    /// Decodes the next batch into `buf` and moves to its first sample.
+    #[inline(never)]
+    fn next_batch(&mut self) -> bool {
+        let d = &mut self.d;
+        let (start, n) = (d.i, d.n);
+        if start >= n {
+            self.valid = false;
+            return false;
+        }
+        // The last timestamp of the previous batch.
+        let prev = self.buf.get(self.len.wrapping_sub(1)).map(|s| s.t);
+        let k = (n - start).min(ITER_BATCH);
+        let buf = &mut self.buf;
+        let mut increasing = true;
+        // Timestamps.
+        let mut tsi = 0;
+        if start == 0 {
+            buf[0].t = d.ts.header(n > 1);
+            tsi = 1;
+        }
+        if k > tsi {
+            let data = d.ts.r.data();
+            let out = buf.get_mut(tsi..k + TS_STEP_MAX - 1).unwrap_or(&mut []);
+            increasing = ts_pass(&mut d.ts, data, out, k - tsi);
+        }
+        // Values.
+        let mut vi = 0;
+        if start == 0 {
+            buf[0].v = match d.vs.first_fast() {
+                Some(v) => v,
+                None => d.vs.first(),
+            };
+            vi = 1;
+            if k > 1 {
+                buf[1].v = d.vs.second_fast();
+                vi = 2;
+            }
+        }
+        let data = d.vs.r.data();
+        value_pass(&mut d.vs, data, 0, buf.get_mut(vi..k).unwrap_or(&mut []));
+        d.i = start + k;
+        if let Err(e) = d.check() {
+            return self.fail(e);
+        }
+        let got = self.buf.get(..k).unwrap_or(&[]);
+        let first_ok = match (prev, got.first()) {
+            (Some(p), Some(s)) if start > 0 => s.t > p,
+            _ => true,
+        };
+        increasing &= first_ok && (start > 0 || k < 2 || got[1].t > got[0].t);
+        if !increasing {
+            let e = match prev.filter(|_| !first_ok) {
+                Some(p) => ChunkError::NotIncreasing {
+                    index: start,
+                    prev: p,
+                    t: got[0].t,
+                },
+                None => {
+                    let bad = got.windows(2).position(|w| w[1].t <= w[0].t).unwrap_or(0);
+                    ChunkError::NotIncreasing {
+                        index: start + bad + 1,
+                        prev: got[bad].t,
+                        t: got[bad + 1].t,
+                    }
+                }
+            };
+            return self.fail(e);
+        }
+        self.len = k;
+        self.pos = 1;
+        self.valid = true;
+        true
     }
 }
 
 impl SampleIter for ChunkIter<'_> {
     #[inline]
     fn next(&mut self) -> bool {
-        if self.d.i >= self.d.n {
-            self.valid = false;
-            return false;
+        if self.pos < self.len {
+            self.pos += 1;
+            return true;
         }
-        let prev = self.cur.t;
-        let s = self.d.next_sample();
-        if (self.d.vs.error.is_some() || self.d.ts.r.overrun() || self.d.vs.r.overrun())
-            && let Err(e) = self.d.check()
-        {
-            return self.fail(e);
-        }
-        if self.d.i > 1 && s.t <= prev {
-            return self.fail(ChunkError::NotIncreasing {
-                index: self.d.i - 1,
-                prev,
-                t: s.t,
-            });
-        }
-        self.cur = s;
-        self.valid = true;
-        true
+        self.next_batch()
     }
 
     #[inline]
     fn at(&self) -> Sample {
-        self.cur
+        self.buf
+            .get(self.pos.wrapping_sub(1))
+            .copied()
+            .unwrap_or(Sample {
+                t: i64::MIN,
+                v: f64::NAN,
+            })
     }
 
     #[inline]
@@ -1631,13 +1669,17 @@ mod tests {
         for (s, &(t, v)) in out.iter().zip(samples) {
             assert_eq!((s.t, s.v.to_bits()), (t, v.to_bits()), "sample at {t}");
         }
-        let mut it = enc.iter();
-        for &(t, v) in samples {
-            assert!(it.next());
-            assert_eq!((it.at().t, it.at().v.to_bits()), (t, v.to_bits()));
+        for mut it in [enc.iter(), ChunkIter::new(&data).unwrap()] {
+            assert_eq!(it.num_samples(), samples.len());
+            for &(t, v) in samples {
+                assert!(it.next());
+                assert!(it.is_valid());
+                assert_eq!((it.at().t, it.at().v.to_bits()), (t, v.to_bits()));
+            }
+            assert!(!it.next());
+            assert!(!it.is_valid());
+            assert!(it.error().is_none());
         }
-        assert!(!it.next());
-        assert!(it.error().is_none());
     }
 
     #[test]
@@ -1935,6 +1977,37 @@ mod tests {
             n += 1;
         }
         assert_eq!(n, MAX_SAMPLES);
+    }
+
+    /// `ChunkIter` decodes in batches of 64: a timestamp that does not increase is found on
+    /// either side of a batch boundary, by both decoders, at the same index; the iterator
+    /// returns every sample of the batches before it.
+    #[test]
+    fn non_increasing_at_a_batch_boundary() {
+        for bad in [ITER_BATCH - 1, ITER_BATCH, ITER_BATCH + 1, 2 * ITER_BATCH] {
+            // Code 3 with k = 0 is the residual -1: with an interval of 1 ms that sample
+            // repeats the previous timestamp. Sample `bad` is code `bad - 1`.
+            let mut codes = vec![0u32; 3 * ITER_BATCH];
+            codes[bad - 1] = 3;
+            let data = crafted(1000, 1, &codes);
+            let err = decode_all(&data, &mut Vec::new()).unwrap_err();
+            assert!(
+                matches!(err, ChunkError::NotIncreasing { index, .. } if index == bad),
+                "{bad}: {err:?}"
+            );
+            let mut it = ChunkIter::new(&data).unwrap();
+            let mut n = 0;
+            while it.next() {
+                assert_eq!(it.at().t, 1000 + n as i64);
+                n += 1;
+            }
+            assert_eq!(
+                n,
+                bad / ITER_BATCH * ITER_BATCH,
+                "samples before the batch of {bad}"
+            );
+            assert_eq!(it.error(), Some(&err));
+        }
     }
 
     #[test]
