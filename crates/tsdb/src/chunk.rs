@@ -1631,15 +1631,12 @@ impl SampleIter for ChunkIter<'_> {
         self.next_batch()
     }
 
+    /// Only meaningful after `next` returned true (then `1 <= pos <= ITER_BATCH`): the mask
+    /// keeps the index in the buffer without a bounds check.
     #[inline]
     fn at(&self) -> Sample {
-        self.buf
-            .get(self.pos.wrapping_sub(1))
-            .copied()
-            .unwrap_or(Sample {
-                t: i64::MIN,
-                v: f64::NAN,
-            })
+        const _: () = assert!(ITER_BATCH.is_power_of_two());
+        self.buf[self.pos.wrapping_sub(1) & (ITER_BATCH - 1)]
     }
 
     #[inline]
