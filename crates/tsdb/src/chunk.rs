@@ -15,7 +15,10 @@
 //!   value that needs more decimals switches `e`, a lone NaN/±Inf/-0.0 is stored raw, and any other
 //!   value switches the rest of the chunk to Gorilla XOR coding. Every f64 bit pattern round-trips.
 //!
-//! [`decode_all`] is the bulk path; [`ChunkIter`] decodes one sample per `next`.
+//! [`decode_all`] is the bulk path (what queries use): it decodes every timestamp of a chunk, then
+//! every value, each pass with its stream's state in registers; timestamps of scrape jitter go
+//! several at a time through table steps (`TS_STEP`). [`ChunkIter`] runs the same passes over
+//! batches of 64 samples.
 
 mod bits;
 
@@ -1187,8 +1190,8 @@ impl<'a> Decoder<'a> {
 /// Decodes every sample of `data` (a whole chunk) and appends them to `out`. On error `out` is
 /// left as it was.
 ///
-/// Two passes over the chunk: every timestamp first ([`ts_pass`]), then every value
-/// ([`value_pass`]). Each pass keeps only its own stream's state in registers, which the x86-64
+/// Two passes over the chunk: every timestamp first (`ts_pass`), then every value
+/// (`value_pass`). Each pass keeps only its own stream's state in registers, which the x86-64
 /// register file holds without spilling; interleaving the streams in one loop needed ~19 live
 /// integer registers and spilled the decimal accumulator onto its own dependency chain.
 pub fn decode_all(data: &[u8], out: &mut Vec<Sample>) -> Result<(), ChunkError> {
@@ -1491,7 +1494,7 @@ fn decimal_values<const INT: bool>(
 /// Samples decoded per batch by [`ChunkIter`].
 const ITER_BATCH: usize = 64;
 
-/// Iterates the samples of one chunk. It decodes [`ITER_BATCH`] samples at a time with the passes
+/// Iterates the samples of one chunk. It decodes 64 samples at a time with the passes
 /// of [`decode_all`] (timestamps, then values) into a buffer it holds, so that iterating costs
 /// about what bulk decoding does; [`SampleIter::next`] then only moves along the buffer. A
 /// decoding error (corrupt or truncated data, timestamps not increasing) ends iteration before
