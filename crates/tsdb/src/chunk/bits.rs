@@ -256,7 +256,7 @@ impl FastBits {
     }
 
     /// Reads `n <= 64` bits.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn take_long(&mut self, data: &[u8], n: u32) -> u64 {
         if n > 32 {
             let hi = self.take(data, n - 32);
@@ -267,7 +267,7 @@ impl FastBits {
     }
 
     /// Reads a value written by [`BitWriter::write_varbits`].
-    #[inline]
+    #[inline(always)]
     pub(crate) fn take_varbits(&mut self, data: &[u8]) -> u64 {
         let n = self.take(data, 6) as u32 + 1;
         self.take_long(data, n)
