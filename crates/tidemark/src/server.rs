@@ -329,10 +329,35 @@ async fn serve(
             .unwrap_or_default(),
     );
 
+    let read_timeout_ms = tidemark_model::time::parse_duration_millis(&args.web_read_timeout)
+        .map_err(|e| anyhow::anyhow!("--web.read-timeout {}: {e}", args.web_read_timeout))?;
     let opts = ApiOptions {
         enable_admin_api: args.enable_admin_api,
         enable_lifecycle: true,
         storage_retention: tidemark_model::time::format_duration_millis(dbo.retention_time_ms),
+        max_request_body_bytes: usize::try_from(
+            crate::config::parse_bytes(&args.max_request_body)
+                .context("--web.max-request-body-bytes")?,
+        )
+        .unwrap_or(usize::MAX)
+        .max(1),
+        body_read_timeout: Duration::from_millis(
+            u64::try_from(read_timeout_ms.max(1)).unwrap_or(1),
+        ),
+        max_labels_per_series: args.max_labels_per_series.max(1),
+        max_label_value_bytes: args.max_label_value_bytes.max(1),
+        max_exemplars: args.exemplars_limit,
+        remote_read_sample_limit: if args.remote_read_sample_limit == 0 {
+            usize::MAX
+        } else {
+            args.remote_read_sample_limit
+        },
+        remote_read_concurrent_limit: if args.remote_read_concurrent_limit == 0 {
+            usize::MAX
+        } else {
+            args.remote_read_concurrent_limit
+        },
+        remote_read_max_bytes_in_frame: args.remote_read_max_bytes_in_frame.max(1024),
         ..ApiOptions::default()
     };
     let reloader = Arc::new(ConfigReloader {
@@ -371,7 +396,21 @@ async fn serve(
         let _ = stop_rx.await;
         info!("shutting down");
     };
-    let served = tidemark_api::serve(listener, api.router(), web_config, shutdown).await;
+    let header_ms = tidemark_model::time::parse_duration_millis(&args.web_read_header_timeout)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "--web.read-header-timeout {}: {e}",
+                args.web_read_header_timeout
+            )
+        })?;
+    let serve_opts = tidemark_api::ServeOptions {
+        header_read_timeout: Duration::from_millis(u64::try_from(header_ms.max(1)).unwrap_or(1)),
+        max_connections: args.web_max_connections.max(1),
+        metrics: Some(api.metrics()),
+        ..tidemark_api::ServeOptions::default()
+    };
+    let served =
+        tidemark_api::serve_with(listener, api.router(), web_config, serve_opts, shutdown).await;
     scrape.stop().await;
     rules.stop();
     served.map_err(|e| anyhow::anyhow!("HTTP server: {e}"))
