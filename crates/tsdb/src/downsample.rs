@@ -1,5 +1,6 @@
 //! Downsampling: blocks of 5 m and 1 h resolution holding, per series and window, the
-//! aggregates count, sum, min, max and a counter value that accounts for resets (as Thanos).
+//! aggregates count, sum, min, max, last (the raw value of the window's last sample) and a
+//! counter value that accounts for resets (as Thanos).
 //!
 //! - [`aggregate_raw`] turns the raw samples of one series into an [`AggrSeries`];
 //!   [`aggregate_aggr`] turns a 5 m [`AggrSeries`] into a 1 h one. Windows are aligned to the
@@ -36,7 +37,7 @@ pub const RES_5M: i64 = 300_000;
 /// 1 hour.
 pub const RES_1H: i64 = 3_600_000;
 /// Version byte of an aggregate chunk.
-pub const AGGR_CHUNK_VERSION: u8 = 1;
+pub const AGGR_CHUNK_VERSION: u8 = 2;
 /// Flag: the raw value of the last sample follows the flags (8 bytes, f64 little endian).
 const FLAG_RAW_LAST: u8 = 1;
 /// Flag: sum, min and max are stored as whole chunks (their timestamp streams differ from the
@@ -45,6 +46,9 @@ const FLAG_FULL_STREAMS: u8 = 2;
 /// Flag: the counter's window values are the max values (a counter without resets in the
 /// block); only its leading raw-first sample, if any, is stored in the counter part.
 const FLAG_COUNTER_IS_MAX: u8 = 4;
+/// Flag: every window's last value is its max (data that never drops inside a window); the
+/// last part is empty and the reader copies the max values.
+const FLAG_LAST_IS_MAX: u8 = 8;
 
 /// One of the aggregates a downsampled block stores per window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -57,15 +61,18 @@ pub enum Aggregate {
     Max,
     /// Running total with counter resets compensated (use for rate / increase).
     Counter,
+    /// The raw value of the window's last sample (use for plain selectors).
+    Last,
 }
 
 impl Aggregate {
-    pub const ALL: [Aggregate; 5] = [
+    pub const ALL: [Aggregate; 6] = [
         Aggregate::Count,
         Aggregate::Sum,
         Aggregate::Min,
         Aggregate::Max,
         Aggregate::Counter,
+        Aggregate::Last,
     ];
 
     pub fn name(self) -> &'static str {
@@ -75,6 +82,7 @@ impl Aggregate {
             Aggregate::Min => "min",
             Aggregate::Max => "max",
             Aggregate::Counter => "counter",
+            Aggregate::Last => "last",
         }
     }
 
@@ -83,8 +91,8 @@ impl Aggregate {
     }
 }
 
-/// The aggregates of one series in one block (or chunk). `count`, `sum`, `min` and `max` have
-/// one sample per window, at the timestamp of the window's last raw sample. `counter` has the
+/// The aggregates of one series in one block (or chunk). `count`, `sum`, `min`, `max` and
+/// `last` have one sample per window, at the timestamp of the window's last raw sample. `counter` has the
 /// same samples, preceded by the raw first sample when the first window holds more than one
 /// raw sample; its values are the raw values plus every value seen before a reset (a drop), so
 /// the stream never drops inside the block. `raw_last` is the raw value of the last sample when
@@ -96,6 +104,7 @@ pub struct AggrSeries {
     pub sum: Vec<Sample>,
     pub min: Vec<Sample>,
     pub max: Vec<Sample>,
+    pub last: Vec<Sample>,
     pub counter: Vec<Sample>,
     pub raw_last: Option<f64>,
 }
@@ -109,6 +118,7 @@ impl AggrSeries {
             Aggregate::Min => &self.min,
             Aggregate::Max => &self.max,
             Aggregate::Counter => &self.counter,
+            Aggregate::Last => &self.last,
         }
     }
 
@@ -162,19 +172,21 @@ pub fn aggregate_raw(samples: &[Sample], res: i64) -> AggrSeries {
     while i < input.len() {
         let w = input[i].t.div_euclid(res);
         let (mut n, mut sum, mut min, mut max) = (0.0, 0.0, f64::INFINITY, f64::NEG_INFINITY);
-        let mut t = input[i].t;
+        let mut last = input[i];
         while let Some(s) = input.get(i).filter(|s| s.t.div_euclid(res) == w) {
             n += 1.0;
             sum += s.v;
             min = min.min(s.v);
             max = max.max(s.v);
-            t = s.t;
+            last = *s;
             i += 1;
         }
+        let t = last.t;
         out.count.push(Sample::new(t, n));
         out.sum.push(Sample::new(t, sum));
         out.min.push(Sample::new(t, min));
         out.max.push(Sample::new(t, max));
+        out.last.push(last);
     }
     let (counter, raw_last) = counter_windows(&input, None, res);
     out.counter = counter;
@@ -183,7 +195,8 @@ pub fn aggregate_raw(samples: &[Sample], res: i64) -> AggrSeries {
 }
 
 /// Aggregates a finer [`AggrSeries`] (e.g. 5 m) into windows of `res` ms (e.g. 1 h): counts
-/// and sums add up, min and max of the mins and maxes, the counter continues.
+/// and sums add up, min and max of the mins and maxes, the last of the last window, the
+/// counter continues.
 pub fn aggregate_aggr(input: &AggrSeries, res: i64) -> AggrSeries {
     let mut out = AggrSeries::default();
     let n = input
@@ -191,17 +204,20 @@ pub fn aggregate_aggr(input: &AggrSeries, res: i64) -> AggrSeries {
         .len()
         .min(input.sum.len())
         .min(input.min.len())
-        .min(input.max.len());
+        .min(input.max.len())
+        .min(input.last.len());
     let mut i = 0;
     while i < n {
         let w = input.count[i].t.div_euclid(res);
         let (mut c, mut sum, mut min, mut max) = (0.0, 0.0, f64::INFINITY, f64::NEG_INFINITY);
         let mut t = input.count[i].t;
+        let mut last = input.last[i].v;
         while i < n && input.count[i].t.div_euclid(res) == w {
             c += input.count[i].v;
             sum += input.sum[i].v;
             min = min.min(input.min[i].v);
             max = max.max(input.max[i].v);
+            last = input.last[i].v;
             t = input.count[i].t;
             i += 1;
         }
@@ -209,6 +225,7 @@ pub fn aggregate_aggr(input: &AggrSeries, res: i64) -> AggrSeries {
         out.sum.push(Sample::new(t, sum));
         out.min.push(Sample::new(t, min));
         out.max.push(Sample::new(t, max));
+        out.last.push(Sample::new(t, last));
     }
     let (counter, raw_last) = counter_windows(&input.counter, input.last_raw(), res);
     out.counter = counter;
@@ -269,10 +286,20 @@ pub fn encode_aggr_chunk(a: &AggrSeries) -> Result<(i64, i64, Vec<u8>)> {
         return Err(BlockError::Invalid("empty aggregate series".into()));
     };
     let count = encode_stream(&a.count)?;
+    let last_is_max = a.last.len() == a.max.len()
+        && a.last
+            .iter()
+            .zip(&a.max)
+            .all(|(l, m)| l.t == m.t && l.v.to_bits() == m.v.to_bits());
     let others = [
         encode_stream(&a.sum)?,
         encode_stream(&a.min)?,
         encode_stream(&a.max)?,
+        if last_is_max {
+            Vec::new()
+        } else {
+            encode_stream(&a.last)?
+        },
     ];
     // A counter without resets: every window's counter value is its max.
     let lead = a.counter.len().saturating_sub(a.max.len());
@@ -292,7 +319,7 @@ pub fn encode_aggr_chunk(a: &AggrSeries) -> Result<(i64, i64, Vec<u8>)> {
         .ok_or_else(|| BlockError::Invalid("encoding an aggregate: bad count chunk".into()))?;
     let shared = others
         .iter()
-        .all(|o| o.len() >= prefix && o[..prefix] == count[..prefix]);
+        .all(|o| o.is_empty() || (o.len() >= prefix && o[..prefix] == count[..prefix]));
     let mut flags = 0;
     if a.raw_last.is_some() {
         flags |= FLAG_RAW_LAST;
@@ -303,6 +330,9 @@ pub fn encode_aggr_chunk(a: &AggrSeries) -> Result<(i64, i64, Vec<u8>)> {
     if counter_is_max {
         flags |= FLAG_COUNTER_IS_MAX;
     }
+    if last_is_max {
+        flags |= FLAG_LAST_IS_MAX;
+    }
     let mut out = Vec::with_capacity(count.len() * 4 + counter.len() + 16);
     out.push(AGGR_CHUNK_VERSION);
     out.push(flags);
@@ -312,7 +342,11 @@ pub fn encode_aggr_chunk(a: &AggrSeries) -> Result<(i64, i64, Vec<u8>)> {
     put_uvarint(&mut out, count.len() as u64);
     out.extend_from_slice(&count);
     for o in &others {
-        let part = if shared { &o[prefix..] } else { &o[..] };
+        let part = if shared && !o.is_empty() {
+            &o[prefix..]
+        } else {
+            &o[..]
+        };
         put_uvarint(&mut out, part.len() as u64);
         out.extend_from_slice(part);
     }
@@ -364,6 +398,7 @@ pub fn decode_aggr_chunk(data: &[u8]) -> std::result::Result<AggrSeries, String>
     let sum = part("sum")?;
     let min = part("min")?;
     let max = part("max")?;
+    let last = part("last")?;
     let counter = part("counter")?;
     let prefix = ts_prefix_len(count).ok_or("aggregate chunk: bad count chunk header")?;
     let dec = |bytes: &[u8], what: &str, out: &mut Vec<Sample>| {
@@ -374,7 +409,11 @@ pub fn decode_aggr_chunk(data: &[u8]) -> std::result::Result<AggrSeries, String>
         (sum, "sum", &mut out.sum),
         (min, "min", &mut out.min),
         (max, "max", &mut out.max),
+        (last, "last", &mut out.last),
     ] {
+        if bytes.is_empty() && flags & FLAG_LAST_IS_MAX != 0 && what == "last" {
+            continue;
+        }
         if flags & FLAG_FULL_STREAMS != 0 {
             dec(bytes, what, dst)?;
         } else {
@@ -385,6 +424,9 @@ pub fn decode_aggr_chunk(data: &[u8]) -> std::result::Result<AggrSeries, String>
         }
     }
     dec(counter, "counter", &mut out.counter)?;
+    if flags & FLAG_LAST_IS_MAX != 0 {
+        out.last = out.max.clone();
+    }
     if flags & FLAG_COUNTER_IS_MAX != 0 {
         out.counter.extend_from_slice(&out.max);
     }
@@ -408,6 +450,7 @@ pub fn read_aggr_series(b: &Block, entry: &SeriesEntry) -> Result<AggrSeries> {
             out.sum.extend(a.sum);
             out.min.extend(a.min);
             out.max.extend(a.max);
+            out.last.extend(a.last);
             out.counter.extend(a.counter);
             out.raw_last = a.raw_last;
         }
@@ -728,6 +771,7 @@ mod tests {
         assert_eq!(a.min, vec![s(2, 5.0), s(11, 1.0)]);
         assert_eq!(a.max, vec![s(2, 20.0), s(11, 7.0)]);
         assert_eq!(a.sum, vec![s(2, 35.0), s(11, 8.0)]);
+        assert_eq!(a.last, vec![s(2, 5.0), s(11, 1.0)]);
         let (mint, maxt, bytes) = encode_aggr_chunk(&a).unwrap();
         assert_eq!((mint, maxt), (0, 11));
         assert_eq!(decode_aggr_chunk(&bytes).unwrap(), a);
@@ -739,6 +783,7 @@ mod tests {
         // 1 h from these windows: one window of both.
         let c = aggregate_aggr(&a, 100);
         assert_eq!(c.count, vec![s(11, 5.0)]);
+        assert_eq!(c.last, vec![s(11, 1.0)]);
         assert_eq!(c.counter, vec![s(0, 10.0), s(11, 28.0)]);
         assert_eq!(c.raw_last, Some(1.0));
     }
@@ -760,7 +805,8 @@ mod tests {
     fn decode_rejects_garbage() {
         assert!(decode_aggr_chunk(&[]).is_err());
         assert!(decode_aggr_chunk(&[9, 0]).is_err());
-        assert!(decode_aggr_chunk(&[1, 1, 0]).is_err());
-        assert!(decode_aggr_chunk(&[1, 0, 200]).is_err());
+        assert!(decode_aggr_chunk(&[1, 0]).is_err(), "version 1 is not read");
+        assert!(decode_aggr_chunk(&[2, 1, 0]).is_err());
+        assert!(decode_aggr_chunk(&[2, 0, 200]).is_err());
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! - `aggregates_match_raw_per_window` (proptest): random counters (with resets) and gauges
 //!   over several raw 2 h blocks are downsampled to 5 m and then 1 h; every window's count,
-//!   sum, min and max equal the values computed from the raw samples, the stitched counter
+//!   sum, min, max and last equal the values computed from the raw samples, the stitched counter
 //!   equals the raw running total with resets compensated at every sample it has, and the
 //!   increase over any range matches raw within the documented tolerance (the raw increase
 //!   inside the first and the last window of the range).
@@ -104,9 +104,11 @@ fn read_querier(q: &dyn tidemark_storage::Querier, m: &[Matcher]) -> BTreeMap<La
     out
 }
 
-/// Model of one window: (timestamp of the last sample, count, sum, min, max).
-fn model_windows(raw: &[Sample], res: i64) -> Vec<(i64, f64, f64, f64, f64)> {
-    let mut out: Vec<(i64, f64, f64, f64, f64)> = Vec::new();
+/// Model of one window: (timestamp of the last sample, count, sum, min, max, last).
+type ModelWindow = (i64, f64, f64, f64, f64, f64);
+
+fn model_windows(raw: &[Sample], res: i64) -> Vec<ModelWindow> {
+    let mut out: Vec<ModelWindow> = Vec::new();
     let mut cur: Option<i64> = None;
     for s in raw {
         let w = s.t.div_euclid(res);
@@ -117,8 +119,9 @@ fn model_windows(raw: &[Sample], res: i64) -> Vec<(i64, f64, f64, f64, f64)> {
             last.2 += s.v;
             last.3 = last.3.min(s.v);
             last.4 = last.4.max(s.v);
+            last.5 = s.v;
         } else {
-            out.push((s.t, 1.0, s.v, s.v, s.v));
+            out.push((s.t, 1.0, s.v, s.v, s.v, s.v));
             cur = Some(w);
         }
     }
@@ -187,6 +190,7 @@ fn check_resolution(dir: &Path, data: &RawData, res: i64) -> Result<(), TestCase
     let min = read(dir, res, Aggregate::Min);
     let max = read(dir, res, Aggregate::Max);
     let counter = read(dir, res, Aggregate::Counter);
+    let last = read(dir, res, Aggregate::Last);
     prop_assert_eq!(count.len(), data.len());
     for (l, raw) in data {
         let want = model_windows(raw, res);
@@ -214,6 +218,11 @@ fn check_resolution(dir: &Path, data: &RawData, res: i64) -> Result<(), TestCase
             pick(&max),
             want.iter().map(|w| (w.0, w.4)).collect::<Vec<_>>(),
             "max"
+        );
+        prop_assert_eq!(
+            pick(&last),
+            want.iter().map(|w| (w.0, w.5)).collect::<Vec<_>>(),
+            "last"
         );
         // Counter: at every sample it has, the raw running total; it starts at the first raw
         // sample and ends at the last.
