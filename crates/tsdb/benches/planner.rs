@@ -25,6 +25,9 @@ use tidemark_tsdb::downsample::{self, DownsampleOptions};
 use tidemark_tsdb::testdata::node_exporter;
 use tidemark_tsdb::{Db, DbOptions};
 
+/// One mode's runs: (mode, wall times, CPU times, samples read, resolutions used).
+type Runs = (&'static str, Vec<f64>, Vec<f64>, u64, String);
+
 fn cpu_seconds() -> f64 {
     // SAFETY: getrusage only writes the struct it is given.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
@@ -117,8 +120,7 @@ fn main() {
     println!("| query | mode | wall (median) | CPU | samples read | info |");
     println!("|---|---|---|---|---|---|");
     for q in queries {
-        // (mode, wall times, CPU times, samples read, resolutions used)
-        let mut results: Vec<(&str, Vec<f64>, Vec<f64>, u64, String)> = ["auto", "raw"]
+        let mut results: Vec<Runs> = ["auto", "raw"]
             .into_iter()
             .map(|m| (m, Vec::new(), Vec::new(), 0, String::new()))
             .collect();
