@@ -268,6 +268,29 @@ fn range_before_raw_retention_returns_coarse_data() {
             }
         }
     }
+    // An instant query before raw data: the 5m `last` value (auto), nothing (raw).
+    let engine = Engine::new(EngineOptions::default());
+    let at = 3 * DAY + 7 * MIN;
+    let r = engine
+        .instant_query(&f.db, "m_total{i=\"1\"}", at, &QueryParams::default())
+        .unwrap();
+    let Value::Vector(v) = r.value else { panic!() };
+    assert_eq!(v.len(), 1, "{:?}", r.infos);
+    let raw_series = &data[&labels(1)];
+    // The newest raw sample of an earlier window end: 3 d + 4 min (the 5m window before `at`).
+    let want = raw_series
+        .iter()
+        .rfind(|s| s.t < 3 * DAY + 5 * MIN)
+        .unwrap();
+    assert_eq!(v[0].v, want.v);
+    let forced = QueryParams {
+        max_source_resolution: Some(MaxSourceResolution::Raw),
+        ..QueryParams::default()
+    };
+    let r = engine
+        .instant_query(&f.db, "m_total{i=\"1\"}", at, &forced)
+        .unwrap();
+    assert_eq!(r.value, Value::Vector(vec![]));
     // count_over_time(m[1h]) of a 1-minute series is 60 wherever the windows are whole.
     let (auto, _) = range(&f.db, "count_over_time(m_total[1h])", start, end, H, None);
     for s in auto.values() {
