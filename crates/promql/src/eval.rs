@@ -815,21 +815,23 @@ impl Ctx<'_> {
                     )?;
                     let mut by_labels: HashMap<Labels, Vec<Sample>> =
                         counts.into_iter().map(|c| (c.labels, c.samples)).collect();
+                    // Aligned by timestamp: a sum without a count at its time is a raw
+                    // sample that arrived between the two reads (weight 1).
                     let mut w = Vec::with_capacity(raw.len());
                     for r in &raw {
                         let c = by_labels.remove(&r.labels).unwrap_or_default();
-                        if c.len() != r.samples.len()
-                            || c.iter().zip(&r.samples).any(|(a, b)| a.t != b.t)
-                        {
-                            return Err(QueryError::new(
-                                ErrorKind::Internal,
-                                format!(
-                                    "downsampled sums and counts of {} do not line up",
-                                    r.labels
-                                ),
-                            ));
+                        let mut j = 0;
+                        let mut ws = Vec::with_capacity(r.samples.len());
+                        for x in &r.samples {
+                            while j < c.len() && c[j].t < x.t {
+                                j += 1;
+                            }
+                            ws.push(match c.get(j) {
+                                Some(cs) if cs.t == x.t => cs.v,
+                                _ => 1.0,
+                            });
                         }
-                        w.push(c.into_iter().map(|x| x.v).collect::<Vec<f64>>());
+                        w.push(ws);
                     }
                     weights = Some(w);
                 }
