@@ -7,6 +7,8 @@
 //!   equals the raw running total with resets compensated at every sample it has, and the
 //!   increase over any range matches raw within the documented tolerance (the raw increase
 //!   inside the first and the last window of the range).
+//! - `aggregate_chunks_round_trip` (proptest): aggregate chunks of any values (decimals, byte
+//!   counts, arbitrary floats, huge values, -0.0) decode bit for bit to what was encoded.
 //! - `leftover_and_obsolete_blocks_after_a_crash`: a temp dir left by a crash, a re-run, and a
 //!   superseded downsampled block left behind leave exactly one downsampled block per source.
 //! - `downsampling_survives_sigkill`: a child process downsampling a directory is SIGKILLed at
@@ -305,6 +307,49 @@ proptest! {
                         "{l} res {res} [{a}, {b}]: raw {inc_raw} downsampled {inc_ds} tolerance {tol}");
                 }
             }
+        }
+    }
+}
+
+fn arb_value() -> impl Strategy<Value = f64> {
+    prop_oneof![
+        (0i64..1000).prop_map(|x| x as f64),
+        (-100_000i64..100_000, 0u32..4).prop_map(|(m, e)| m as f64 / 10f64.powi(e as i32)),
+        (0u64..1 << 40).prop_map(|x| (x * 4096) as f64),
+        any::<f64>().prop_filter("finite", |v| v.is_finite()),
+        Just(1e300),
+        Just(-0.0),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// Every aggregate chunk decodes to exactly what was encoded (bit for bit), whatever the
+    /// values: decimals, byte counts, arbitrary floats, huge values, -0.0, resets.
+    #[test]
+    fn aggregate_chunks_round_trip(
+        steps in prop::collection::vec((1i64..200_000, arb_value(), prop::bool::weighted(0.8)), 1..400),
+    ) {
+        let mut t = 0;
+        let mut v = 0.0;
+        let mut raw = Vec::new();
+        for (gap, x, keep) in steps {
+            t += gap;
+            // Mostly a running counter of the generated values, else the value itself.
+            v = if keep && (v + x).is_finite() { v + x.abs() } else { x };
+            raw.push(Sample::new(t, v));
+        }
+        let m5 = downsample::aggregate_raw(&raw, RES_5M);
+        let h1 = downsample::aggregate_aggr(&m5, RES_1H);
+        for a in [&m5, &h1] {
+            let (_, _, bytes) = downsample::encode_aggr_chunk(a).unwrap();
+            let d = downsample::decode_aggr_chunk(&bytes).unwrap();
+            for g in Aggregate::ALL {
+                let bits = |s: &[Sample]| s.iter().map(|x| (x.t, x.v.to_bits())).collect::<Vec<_>>();
+                prop_assert_eq!(bits(d.get(g)), bits(a.get(g)), "{:?}", g);
+            }
+            prop_assert_eq!(d.raw_last.map(f64::to_bits), a.raw_last.map(f64::to_bits));
         }
     }
 }
