@@ -84,6 +84,9 @@ pub struct DbOptions {
     pub retention_5m_ms: i64,
     /// Retention of 1 h blocks (default 365d; 0 = forever).
     pub retention_1h_ms: i64,
+    /// Per-metric retention rules, applied by maintenance after the retention by time
+    /// ([`crate::retention::apply_rules`]; default none).
+    pub retention_rules: Vec<crate::retention::RetentionRule>,
 }
 
 impl Default for DbOptions {
@@ -104,6 +107,7 @@ impl Default for DbOptions {
             downsample_1h_after_ms: 10 * DAY_MS,
             retention_5m_ms: 90 * DAY_MS,
             retention_1h_ms: 365 * DAY_MS,
+            retention_rules: Vec::new(),
         }
     }
 }
@@ -702,6 +706,34 @@ impl Db {
                 .blocks
                 .write()
                 .retain(|b| !deleted.iter().any(|d| d == b.id()));
+        }
+        if !o.retention_rules.is_empty() {
+            let blocks: Vec<Block> = self.inner.blocks.read().clone();
+            let rewrites = crate::retention::apply_rules(
+                &self.inner.dir,
+                &blocks,
+                &o.retention_rules,
+                newest,
+            )?;
+            for r in rewrites {
+                let new = match &r.new {
+                    Some(meta) => Some(Block::open(&self.inner.dir.join(&meta.id))?),
+                    None => None,
+                };
+                {
+                    let _view = self.inner.view.write();
+                    let mut blocks = self.inner.blocks.write();
+                    blocks.retain(|b| b.id() != r.old);
+                    if let Some(nb) = new {
+                        blocks.push(nb);
+                        blocks.sort_by(|a, b| {
+                            (a.meta().min_time, a.meta().max_time)
+                                .cmp(&(b.meta().min_time, b.meta().max_time))
+                        });
+                    }
+                }
+                block::delete_block(&self.inner.dir, &r.old)?;
+            }
         }
         Ok(())
     }
