@@ -472,11 +472,22 @@ impl Ctx<'_> {
                 ds.querier_resolution(lo, hi, seg.resolution, aggr)?
             };
             let mut seen: std::collections::HashSet<Labels> = std::collections::HashSet::new();
+            let mut handles: Vec<Arc<dyn tidemark_storage::Series>> = Vec::new();
             for matchers in sets {
                 for series in querier.select(true, Some(hints), matchers) {
                     let series = series?;
-                    if !seen.insert(series.labels().clone()) {
-                        continue;
+                    if seen.insert(series.labels().clone()) {
+                        handles.push(series);
+                    }
+                }
+            }
+            // Decode in parallel (downsampled series decode their chunks when iterated).
+            let multi = segs.len() > 1;
+            let read: Vec<Result<Vec<Sample>>> = handles
+                .par_iter()
+                .map(|series| {
+                    if Instant::now() > self.deadline {
+                        return Err(timeout_error(self.timeout));
                     }
                     let mut samples = Vec::new();
                     let mut it = series.iter();
@@ -503,19 +514,27 @@ impl Ctx<'_> {
                             DownsampleAggregate::Count => {
                                 samples.iter_mut().for_each(|x| x.v = 1.0)
                             }
-                            DownsampleAggregate::Counter if segs.len() > 1 => {
+                            DownsampleAggregate::Counter if multi => {
                                 planner::compensate(&mut samples)
                             }
                             _ => {}
                         }
-                    } else if !samples.is_empty() {
-                        coarse_used.insert(seg.resolution);
                     }
-                    let slots = by_series
-                        .entry(series.labels().clone())
-                        .or_insert_with(|| vec![None; segs.len()]);
-                    slots[k] = Some(samples);
+                    Ok(samples)
+                })
+                .collect();
+            for (series, samples) in handles.iter().zip(read) {
+                let samples = samples?;
+                if samples.is_empty() {
+                    continue;
                 }
+                if !raw {
+                    coarse_used.insert(seg.resolution);
+                }
+                let slots = by_series
+                    .entry(series.labels().clone())
+                    .or_insert_with(|| vec![None; segs.len()]);
+                slots[k] = Some(samples);
             }
             self.check_deadline()?;
         }

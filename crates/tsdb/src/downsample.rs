@@ -23,7 +23,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use tidemark_model::{Labels, Matcher, Sample};
-use tidemark_storage::{ListSeries, Querier, SelectHints, Series, SeriesSet};
+use tidemark_storage::{Querier, SelectHints, Series, SeriesSet};
 
 use crate::block::{Block, BlockError, BlockMeta, BlockWriter, Result};
 use crate::chunk::{self, ChunkEncoder};
@@ -1053,22 +1053,37 @@ impl Querier for DownsampledQuerier {
         hints: Option<&SelectHints>,
         matchers: &[Matcher],
     ) -> SeriesSet {
-        let by_series = match self.collect(matchers) {
-            Ok(m) => m,
-            Err(e) => return Box::new(std::iter::once(Err(e))),
-        };
+        // Index lookups only: each series decodes its chunks when iterated, so callers can
+        // read series in parallel.
+        let mut by_series: BTreeMap<Labels, Vec<(Block, SeriesEntry)>> = BTreeMap::new();
+        for b in &self.blocks {
+            let ids = match postings_for_matchers(b.index(), matchers) {
+                Ok(p) => p.into_vec(),
+                Err(e) => return Box::new(std::iter::once(Err(e))),
+            };
+            for id in ids {
+                match b.index().series(id) {
+                    Ok(entry) => by_series
+                        .entry(entry.labels.clone())
+                        .or_default()
+                        .push((b.clone(), entry)),
+                    Err(e) => return Box::new(std::iter::once(Err(e.into()))),
+                }
+            }
+        }
         let limit = hints.map_or(0, |h| h.limit);
         let mut out: Vec<Arc<dyn Series>> = Vec::new();
         for (labels, parts) in by_series {
             if limit > 0 && out.len() >= limit {
                 break;
             }
-            let refs: Vec<&AggrSeries> = parts.iter().collect();
-            let mut samples = stitch(&refs, self.aggr);
-            samples.retain(|s| s.t >= self.mint && s.t <= self.maxt);
-            if !samples.is_empty() {
-                out.push(Arc::new(ListSeries::new(labels, samples)));
-            }
+            out.push(Arc::new(LazyAggrSeries {
+                labels,
+                parts,
+                aggr: self.aggr,
+                mint: self.mint,
+                maxt: self.maxt,
+            }));
         }
         Box::new(out.into_iter().map(Ok))
     }
@@ -1108,6 +1123,98 @@ impl Querier for DownsampledQuerier {
             v.truncate(limit);
         }
         Ok(v)
+    }
+}
+
+/// One series of a [`DownsampledQuerier`]: its parts in each block, decoded and stitched when
+/// iterated (may turn out empty inside the querier's range).
+#[derive(Debug)]
+struct LazyAggrSeries {
+    labels: Labels,
+    /// Oldest block first.
+    parts: Vec<(Block, SeriesEntry)>,
+    aggr: Aggregate,
+    mint: i64,
+    maxt: i64,
+}
+
+impl LazyAggrSeries {
+    fn samples(&self) -> Result<Vec<Sample>> {
+        let mut decoded = Vec::with_capacity(self.parts.len());
+        for (b, entry) in &self.parts {
+            decoded.push(read_aggr_series(b, entry)?);
+        }
+        let refs: Vec<&AggrSeries> = decoded.iter().collect();
+        let mut samples = stitch(&refs, self.aggr);
+        samples.retain(|s| s.t >= self.mint && s.t <= self.maxt);
+        Ok(samples)
+    }
+}
+
+impl Series for LazyAggrSeries {
+    fn labels(&self) -> &Labels {
+        &self.labels
+    }
+
+    fn iter(&self) -> Box<dyn tidemark_storage::SampleIter + '_> {
+        match self.samples() {
+            Ok(samples) => Box::new(OwnedSampleIter {
+                samples,
+                pos: 0,
+                err: None,
+            }),
+            Err(e) => Box::new(OwnedSampleIter {
+                samples: Vec::new(),
+                pos: 0,
+                err: Some(e.into()),
+            }),
+        }
+    }
+}
+
+/// Iterator over owned samples (a decoded aggregate), carrying a decoding error if any.
+#[derive(Debug)]
+struct OwnedSampleIter {
+    samples: Vec<Sample>,
+    /// Index of the current sample + 1 (0 = before the first).
+    pos: usize,
+    err: Option<tidemark_storage::Error>,
+}
+
+impl tidemark_storage::SampleIter for OwnedSampleIter {
+    fn next(&mut self) -> bool {
+        if self.pos < self.samples.len() {
+            self.pos += 1;
+            true
+        } else {
+            self.pos = self.samples.len() + 1;
+            false
+        }
+    }
+
+    fn seek(&mut self, t: i64) -> bool {
+        if self.is_valid() && self.at().t >= t {
+            return true;
+        }
+        let from = self.pos.saturating_sub(1).min(self.samples.len());
+        let i = from + self.samples[from..].partition_point(|s| s.t < t);
+        self.pos = i + 1;
+        i < self.samples.len()
+    }
+
+    fn at(&self) -> Sample {
+        self.samples
+            .get(self.pos.wrapping_sub(1))
+            .copied()
+            .unwrap_or(Sample::new(i64::MIN, f64::NAN))
+    }
+
+    fn is_valid(&self) -> bool {
+        self.pos >= 1 && self.pos <= self.samples.len()
+    }
+
+    fn err(&mut self) -> Option<tidemark_storage::Error> {
+        self.err.take()
     }
 }
 
