@@ -147,7 +147,8 @@ impl Api {
             metadata: Arc::new(MetadataStore::new(opts.max_metadata_families)),
             series_cache: Arc::new(crate::series_cache::SeriesCache::new(SERIES_CACHE_CAPACITY)),
             remote_read_slots: Arc::new(tokio::sync::Semaphore::new(
-                opts.remote_read_concurrent_limit.max(1),
+                opts.remote_read_concurrent_limit
+                    .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
             )),
             opts,
             admin: None,

@@ -7,10 +7,104 @@
 //! ```
 //! The first sample's time delta is against 0, later ones against the previous sample.
 //! Decoding validates every length (the bytes come from the network) and the label encoding.
+//!
+//! An entry may instead carry an admin command that every replica runs on its data at the
+//! same point of the log (so replicas stay identical):
+//!
+//! ```text
+//! command := 2:u8 json(Command)
+//! ```
 
-use tidemark_model::Labels;
+use tidemark_model::{Labels, MatchType, Matcher};
 
 const VERSION: u8 = 1;
+/// First byte of a command entry.
+const COMMAND: u8 = 2;
+
+/// An admin operation replicated through a shard's log.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum Command {
+    /// `delete_series`: samples of series matching any matcher set, in `[min_time, max_time]`.
+    /// A matcher is (kind: 0 `=`, 1 `!=`, 2 `=~`, 3 `!~`, name, value).
+    Delete {
+        matchers: Vec<Vec<(u8, String, String)>>,
+        min_time: i64,
+        max_time: i64,
+    },
+    /// `clean_tombstones`.
+    CleanTombstones,
+}
+
+impl Command {
+    /// A delete of `sets` within `[min_time, max_time]`.
+    pub fn delete(sets: &[Vec<Matcher>], min_time: i64, max_time: i64) -> Command {
+        let kind = |m: &Matcher| match m.kind {
+            MatchType::Equal => 0,
+            MatchType::NotEqual => 1,
+            MatchType::Regex => 2,
+            MatchType::NotRegex => 3,
+        };
+        Command::Delete {
+            matchers: sets
+                .iter()
+                .map(|set| {
+                    set.iter()
+                        .map(|m| (kind(m), m.name.clone(), m.value.clone()))
+                        .collect()
+                })
+                .collect(),
+            min_time,
+            max_time,
+        }
+    }
+
+    /// The matcher sets of a delete.
+    pub fn matcher_sets(
+        sets: &[Vec<(u8, String, String)>],
+    ) -> Result<Vec<Vec<Matcher>>, BatchError> {
+        sets.iter()
+            .map(|set| {
+                set.iter()
+                    .map(|(k, n, v)| {
+                        let kind = match k {
+                            0 => MatchType::Equal,
+                            1 => MatchType::NotEqual,
+                            2 => MatchType::Regex,
+                            3 => MatchType::NotRegex,
+                            k => return Err(BatchError::Command(format!("matcher kind {k}"))),
+                        };
+                        Matcher::new(kind, n, v).map_err(|e| BatchError::Command(e.to_string()))
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The entry payload.
+    pub fn encode(&self) -> Result<Vec<u8>, BatchError> {
+        let mut v = vec![COMMAND];
+        serde_json::to_writer(&mut v, self).map_err(|e| BatchError::Command(e.to_string()))?;
+        Ok(v)
+    }
+}
+
+/// The command in an entry payload (`None`: the payload is a write batch).
+pub fn decode_command(data: &[u8]) -> Option<Result<Command, BatchError>> {
+    match data.split_first() {
+        Some((&COMMAND, json)) => {
+            Some(serde_json::from_slice(json).map_err(|e| BatchError::Command(e.to_string())))
+        }
+        _ => None,
+    }
+}
+
+/// Checks an entry payload from the network: a write batch or a command.
+pub fn validate(data: &[u8]) -> Result<(), BatchError> {
+    match decode_command(data) {
+        Some(c) => c.map(|_| ()),
+        None => for_each_raw(data, |_, _, _| {}),
+    }
+}
 /// Upper bound on the number of series or samples a decoder pre-allocates for.
 const PREALLOC_CAP: usize = 1 << 16;
 
@@ -25,6 +119,8 @@ pub enum BatchError {
     Labels { at: usize, reason: String },
     #[error("write batch has {0} trailing bytes")]
     Trailing(usize),
+    #[error("invalid command entry: {0}")]
+    Command(String),
 }
 
 /// Builds a batch series by series.

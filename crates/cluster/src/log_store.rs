@@ -30,6 +30,87 @@ struct Inner {
     log: Mutex<Log>,
     syncer: LogSyncer,
     vote: Mutex<Option<Vote>>,
+    /// The entries appended last, in memory: the leader replicates (and every replica
+    /// applies) entries right after appending them, so they are served from here instead of
+    /// being read back from the log file. Updated under the log's lock.
+    tail: Mutex<Tail>,
+}
+
+/// Bytes of payload the tail cache keeps at most (per group: entries are replicated and
+/// applied within milliseconds of their append, so a few MiB cover them).
+const TAIL_CACHE_BYTES: usize = 4 << 20;
+
+#[derive(Debug, Default)]
+struct Tail {
+    entries: std::collections::VecDeque<Entry>,
+    bytes: usize,
+}
+
+fn entry_bytes(e: &Entry) -> usize {
+    64 + match &e.payload {
+        openraft::EntryPayload::Normal(b) => b.0.len(),
+        _ => 0,
+    }
+}
+
+impl Tail {
+    fn first(&self) -> Option<u64> {
+        self.entries.front().map(|e| e.log_id.index)
+    }
+
+    fn push(&mut self, es: Vec<Entry>) {
+        let Some(first) = es.first().map(|e| e.log_id.index) else {
+            return;
+        };
+        if self.entries.back().map(|e| e.log_id.index + 1) != Some(first) {
+            self.entries.clear();
+            self.bytes = 0;
+        }
+        for e in es {
+            self.bytes += entry_bytes(&e);
+            self.entries.push_back(e);
+        }
+        while self.bytes > TAIL_CACHE_BYTES {
+            match self.entries.pop_front() {
+                Some(e) => self.bytes -= entry_bytes(&e),
+                None => break,
+            }
+        }
+    }
+
+    /// Drops entries from `index` on.
+    fn truncate_from(&mut self, index: u64) {
+        while self.entries.back().is_some_and(|e| e.log_id.index >= index) {
+            if let Some(e) = self.entries.pop_back() {
+                self.bytes -= entry_bytes(&e);
+            }
+        }
+    }
+
+    /// Drops entries up to `index`.
+    fn purge_upto(&mut self, index: u64) {
+        while self
+            .entries
+            .front()
+            .is_some_and(|e| e.log_id.index <= index)
+        {
+            if let Some(e) = self.entries.pop_front() {
+                self.bytes -= entry_bytes(&e);
+            }
+        }
+    }
+
+    /// Entries `[start, end)` when all of them are here.
+    fn get(&self, start: u64, end: u64) -> Option<Vec<Entry>> {
+        let first = self.first()?;
+        let last = first + self.entries.len() as u64; // exclusive
+        if start < first || end > last || start >= end {
+            return None;
+        }
+        let a = usize::try_from(start - first).ok()?;
+        let b = usize::try_from(end - first).ok()?;
+        Some(self.entries.range(a..b).cloned().collect())
+    }
 }
 
 /// A shard's Raft log store (also its log reader: cheap to clone).
@@ -74,6 +155,7 @@ impl LogStore {
                 log: Mutex::new(log),
                 syncer,
                 vote: Mutex::new(meta.vote),
+                tail: Mutex::new(Tail::default()),
             }),
         })
     }
@@ -99,6 +181,9 @@ impl LogStore {
     }
 
     fn read_entries(&self, start: u64, end: u64) -> Result<Vec<Entry>, StorageError> {
+        if let Some(v) = self.cached(start, end) {
+            return Ok(v);
+        }
         let recs = {
             let log = self.inner.log.lock();
             let first = log.first_index().unwrap_or(log.next_index());
@@ -112,6 +197,19 @@ impl LogStore {
         recs.iter()
             .map(|(_, b)| decode::<Entry>(b).map_err(|e| logs_err(ErrorVerb::Read, e)))
             .collect()
+    }
+}
+
+impl LogStore {
+    /// Entries `[start, end)` (clamped to the log) from the tail cache, when it has them all.
+    fn cached(&self, start: u64, end: u64) -> Option<Vec<Entry>> {
+        let log = self.inner.log.lock();
+        let first = log.first_index().unwrap_or(log.next_index());
+        let (s, e) = (start.max(first), end.min(log.next_index()));
+        if s >= e {
+            return Some(Vec::new());
+        }
+        self.inner.tail.lock().get(s, e)
     }
 }
 
@@ -130,6 +228,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(&e) => e,
             Bound::Unbounded => u64::MAX,
         };
+        if let Some(v) = self.cached(start, end) {
+            return Ok(v);
+        }
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.read_entries(start, end))
             .await
@@ -195,12 +296,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let purged = log.purged_upto();
         let mut first_index = None;
         let mut payloads = Vec::new();
+        let mut kept = Vec::new();
         for e in entries {
             if purged.is_some_and(|p| e.log_id.index <= p) {
                 continue;
             }
             first_index.get_or_insert(e.log_id.index);
             payloads.push(encode(&e).map_err(|e| logs_err(ErrorVerb::Write, e))?);
+            kept.push(e);
         }
         let Some(first) = first_index else {
             drop(log);
@@ -216,6 +319,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if first < log.next_index() {
             // Appending entry i replaces everything from i on (openraft truncates first; this
             // keeps the log contiguous if it did not).
+            self.inner.tail.lock().truncate_from(first);
             log.truncate_from(first)
                 .map_err(|e| logs_err(ErrorVerb::Write, e))?;
         }
@@ -233,6 +337,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .append_batch(&refs)
             .map_err(|e| logs_err(ErrorVerb::Write, e))?
             .end();
+        self.inner.tail.lock().push(kept);
         drop(log);
         let syncer = self.inner.syncer.clone();
         tokio::task::spawn_blocking(move || {
@@ -246,17 +351,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || this.inner.log.lock().truncate_from(log_id.index))
-            .await
-            .map_err(|e| logs_err(ErrorVerb::Delete, e))?
-            .map_err(|e| logs_err(ErrorVerb::Delete, e))
+        tokio::task::spawn_blocking(move || {
+            let mut log = this.inner.log.lock();
+            this.inner.tail.lock().truncate_from(log_id.index);
+            log.truncate_from(log_id.index)
+        })
+        .await
+        .map_err(|e| logs_err(ErrorVerb::Delete, e))?
+        .map_err(|e| logs_err(ErrorVerb::Delete, e))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let tag = encode(&log_id).map_err(|e| logs_err(ErrorVerb::Delete, e))?;
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
-            this.inner.log.lock().purge_upto_tagged(log_id.index, &tag)
+            let mut log = this.inner.log.lock();
+            this.inner.tail.lock().purge_upto(log_id.index);
+            log.purge_upto_tagged(log_id.index, &tag)
         })
         .await
         .map_err(|e| logs_err(ErrorVerb::Delete, e))?

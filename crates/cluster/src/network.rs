@@ -64,6 +64,10 @@ fn client(ch: Channel) -> ClusterClient<Channel> {
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
+/// Node id -> gRPC address: this node's `--cluster.peers`, plus the nodes added since (their
+/// addresses come from the metadata group's membership). Shared by every group's network.
+pub type AddressBook = Arc<parking_lot::RwLock<std::collections::BTreeMap<NodeId, String>>>;
+
 /// Creates the connections of one shard group. Addresses come from this node's peer list, not
 /// from the membership stored in the Raft log: each node may reach the others by different
 /// addresses (NAT, proxies), and an address may change across restarts.
@@ -71,7 +75,7 @@ fn client(ch: Channel) -> ClusterClient<Channel> {
 pub struct NetworkFactory {
     pub shard: u32,
     pub clients: Clients,
-    pub peers: Arc<std::collections::BTreeMap<NodeId, String>>,
+    pub peers: AddressBook,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -83,6 +87,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             addr: self
                 .peers
+                .read()
                 .get(&target)
                 .cloned()
                 .unwrap_or_else(|| node.addr.clone()),

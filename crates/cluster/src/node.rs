@@ -1,9 +1,18 @@
 //! A cluster node: the shard groups it hosts, the gRPC service, write routing, read fan-out,
 //! peer liveness and status.
 //!
-//! Shard map (fixed at cluster creation, the same on every node): with the node ids sorted,
-//! shard `s` is replicated on nodes `ids[(s + k) % n]` for `k < replication_factor`, and
-//! `ids[s % n]` is its preferred leader, so leaders (and writes) spread over the nodes.
+//! Shard map (the same on every node): with the cluster's node ids sorted, shard `s` is
+//! replicated on nodes `ids[(s + k) % n]` for `k < replication_factor`, and `ids[s % n]` is its
+//! preferred leader, so leaders (and writes) spread over the nodes.
+//!
+//! The node set lives in the **metadata group** (Raft group [`META_GROUP`], hosted by every
+//! node: the first nodes as voters, nodes added later as learners): its Raft membership is the
+//! cluster's membership, with each added node's address. `add-node`/`remove-node` change it;
+//! then every node reconciles ([`Node::reconcile`], each second): it opens the shards the map
+//! gives it, the leader of each shard moves its replicas to the map's (new replicas join as
+//! learners, catch up from the log or a snapshot, then one joint-consensus membership change
+//! swaps the voters), and a node drops a shard's data once that shard's committed membership
+//! no longer has it. The number of shards is fixed at cluster creation.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -21,12 +30,18 @@ use tidemark_tsdb::{Db, DbOptions};
 use tonic::{Request, Response, Status};
 
 use crate::log_store::LogStore;
-use crate::network::{Clients, MAX_MESSAGE_BYTES, NetworkFactory};
+use crate::network::{AddressBook, Clients, MAX_MESSAGE_BYTES, NetworkFactory};
 use crate::pb;
 use crate::pb::cluster_client::ClusterClient;
 use crate::state_machine::{ShardData, StateMachine};
 use crate::types::{ApplyResult, Batch, NodeId, Raft, decode, encode};
 use tonic::transport::Channel;
+
+/// Id of the metadata group (its membership is the cluster's node set).
+pub const META_GROUP: u32 = u32::MAX;
+
+/// File in the data directory of a node removed from its cluster: it refuses to start again.
+const REMOVED_MARKER: &str = "REMOVED";
 
 /// Samples per chunk in select replies.
 const CHUNK_SAMPLES: usize = 240;
@@ -56,6 +71,9 @@ pub struct ClusterOptions {
     pub write_timeout: Duration,
     /// How long a read waits for a leader before failing.
     pub read_timeout: Duration,
+    /// Join an existing cluster (`tidemark cluster add-node` adds this node): initialize
+    /// nothing, wait to be added.
+    pub join: bool,
 }
 
 impl ClusterOptions {
@@ -80,6 +98,7 @@ impl ClusterOptions {
             election_timeout_ms: (1000, 2000),
             write_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(10),
+            join: false,
         }
     }
 }
@@ -129,15 +148,11 @@ pub struct Shard {
     pub raft: Raft,
     pub data: Arc<ShardData>,
     pub log: LogStore,
-    pub replicas: Vec<NodeId>,
 }
 
 impl std::fmt::Debug for Shard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shard")
-            .field("id", &self.id)
-            .field("replicas", &self.replicas)
-            .finish()
+        f.debug_struct("Shard").field("id", &self.id).finish()
     }
 }
 
@@ -146,6 +161,14 @@ impl std::fmt::Debug for Shard {
 pub struct ShardSeries {
     pub labels: Labels,
     pub samples: Vec<tidemark_model::Sample>,
+}
+
+/// Where a read of one shard is served: this node's replica (read it lazily, in place), or
+/// the series another node sent.
+#[derive(Debug)]
+pub enum ShardRead {
+    Local(Db),
+    Remote(Vec<ShardSeries>),
 }
 
 /// Write figures (exposed in /metrics).
@@ -162,8 +185,16 @@ pub struct WriteStats {
 #[derive(Debug)]
 pub struct Node {
     opts: ClusterOptions,
-    ids: Vec<NodeId>,
-    shards: HashMap<u32, Shard>,
+    /// Shard groups hosted here (changes as replicas move).
+    shards: parking_lot::RwLock<HashMap<u32, Shard>>,
+    /// The metadata group.
+    meta: Shard,
+    book: AddressBook,
+    raft_config: Arc<Config>,
+    /// Shards whose replicas this node (their leader) is moving.
+    moving: Mutex<BTreeSet<u32>>,
+    /// The last status each peer answered a probe with, and when.
+    peer_status: Mutex<HashMap<NodeId, (Instant, pb::StatusReply)>>,
     clients: Clients,
     /// Leader per shard as last learned (for shards not hosted here, and as a hint).
     leader_hint: Mutex<HashMap<u32, NodeId>>,
@@ -182,6 +213,12 @@ impl Node {
             return Err(ClusterError::Invalid(format!(
                 "node id {} is not among the peers {:?}",
                 opts.node_id, ids
+            )));
+        }
+        if opts.data_dir.join(REMOVED_MARKER).exists() {
+            return Err(ClusterError::Invalid(format!(
+                "this node was removed from its cluster (remove {} to start it afresh, as a new node)",
+                opts.data_dir.display()
             )));
         }
         let config = Config {
@@ -203,47 +240,61 @@ impl Node {
                 .map_err(|e| ClusterError::Invalid(format!("raft config: {e}")))?,
         );
         let clients = Clients::new();
-        let peers = Arc::new(opts.peers.clone());
-        let mut shards = HashMap::new();
-        for s in 0..opts.num_shards {
-            let replicas = shard_replicas(&ids, s, opts.replication_factor);
-            if !replicas.contains(&opts.node_id) {
-                continue;
-            }
-            let dir = opts.data_dir.join("shards").join(s.to_string());
-            let log = LogStore::open(&dir.join("raft"), 64 << 20)
-                .map_err(|e| ClusterError::Other(format!("shard {s} log: {e}")))?;
-            let sm = StateMachine::open(&dir, opts.db.clone())
-                .map_err(|e| ClusterError::Other(format!("shard {s} data: {e}")))?;
-            let data = sm.data().clone();
-            let raft = Raft::new(
-                opts.node_id,
-                config.clone(),
-                NetworkFactory {
-                    shard: s,
-                    clients: clients.clone(),
-                    peers: peers.clone(),
-                },
-                log.clone(),
-                sm,
-            )
+        let book: AddressBook = Arc::new(parking_lot::RwLock::new(opts.peers.clone()));
+        let meta = open_group(
+            &opts,
+            &config,
+            &clients,
+            &book,
+            META_GROUP,
+            &opts.data_dir.join("meta"),
+        )
+        .await?;
+        let meta_initialized = meta
+            .raft
+            .is_initialized()
             .await
-            .map_err(|e| ClusterError::Other(format!("shard {s} raft: {e}")))?;
-            shards.insert(
-                s,
-                Shard {
-                    id: s,
-                    raft,
-                    data,
-                    log,
-                    replicas,
-                },
-            );
+            .map_err(|e| ClusterError::Other(format!("metadata group: {e}")))?;
+        // The node set: the metadata group's membership once it has one, else the peers.
+        let initial =
+            !opts.join && (!meta_initialized || group_nodes(&meta).keys().eq(opts.peers.keys()));
+        let mut shards = HashMap::new();
+        // Shards on disk (whatever the map says now: the reconciler drops what moved away)...
+        let shards_dir = opts.data_dir.join("shards");
+        if let Ok(rd) = std::fs::read_dir(&shards_dir) {
+            for e in rd.flatten() {
+                if let Some(s) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok())
+                    && s < opts.num_shards
+                {
+                    let sh = open_group(&opts, &config, &clients, &book, s, &e.path()).await?;
+                    shards.insert(s, sh);
+                }
+            }
+        }
+        // ...and, while the node set is still the initial one, the shards the initial map gives
+        // this node (created and initialized below).
+        if initial {
+            for s in 0..opts.num_shards {
+                if shards.contains_key(&s)
+                    || !shard_replicas(&ids, s, opts.replication_factor).contains(&opts.node_id)
+                {
+                    continue;
+                }
+                let dir = shards_dir.join(s.to_string());
+                shards.insert(
+                    s,
+                    open_group(&opts, &config, &clients, &book, s, &dir).await?,
+                );
+            }
         }
         let (shutdown, _) = tokio::sync::watch::channel(false);
         let node = Arc::new(Node {
-            ids: ids.clone(),
-            shards,
+            shards: parking_lot::RwLock::new(shards),
+            meta,
+            book,
+            raft_config: config,
+            moving: Mutex::new(BTreeSet::new()),
+            peer_status: Mutex::new(HashMap::new()),
             clients,
             leader_hint: Mutex::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
@@ -253,36 +304,70 @@ impl Node {
             opts,
         });
         node.serve().await?;
-        // Every replica initializes its groups with the same membership (openraft accepts
+        // Every initial node initializes the groups with the same membership (openraft accepts
         // identical initial memberships on every node; on later starts this is a no-op).
-        for sh in node.shards.values() {
-            let members: BTreeMap<NodeId, BasicNode> = sh
-                .replicas
-                .iter()
-                // Identical on every replica (addresses are per node, see NetworkFactory).
-                .map(|id| (*id, BasicNode::new(format!("node-{id}"))))
-                .collect();
-            match sh.raft.is_initialized().await {
-                Ok(false) => {
-                    if let Err(e) = sh.raft.initialize(members).await {
-                        tracing::debug!(shard = sh.id, error = %e, "initialize");
+        if initial {
+            let mut groups = vec![(node.meta.clone(), ids.clone())];
+            for sh in node.hosted() {
+                groups.push((sh.clone(), node.replicas(sh.id)));
+            }
+            for (sh, members) in groups {
+                let members: BTreeMap<NodeId, BasicNode> = members
+                    .iter()
+                    // Identical on every replica (addresses are per node, see NetworkFactory).
+                    .map(|id| (*id, BasicNode::new(format!("node-{id}"))))
+                    .collect();
+                match sh.raft.is_initialized().await {
+                    Ok(false) => {
+                        if let Err(e) = sh.raft.initialize(members).await {
+                            tracing::debug!(shard = sh.id, error = %e, "initialize");
+                        }
                     }
+                    Ok(true) => {}
+                    Err(e) => return Err(ClusterError::Other(format!("shard {}: {e}", sh.id))),
                 }
-                Ok(true) => {}
-                Err(e) => return Err(ClusterError::Other(format!("shard {}: {e}", sh.id))),
             }
         }
         node.clone().spawn_background();
         tracing::info!(
             node = node.opts.node_id,
-            shards = node.shards.len(),
+            shards = node.shards.read().len(),
+            join = node.opts.join,
             "cluster node started"
         );
         Ok(node)
     }
 
+    /// Clones of the shard groups hosted here.
+    pub fn hosted(&self) -> Vec<Shard> {
+        let mut v: Vec<Shard> = self.shards.read().values().cloned().collect();
+        v.sort_by_key(|s| s.id);
+        v
+    }
+
+    /// The cluster's nodes and their addresses (this node's peer list first, then the
+    /// addresses the metadata group recorded for nodes added later).
+    pub fn members(&self) -> BTreeMap<NodeId, String> {
+        let nodes = group_nodes(&self.meta);
+        if nodes.is_empty() {
+            return self.opts.peers.clone();
+        }
+        let book = self.book.read();
+        nodes
+            .into_iter()
+            .map(|(id, addr)| (id, book.get(&id).cloned().unwrap_or(addr)))
+            .collect()
+    }
+
+    /// The replicas shard `s` should have under the current node set (first: the preferred
+    /// leader).
+    pub fn replicas(&self, s: u32) -> Vec<NodeId> {
+        let ids: Vec<NodeId> = self.members().keys().copied().collect();
+        shard_replicas(&ids, s, self.opts.replication_factor)
+    }
+
     fn addr_of(&self, id: NodeId) -> String {
-        self.opts.peers.get(&id).cloned().unwrap_or_default()
+        self.book.read().get(&id).cloned().unwrap_or_default()
     }
 
     pub fn id(&self) -> NodeId {
@@ -297,12 +382,17 @@ impl Node {
         self.opts.num_shards
     }
 
-    pub fn shard(&self, s: u32) -> Option<&Shard> {
-        self.shards.get(&s)
+    /// The shard group `s` (or the metadata group) when hosted here.
+    pub fn shard(&self, s: u32) -> Option<Shard> {
+        if s == META_GROUP {
+            return Some(self.meta.clone());
+        }
+        self.shards.read().get(&s).cloned()
     }
 
-    pub fn node_ids(&self) -> &[NodeId] {
-        &self.ids
+    /// The cluster's node ids, sorted.
+    pub fn node_ids(&self) -> Vec<NodeId> {
+        self.members().keys().copied().collect()
     }
 
     async fn serve(self: &Arc<Node>) -> Result<(), ClusterError> {
@@ -348,6 +438,20 @@ impl Node {
                 node.probe_peers().await;
             }
         });
+        // Reconciliation with the shard map (module docs).
+        let weak = Arc::downgrade(&self);
+        let mut rx = self.shutdown.subscribe();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = rx.wait_for(|v| *v) => return,
+                }
+                let Some(node) = weak.upgrade() else { return };
+                node.reconcile().await;
+            }
+        });
         // Preferred leaders: at start, a replica that is its shard's preferred leader campaigns
         // before the election timeout when no leader is known, so leaders spread over the
         // nodes. It never disrupts a known leader (that would cause election churn); openraft
@@ -356,8 +460,8 @@ impl Node {
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(200)).await;
             let Some(node) = weak.upgrade() else { return };
-            for sh in node.shards.values() {
-                if sh.replicas.first() != Some(&node.opts.node_id) {
+            for sh in node.hosted() {
+                if node.replicas(sh.id).first() != Some(&node.opts.node_id) {
                     continue;
                 }
                 let leader = sh.raft.metrics().borrow().current_leader;
@@ -370,39 +474,98 @@ impl Node {
 
     async fn probe_peers(&self) {
         let futs = self
-            .ids
-            .iter()
-            .filter(|id| **id != self.opts.node_id)
-            .map(|id| {
-                let id = *id;
-                let addr = self.addr_of(id);
+            .members()
+            .into_iter()
+            .filter(|(id, _)| *id != self.opts.node_id)
+            .map(|(id, addr)| {
                 let clients = self.clients.clone();
                 async move {
                     let Ok(mut c) = clients.get(id, &addr) else {
-                        return (id, false);
+                        return (id, None);
                     };
                     let mut r = Request::new(pb::StatusRequest { checksums: false });
                     r.set_timeout(Duration::from_millis(800));
-                    (id, c.status(r).await.is_ok())
+                    (id, c.status(r).await.ok().map(|r| r.into_inner()))
                 }
             });
         let res = futures::future::join_all(futs).await;
         let now = Instant::now();
         let mut g = self.seen.lock();
-        for (id, ok) in res {
-            if ok {
+        let mut peers = self.peer_status.lock();
+        for (id, st) in res {
+            if let Some(st) = st {
                 g.insert(id, now);
+                peers.insert(id, (now, st));
             }
         }
     }
 
+    /// The node set of the newest metadata-group membership known here: this node's, or the
+    /// one a peer leading the metadata group reports, if newer. (A node removed from the
+    /// cluster may never receive the final membership; as leader of a shard it still has to
+    /// move that shard's replicas to the nodes that remain.)
+    fn newest_nodes(&self) -> BTreeMap<NodeId, String> {
+        let local_index = self
+            .meta
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .log_id()
+            .map_or(-1, |l| l.index as i64);
+        let mut best = (local_index, group_nodes(&self.meta));
+        for st in self.fresh_peer_statuses() {
+            if let Some(m) = &st.meta
+                && m.leader == st.node_id
+                && m.membership_index > best.0
+            {
+                best = (
+                    m.membership_index,
+                    st.nodes.iter().map(|n| (n.id, n.address.clone())).collect(),
+                );
+            }
+        }
+        best.1
+    }
+
+    /// Peers' statuses from the last 2 seconds of probes.
+    fn fresh_peer_statuses(&self) -> Vec<pb::StatusReply> {
+        let now = Instant::now();
+        self.peer_status
+            .lock()
+            .values()
+            .filter(|(t, _)| now.duration_since(*t) < Duration::from_secs(2))
+            .map(|(_, st)| st.clone())
+            .collect()
+    }
+
+    /// Whether some peer that leads group `group` (a shard, or [`META_GROUP`]) reports a
+    /// committed membership without this node. A removed replica may never receive the entry
+    /// that removes it (the leader stops replicating to it), so it learns this from its peers.
+    fn removed_from(&self, group: u32) -> bool {
+        let me = self.opts.node_id;
+        self.fresh_peer_statuses().iter().any(|st| {
+            let g = if group == META_GROUP {
+                st.meta.as_ref()
+            } else {
+                st.shards.iter().find(|x| x.shard == group)
+            };
+            g.is_some_and(|g| {
+                g.leader == st.node_id
+                    && !g.voters.contains(&me)
+                    && !g.learners.contains(&me)
+                    && g.membership_index >= 0
+                    && g.last_applied >= g.membership_index
+            })
+        })
+    }
+
     /// Nodes seen in the last 2 seconds (this one always), sorted.
     pub fn live_nodes(&self) -> Vec<NodeId> {
+        let ids = self.node_ids();
         let g = self.seen.lock();
         let now = Instant::now();
-        self.ids
-            .iter()
-            .copied()
+        ids.into_iter()
             .filter(|id| {
                 *id == self.opts.node_id
                     || g.get(id).is_some_and(|t| now.duration_since(*t) < Duration::from_secs(2))
@@ -426,7 +589,7 @@ impl Node {
     }
 
     fn leader_of(&self, s: u32) -> Option<NodeId> {
-        if let Some(sh) = self.shards.get(&s)
+        if let Some(sh) = self.shard(s)
             && let Some(l) = sh.raft.metrics().borrow().current_leader
         {
             return Some(l);
@@ -437,9 +600,8 @@ impl Node {
     /// The leader to try for shard `s`: the known one, else the replicas in turn.
     fn leader_guess(&self, s: u32, attempt: u32) -> Option<NodeId> {
         self.leader_of(s).or_else(|| {
-            shard_replicas(&self.ids, s, self.opts.replication_factor)
-                .get(attempt as usize % self.opts.replication_factor.max(1))
-                .copied()
+            let r = self.replicas(s);
+            r.get(attempt as usize % r.len().max(1)).copied()
         })
     }
 
@@ -459,6 +621,7 @@ impl Node {
     /// leader changes until `write_timeout`; never reports success unless the leader committed.
     pub async fn write_shard(&self, s: u32, batch: Vec<u8>) -> Result<ApplyResult, ClusterError> {
         use std::sync::atomic::Ordering::Relaxed;
+        let batch = bytes::Bytes::from(batch);
         let deadline = Instant::now() + self.opts.write_timeout;
         let mut last_err = String::from("no leader known");
         let mut attempt = 0u32;
@@ -503,7 +666,7 @@ impl Node {
             };
             let mut r = Request::new(pb::WriteRequest {
                 shard: s,
-                batch: batch.clone(),
+                batch: batch.to_vec(),
             });
             r.set_timeout(
                 deadline
@@ -550,9 +713,9 @@ impl Node {
     async fn local_write(
         &self,
         s: u32,
-        batch: Vec<u8>,
+        batch: bytes::Bytes,
     ) -> Result<ApplyResult, (Option<NodeId>, String)> {
-        let Some(sh) = self.shards.get(&s) else {
+        let Some(sh) = self.shard(s) else {
             return Err((
                 None,
                 format!("shard {s} is not hosted on node {}", self.opts.node_id),
@@ -594,6 +757,18 @@ impl Node {
         }
     }
 
+    /// Runs an admin command on every shard through its log (every replica applies it at the
+    /// same point); returns once every shard's leader applied it.
+    pub async fn run_command(&self, cmd: &crate::batch::Command) -> Result<(), ClusterError> {
+        let payload = cmd
+            .encode()
+            .map_err(|e| ClusterError::Invalid(e.to_string()))?;
+        let batches = (0..self.opts.num_shards)
+            .map(|s| (s, payload.clone()))
+            .collect();
+        self.write(batches).await.map(|_| ())
+    }
+
     /// Waits until this replica may serve linearizable reads of shard `s` (it is the leader
     /// and has applied everything committed before the read). Err: (leader hint, reason).
     async fn ensure_readable(&self, sh: &Shard) -> Result<Db, (Option<NodeId>, String)> {
@@ -602,17 +777,7 @@ impl Node {
         // timeout passes without a heartbeat), and when it has applied its whole log (including
         // the blank entry of its own term) every acknowledged write is visible here. Otherwise
         // confirm leadership with a read-index round (ensure_linearizable).
-        let lease_ms = self.opts.election_timeout_ms.0 / 2;
-        let leased = {
-            let m = sh.raft.metrics();
-            let m = m.borrow();
-            m.state == openraft::ServerState::Leader
-                && m.current_leader == Some(self.opts.node_id)
-                && m.millis_since_quorum_ack.is_some_and(|ms| ms < lease_ms)
-                && m.last_log_index.is_some()
-                && m.last_applied.map(|l| l.index) == m.last_log_index
-        };
-        if leased {
+        if self.leased_applied(sh).is_some() {
             return sh
                 .data
                 .db()
@@ -628,6 +793,71 @@ impl Node {
         sh.data
             .db()
             .ok_or_else(|| (None, "shard data is being replaced".to_string()))
+    }
+
+    /// The read index this leader hands out for shard `sh` (Raft's ReadIndex): an index every
+    /// write acknowledged so far is at or below. Under the lease (see [`Node::ensure_readable`])
+    /// that is the applied index; otherwise leadership is confirmed by a heartbeat round.
+    async fn read_index(&self, sh: &Shard) -> Result<u64, (Option<NodeId>, String)> {
+        if let Some(i) = self.leased_applied(sh) {
+            return Ok(i);
+        }
+        match sh.raft.get_read_log_id().await {
+            Ok((read, _)) => Ok(read.map_or(0, |l| l.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err((f.leader_id, "not the leader".into()))
+            }
+            Err(e) => Err((None, e.to_string())),
+        }
+    }
+
+    /// The applied index when this node leads `sh` under a valid lease with its whole log
+    /// applied; `None` otherwise.
+    fn leased_applied(&self, sh: &Shard) -> Option<u64> {
+        let lease_ms = self.opts.election_timeout_ms.0 / 2;
+        let m = sh.raft.metrics();
+        let m = m.borrow();
+        let ok = m.state == openraft::ServerState::Leader
+            && m.current_leader == Some(self.opts.node_id)
+            && m.millis_since_quorum_ack.is_some_and(|ms| ms < lease_ms)
+            && m.last_log_index.is_some()
+            && m.last_applied.map(|l| l.index) == m.last_log_index;
+        if ok {
+            m.last_applied.map(|l| l.index)
+        } else {
+            None
+        }
+    }
+
+    /// This node's replica of shard `s`, when it may serve a read that sees every acknowledged
+    /// write: as the leader ([`Node::ensure_readable`]), or as a follower once it has applied
+    /// the leader's read index (one small RPC instead of shipping the data). `None`: read on
+    /// the leader instead.
+    async fn readable_here(&self, s: u32) -> Option<Db> {
+        let sh = self.shard(s)?;
+        let leader = self.leader_of(s)?;
+        if leader == self.opts.node_id {
+            return self.ensure_readable(&sh).await.ok();
+        }
+        let mut c = self.clients.get(leader, &self.addr_of(leader)).ok()?;
+        let mut r = Request::new(pb::ReadIndexRequest { shard: s });
+        r.set_timeout(Duration::from_secs(1));
+        let rep = c.read_index(r).await.ok()?.into_inner();
+        if rep.index < 0 {
+            if rep.leader != 0 {
+                self.set_hint(s, Some(rep.leader));
+            }
+            return None;
+        }
+        let waited = sh
+            .raft
+            .wait(Some(Duration::from_millis(500)))
+            .applied_index_at_least(Some(rep.index as u64), "follower read")
+            .await;
+        if waited.is_err() {
+            return None;
+        }
+        sh.data.db()
     }
 
     /// Runs a read of shard `s` on its leader: `local` with this replica's Db when this node
@@ -663,10 +893,10 @@ impl Node {
             let leader = self.leader_guess(s, attempt);
             let Some(leader) = leader else { continue };
             if leader == self.opts.node_id {
-                let Some(sh) = self.shards.get(&s) else {
+                let Some(sh) = self.shard(s) else {
                     continue;
                 };
-                match self.ensure_readable(sh).await {
+                match self.ensure_readable(&sh).await {
                     Ok(db) => return local(db).await,
                     Err((hint, e)) => {
                         self.set_hint(s, hint);
@@ -695,6 +925,27 @@ impl Node {
         }
     }
 
+    /// Where to read shard `s` from: this replica when it may serve the read (always, with
+    /// `allow_stale`), else the series its leader sends.
+    pub async fn select_shard_read(
+        &self,
+        s: u32,
+        matchers: &[Matcher],
+        mint: i64,
+        maxt: i64,
+        allow_stale: bool,
+    ) -> Result<ShardRead, ClusterError> {
+        if allow_stale && let Some(db) = self.shard(s).and_then(|sh| sh.data.db()) {
+            return Ok(ShardRead::Local(db));
+        }
+        if let Some(db) = self.readable_here(s).await {
+            return Ok(ShardRead::Local(db));
+        }
+        self.select_shard(s, matchers, mint, maxt, false)
+            .await
+            .map(ShardRead::Remote)
+    }
+
     /// Reads shard `s` from its leader (or from this replica when `allow_stale`).
     pub async fn select_shard(
         &self,
@@ -704,7 +955,7 @@ impl Node {
         maxt: i64,
         allow_stale: bool,
     ) -> Result<Vec<ShardSeries>, ClusterError> {
-        if allow_stale && let Some(db) = self.shards.get(&s).and_then(|sh| sh.data.db()) {
+        if allow_stale && let Some(db) = self.shard(s).and_then(|sh| sh.data.db()) {
             return local_select(db, matchers.to_vec(), mint, maxt).await;
         }
         let pb_matchers: Vec<pb::LabelMatcher> = matchers.iter().map(to_pb_matcher).collect();
@@ -742,6 +993,17 @@ impl Node {
         maxt: i64,
         limit: usize,
     ) -> Result<Vec<String>, ClusterError> {
+        if let Some(db) = self.readable_here(s).await {
+            return local_labels(
+                db,
+                name.map(str::to_string),
+                matchers.to_vec(),
+                mint,
+                maxt,
+                limit,
+            )
+            .await;
+        }
         let pb_matchers: Vec<pb::LabelMatcher> = matchers.iter().map(to_pb_matcher).collect();
         self.read_on_leader(
             s,
@@ -786,46 +1048,18 @@ impl Node {
     /// This node's view of the cluster.
     pub fn status(&self) -> pb::StatusReply {
         let live: BTreeSet<NodeId> = self.live_nodes().into_iter().collect();
-        let mut shards: Vec<pb::ShardStatus> = self
-            .shards
-            .values()
-            .map(|sh| {
-                let m = sh.raft.metrics().borrow().clone();
-                let replication = m
-                    .replication
-                    .as_ref()
-                    .map(|r| {
-                        r.iter()
-                            .map(|(id, l)| pb::ReplicaProgress {
-                                node: *id,
-                                matched: l.map_or(-1, |l| l.index as i64),
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                pb::ShardStatus {
-                    shard: sh.id,
-                    leader: m.current_leader.unwrap_or(0),
-                    state: format!("{:?}", m.state),
-                    last_log_index: m.last_log_index.map_or(-1, |i| i as i64),
-                    last_applied: m.last_applied.map_or(-1, |l| l.index as i64),
-                    snapshot_index: m.snapshot.map_or(-1, |l| l.index as i64),
-                    voters: m.membership_config.membership().voter_ids().collect(),
-                    replication,
-                    head_series: sh.data.db().map_or(0, |d| d.head().num_series() as u64),
-                    term: m.current_term,
-                    checksum: 0,
-                    samples: 0,
-                }
-            })
+        let members = self.members();
+        let ids: Vec<NodeId> = members.keys().copied().collect();
+        let rf = self.opts.replication_factor;
+        let shards: Vec<pb::ShardStatus> = self
+            .hosted()
+            .iter()
+            .map(|sh| group_status(sh, shard_replicas(&ids, sh.id, rf)))
             .collect();
-        shards.sort_by_key(|s| s.shard);
         pb::StatusReply {
             node_id: self.opts.node_id,
             version: env!("CARGO_PKG_VERSION").to_string(),
-            nodes: self
-                .opts
-                .peers
+            nodes: members
                 .iter()
                 .map(|(id, a)| pb::NodeInfo {
                     id: *id,
@@ -835,14 +1069,236 @@ impl Node {
                 .collect(),
             shards,
             num_shards: self.opts.num_shards,
+            meta: Some(group_status(&self.meta, ids)),
+            replication_factor: u32::try_from(rf).unwrap_or(u32::MAX),
         }
+    }
+
+    /// Runs every second on every node: brings the shards hosted here and their replica sets
+    /// in line with the shard map of the current node set (module docs).
+    async fn reconcile(self: &Arc<Self>) {
+        let nodes = self.newest_nodes();
+        if nodes.is_empty() {
+            return; // not part of a cluster yet (a joining node before add-node)
+        }
+        {
+            // Addresses of nodes added since start; the peer list keeps precedence.
+            let mut book = self.book.write();
+            for (id, addr) in &nodes {
+                if !self.opts.peers.contains_key(id) && !addr.starts_with("node-") {
+                    book.insert(*id, addr.clone());
+                }
+            }
+        }
+        let me = self.opts.node_id;
+        // Removed from the cluster: drop each replica once its shard has moved on, then stop
+        // the metadata group (the process stays up, idle, until it is stopped).
+        let removed = self.removed_from(META_GROUP);
+        if removed {
+            let marker = self.opts.data_dir.join(REMOVED_MARKER);
+            if !marker.exists() {
+                tracing::warn!("this node was removed from the cluster; stop it");
+                if let Err(e) = std::fs::write(&marker, b"removed from the cluster\n") {
+                    tracing::warn!(error = %e, "writing the removed marker");
+                }
+            }
+            if self.shards.read().is_empty() {
+                let _ = self.meta.raft.shutdown().await;
+                return;
+            }
+        }
+        let ids: Vec<NodeId> = nodes.keys().copied().collect();
+        for s in 0..self.opts.num_shards {
+            let target: BTreeSet<NodeId> = shard_replicas(&ids, s, self.opts.replication_factor)
+                .into_iter()
+                .collect();
+            let Some(sh) = self.shard(s) else {
+                if target.contains(&me) && !removed {
+                    // A new replica: open the group empty; the leader adds it as a learner.
+                    let dir = self.opts.data_dir.join("shards").join(s.to_string());
+                    match open_group(
+                        &self.opts,
+                        &self.raft_config,
+                        &self.clients,
+                        &self.book,
+                        s,
+                        &dir,
+                    )
+                    .await
+                    {
+                        Ok(sh) => {
+                            tracing::info!(shard = s, "hosting a new replica");
+                            self.shards.write().insert(s, sh);
+                        }
+                        Err(e) => tracing::warn!(shard = s, error = %e, "opening a new replica"),
+                    }
+                }
+                continue;
+            };
+            let m = sh.raft.metrics().borrow().clone();
+            let mem = m.membership_config.membership();
+            let voters: BTreeSet<NodeId> = mem.voter_ids().collect();
+            if m.current_leader == Some(me) && voters != target && !voters.is_empty() {
+                self.start_move(sh.clone(), target.clone());
+            }
+            if (removed || !target.contains(&me)) && m.current_leader != Some(me) {
+                self.maybe_drop(sh).await;
+            }
+        }
+    }
+
+    /// As leader of `sh`, moves its replicas to `target` in the background: each new replica
+    /// joins as a learner and catches up (log or snapshot), then one membership change
+    /// (joint consensus) makes `target` the voters and removes the others.
+    fn start_move(self: &Arc<Self>, sh: Shard, target: BTreeSet<NodeId>) {
+        if !self.moving.lock().insert(sh.id) {
+            return;
+        }
+        let node = self.clone();
+        tokio::spawn(async move {
+            let s = sh.id;
+            tracing::info!(shard = s, target = ?target, "moving replicas");
+            let res: Result<(), String> = async {
+                let present: BTreeSet<NodeId> = sh
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .nodes()
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in target.difference(&present) {
+                    let add = sh
+                        .raft
+                        .add_learner(*id, BasicNode::new(format!("node-{id}")), true);
+                    match tokio::time::timeout(Duration::from_secs(120), add).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return Err(format!("adding node {id} as a learner: {e}")),
+                        Err(_) => return Err(format!("node {id} did not catch up in 120 s")),
+                    }
+                }
+                sh.raft
+                    .change_membership(target.clone(), false)
+                    .await
+                    .map_err(|e| format!("changing the voters: {e}"))?;
+                Ok(())
+            }
+            .await;
+            match res {
+                Ok(()) => tracing::info!(shard = s, voters = ?target, "replicas moved"),
+                Err(e) => tracing::warn!(shard = s, error = %e, "moving replicas (retried)"),
+            }
+            node.moving.lock().remove(&s);
+        });
+    }
+
+    /// Drops this node's replica of `sh` once the shard's leader has committed a membership
+    /// without this node (never on local knowledge alone: an uncommitted change can still be
+    /// undone by a new leader, and then this replica would be needed).
+    async fn maybe_drop(&self, sh: Shard) {
+        if !self.removed_from(sh.id) {
+            return;
+        }
+        tracing::info!(shard = sh.id, "replica moved away: dropping its data here");
+        self.shards.write().remove(&sh.id);
+        if let Err(e) = sh.raft.shutdown().await {
+            tracing::warn!(shard = sh.id, error = %e, "raft shutdown");
+        }
+        sh.data.close();
+        let dir = self.opts.data_dir.join("shards").join(sh.id.to_string());
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(shard = sh.id, error = %e, dir = %dir.display(), "removing a dropped replica");
+        }
+    }
+
+    /// Adds (`add`: id and address) or removes a node: a membership change of the metadata
+    /// group, run on its leader (forwarded there). Added nodes join as learners of the
+    /// metadata group; a removed voter is replaced by the lowest learner, so it keeps up to
+    /// three voters. Returns the node set after the change.
+    pub async fn change_nodes(
+        &self,
+        add: Option<(NodeId, String)>,
+        remove: Option<NodeId>,
+    ) -> Result<BTreeMap<NodeId, String>, ClusterError> {
+        let me = self.opts.node_id;
+        let leader = self.meta.raft.metrics().borrow().current_leader;
+        match leader {
+            Some(l) if l == me => {}
+            Some(l) => return Self::remote_change_nodes(&self.addr_of(l), add, remove).await,
+            None => {
+                return Err(ClusterError::Unavailable {
+                    shard: META_GROUP,
+                    reason: "the metadata group has no leader".into(),
+                });
+            }
+        }
+        let raft = &self.meta.raft;
+        let err = |e: String| ClusterError::Other(e);
+        if let Some((id, addr)) = add {
+            if id == 0 || addr.is_empty() {
+                return Err(ClusterError::Invalid(
+                    "add-node needs a node id > 0 and an address".into(),
+                ));
+            }
+            if let Some(old) = group_nodes(&self.meta).get(&id)
+                && !old.starts_with("node-")
+                && *old != addr
+            {
+                return Err(ClusterError::Invalid(format!(
+                    "node {id} is already a member with address {old}"
+                )));
+            }
+            self.book.write().entry(id).or_insert_with(|| addr.clone());
+            let add = raft.add_learner(id, BasicNode::new(addr.clone()), true);
+            tokio::time::timeout(Duration::from_secs(120), add)
+                .await
+                .map_err(|_| err(format!("node {id} at {addr} did not catch up in 120 s")))?
+                .map_err(|e| err(format!("adding node {id}: {e}")))?;
+            tracing::info!(node = id, address = %addr, "node added");
+        }
+        if let Some(id) = remove {
+            let mem = raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .clone();
+            let voters: BTreeSet<NodeId> = mem.voter_ids().collect();
+            let nodes: BTreeSet<NodeId> = mem.nodes().map(|(i, _)| *i).collect();
+            if !nodes.contains(&id) {
+                return Err(ClusterError::Invalid(format!("node {id} is not a member")));
+            }
+            if nodes.len() <= 1 {
+                return Err(ClusterError::Invalid("cannot remove the last node".into()));
+            }
+            if voters.contains(&id) {
+                let mut new: BTreeSet<NodeId> =
+                    voters.iter().copied().filter(|v| *v != id).collect();
+                if let Some(l) = nodes.iter().find(|n| !voters.contains(n)) {
+                    new.insert(*l);
+                }
+                raft.change_membership(new, false)
+                    .await
+                    .map_err(|e| err(format!("removing node {id}: {e}")))?;
+            } else {
+                raft.change_membership(
+                    openraft::ChangeMembers::RemoveNodes(BTreeSet::from([id])),
+                    false,
+                )
+                .await
+                .map_err(|e| err(format!("removing node {id}: {e}")))?;
+            }
+            tracing::info!(node = id, "node removed");
+        }
+        Ok(self.members())
     }
 
     /// [`Node::status`] plus a checksum of each hosted shard's data.
     pub async fn status_with_checksums(&self) -> pb::StatusReply {
         let mut st = self.status();
         for sh in st.shards.iter_mut() {
-            let Some(db) = self.shards.get(&sh.shard).and_then(|s| s.data.db()) else {
+            let Some(db) = self.shard(sh.shard).and_then(|s| s.data.db()) else {
                 continue;
             };
             if let Ok(Ok((sum, n))) = tokio::task::spawn_blocking(move || data_checksum(&db)).await
@@ -871,15 +1327,138 @@ impl Node {
             .map_err(|e| ClusterError::Other(format!("{addr}: {}", e.message())))
     }
 
+    /// Asks the node at `addr` to add and/or remove a node (`tidemark cluster add-node` /
+    /// `remove-node`); returns the cluster's nodes after the change.
+    pub async fn remote_change_nodes(
+        addr: &str,
+        add: Option<(NodeId, String)>,
+        remove: Option<NodeId>,
+    ) -> Result<BTreeMap<NodeId, String>, ClusterError> {
+        let clients = Clients::new();
+        let mut c = clients
+            .get(0, addr)
+            .map_err(|e| ClusterError::Other(e.to_string()))?;
+        let mut r = Request::new(pb::ChangeNodesRequest {
+            add_id: add.as_ref().map_or(0, |a| a.0),
+            add_address: add.map(|a| a.1).unwrap_or_default(),
+            remove_id: remove.unwrap_or(0),
+        });
+        r.set_timeout(Duration::from_secs(180));
+        let rep = c
+            .change_nodes(r)
+            .await
+            .map_err(|e| ClusterError::Other(format!("{addr}: {}", e.message())))?
+            .into_inner();
+        if !rep.error.is_empty() {
+            return Err(ClusterError::Other(rep.error));
+        }
+        Ok(rep.nodes.into_iter().map(|n| (n.id, n.address)).collect())
+    }
+
     /// Stops the Raft groups and the service, and closes the shards' data.
     pub async fn shutdown(&self) {
         let _ = self.shutdown.send(true);
-        for sh in self.shards.values() {
+        let mut groups = self.hosted();
+        groups.push(self.meta.clone());
+        for sh in groups {
             if let Err(e) = sh.raft.shutdown().await {
                 tracing::warn!(shard = sh.id, error = %e, "raft shutdown");
             }
             sh.data.close();
         }
+    }
+}
+
+/// Opens (creating it when new) the Raft group `id` stored in `dir`: its log, its data, its
+/// Raft instance (not initialized).
+async fn open_group(
+    opts: &ClusterOptions,
+    config: &Arc<Config>,
+    clients: &Clients,
+    book: &AddressBook,
+    id: u32,
+    dir: &std::path::Path,
+) -> Result<Shard, ClusterError> {
+    let what = if id == META_GROUP {
+        "metadata group".to_string()
+    } else {
+        format!("shard {id}")
+    };
+    let log = LogStore::open(&dir.join("raft"), 64 << 20)
+        .map_err(|e| ClusterError::Other(format!("{what} log: {e}")))?;
+    let sm = StateMachine::open(dir, opts.db.clone())
+        .map_err(|e| ClusterError::Other(format!("{what} data: {e}")))?;
+    let data = sm.data().clone();
+    let raft = Raft::new(
+        opts.node_id,
+        config.clone(),
+        NetworkFactory {
+            shard: id,
+            clients: clients.clone(),
+            peers: book.clone(),
+        },
+        log.clone(),
+        sm,
+    )
+    .await
+    .map_err(|e| ClusterError::Other(format!("{what} raft: {e}")))?;
+    Ok(Shard {
+        id,
+        raft,
+        data,
+        log,
+    })
+}
+
+/// The members (voters and learners) of a group's membership in effect here, with the
+/// address recorded for each (`node-<id>` for the initial nodes: theirs come from the peers).
+fn group_nodes(sh: &Shard) -> BTreeMap<NodeId, String> {
+    sh.raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(id, n)| (*id, n.addr.clone()))
+        .collect()
+}
+
+fn group_status(sh: &Shard, target: Vec<NodeId>) -> pb::ShardStatus {
+    let m = sh.raft.metrics().borrow().clone();
+    let replication = m
+        .replication
+        .as_ref()
+        .map(|r| {
+            r.iter()
+                .map(|(id, l)| pb::ReplicaProgress {
+                    node: *id,
+                    matched: l.map_or(-1, |l| l.index as i64),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mem = m.membership_config.membership();
+    pb::ShardStatus {
+        shard: sh.id,
+        leader: m.current_leader.unwrap_or(0),
+        state: format!("{:?}", m.state),
+        last_log_index: m.last_log_index.map_or(-1, |i| i as i64),
+        last_applied: m.last_applied.map_or(-1, |l| l.index as i64),
+        snapshot_index: m.snapshot.map_or(-1, |l| l.index as i64),
+        voters: mem.voter_ids().collect(),
+        learners: mem.learner_ids().collect(),
+        replication,
+        head_series: sh.data.db().map_or(0, |d| d.head().num_series() as u64),
+        term: m.current_term,
+        checksum: 0,
+        samples: 0,
+        rejected_samples: sh.data.rejected_samples(),
+        dropped_at_commit: sh
+            .data
+            .db()
+            .map_or(0, |d| d.head().stats().samples_dropped_at_commit),
+        target,
+        membership_index: m.membership_config.log_id().map_or(-1, |l| l.index as i64),
     }
 }
 
@@ -1041,7 +1620,7 @@ impl Service {
     }
 
     fn shard(&self, node: &Node, s: u32) -> Result<Shard, Status> {
-        node.shards.get(&s).cloned().ok_or_else(|| {
+        node.shard(s).ok_or_else(|| {
             Status::not_found(format!(
                 "shard {s} is not hosted on node {}",
                 node.opts.node_id
@@ -1094,7 +1673,7 @@ impl pb::cluster_server::Cluster for Service {
     ) -> Result<Response<pb::WriteReply>, Status> {
         let node = self.node()?;
         let req = req.into_inner();
-        if let Err(e) = crate::batch::decode(&req.batch) {
+        if let Err(e) = crate::batch::validate(&req.batch) {
             return Ok(Response::new(pb::WriteReply {
                 status: pb::WriteStatus::Invalid as i32,
                 error: e.to_string(),
@@ -1103,7 +1682,7 @@ impl pb::cluster_server::Cluster for Service {
         }
         let res = match tokio::time::timeout(
             node.opts.write_timeout,
-            node.local_write(req.shard, req.batch),
+            node.local_write(req.shard, req.batch.into()),
         )
         .await
         {
@@ -1177,6 +1756,52 @@ impl pb::cluster_server::Cluster for Service {
         req: Request<pb::LabelsRequest>,
     ) -> Result<Response<pb::LabelsReply>, Status> {
         self.labels(req.into_inner(), true).await
+    }
+
+    async fn read_index(
+        &self,
+        req: Request<pb::ReadIndexRequest>,
+    ) -> Result<Response<pb::ReadIndexReply>, Status> {
+        let node = self.node()?;
+        let sh = self.shard(&node, req.into_inner().shard)?;
+        Ok(Response::new(match node.read_index(&sh).await {
+            Ok(i) => pb::ReadIndexReply {
+                index: i64::try_from(i).unwrap_or(i64::MAX),
+                ..Default::default()
+            },
+            Err((leader, e)) => pb::ReadIndexReply {
+                index: -1,
+                leader: leader.unwrap_or(0),
+                error: e,
+            },
+        }))
+    }
+
+    async fn change_nodes(
+        &self,
+        req: Request<pb::ChangeNodesRequest>,
+    ) -> Result<Response<pb::ChangeNodesReply>, Status> {
+        let node = self.node()?;
+        let req = req.into_inner();
+        let add = (req.add_id != 0).then_some((req.add_id, req.add_address));
+        let remove = (req.remove_id != 0).then_some(req.remove_id);
+        Ok(Response::new(match node.change_nodes(add, remove).await {
+            Ok(nodes) => pb::ChangeNodesReply {
+                error: String::new(),
+                nodes: nodes
+                    .into_iter()
+                    .map(|(id, address)| pb::NodeInfo {
+                        id,
+                        address,
+                        live: true,
+                    })
+                    .collect(),
+            },
+            Err(e) => pb::ChangeNodesReply {
+                error: e.to_string(),
+                nodes: Vec::new(),
+            },
+        }))
     }
 
     async fn status(

@@ -74,12 +74,19 @@ pub struct ShardData {
     cache: Mutex<SeriesCache>,
     /// Serializes snapshot builds and installs.
     snap: tokio::sync::Mutex<()>,
+    /// Samples rejected by apply since start.
+    rejected: std::sync::atomic::AtomicU64,
 }
 
 impl ShardData {
     /// The shard's Db, unless a snapshot is being installed.
     pub fn db(&self) -> Option<Db> {
         self.db.read().clone()
+    }
+
+    /// Samples rejected by apply since the process started.
+    pub fn rejected_samples(&self) -> u64 {
+        self.rejected.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Last applied log id.
@@ -127,6 +134,7 @@ impl StateMachine {
             db: RwLock::new(None),
             applied: Mutex::new(applied),
             cache: Mutex::new(SeriesCache::default()),
+            rejected: std::sync::atomic::AtomicU64::new(0),
             snap: tokio::sync::Mutex::new(()),
         });
         if snap_dir.join(REBUILD_MARKER).exists() {
@@ -241,6 +249,75 @@ fn apply_batch(
     }
 }
 
+/// Runs an admin command on this replica's data. A failure (I/O) is fatal for the replica:
+/// going on would leave it different from the others.
+fn run_command(db: &Db, cmd: &batch::Command) -> Result<(), StorageError> {
+    match cmd {
+        batch::Command::Delete {
+            matchers,
+            min_time,
+            max_time,
+        } => {
+            let sets =
+                batch::Command::matcher_sets(matchers).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+            db.delete(&sets, *min_time, *max_time)
+                .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        }
+        batch::Command::CleanTombstones => {
+            db.clean_tombstones()
+                .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Appends one entry's batch and commits it. A block cut between append and commit (never
+/// expected on a shard: the apply loop is its only writer) rejects the batch with a sample
+/// error at commit; the next attempt then rejects those samples one by one at append time.
+fn apply_entry(
+    db: &Db,
+    data: &ShardData,
+    index: u64,
+    batch: &[u8],
+) -> Result<ApplyResult, StorageError> {
+    if let Some(cmd) = batch::decode_command(batch) {
+        let mut res = ApplyResult::default();
+        match cmd {
+            Ok(cmd) => run_command(db, &cmd)?,
+            // Rejected alike on every replica (validated before it was proposed).
+            Err(e) => res.first_error = Some(e.to_string()),
+        }
+        return Ok(res);
+    }
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut res = ApplyResult::default();
+        let mut app = db.appender();
+        {
+            let mut cache = data.cache.lock();
+            if let Err(err) = apply_batch(app.as_mut(), &mut cache, batch, &mut res) {
+                // A malformed batch is rejected on every replica alike (the batch was validated
+                // before it was proposed; this is defense in depth).
+                tracing::error!(index, error = %err, "entry not applied");
+                res.first_error = Some(err);
+            }
+        }
+        if res.rejected > 0 {
+            data.rejected
+                .fetch_add(res.rejected, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(index, rejected = res.rejected, first_error = ?res.first_error, "apply: samples rejected");
+        }
+        match app.commit() {
+            Ok(()) => return Ok(res),
+            Err(e) if e.is_sample_error() && attempt < 3 => {
+                tracing::debug!(index, error = %e, "apply: batch rejected at commit, retrying");
+            }
+            Err(e) => return Err(sm_err(ErrorVerb::Write, e)),
+        }
+    }
+}
+
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
@@ -259,45 +336,27 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let db = data
                 .db()
                 .ok_or_else(|| sm_err(ErrorVerb::Write, "shard data is being replaced"))?;
-            // A block cut between append and commit rejects the whole batch with a sample
-            // error at commit; the second pass then rejects those samples one by one at append
-            // time, on every replica alike.
-            let mut attempt = 0;
-            let (out, last, membership) = loop {
-                attempt += 1;
-                let mut app = db.appender();
-                let mut cache = data.cache.lock();
-                let mut out = Vec::with_capacity(entries.len());
-                let mut last = None;
-                let mut membership = None;
-                for e in &entries {
-                    let mut res = ApplyResult::default();
-                    match &e.payload {
-                        EntryPayload::Blank => {}
-                        EntryPayload::Normal(b) => {
-                            if let Err(err) = apply_batch(app.as_mut(), &mut cache, &b.0, &mut res) {
-                                // A malformed batch is rejected on every replica alike (the batch
-                                // was validated before it was proposed; this is defense in depth).
-                                tracing::error!(index = e.log_id.index, error = %err, "entry not applied");
-                                res.first_error = Some(err);
-                            }
-                        }
-                        EntryPayload::Membership(m) => {
-                            membership = Some(StoredMembership::new(Some(e.log_id), m.clone()));
-                        }
+            // Each entry is appended and committed on its own, so every replica decides about a
+            // sample against the same state (everything before its entry), however openraft
+            // groups entries into apply calls (it differs between leader and followers, and
+            // across restarts).
+            let mut out = Vec::with_capacity(entries.len());
+            let mut last = None;
+            let mut membership = None;
+            for e in &entries {
+                let mut res = ApplyResult::default();
+                match &e.payload {
+                    EntryPayload::Blank => {}
+                    EntryPayload::Normal(b) => {
+                        res = apply_entry(&db, &data, e.log_id.index, &b.0)?;
                     }
-                    last = Some(e.log_id);
-                    out.push(res);
-                }
-                drop(cache);
-                match app.commit() {
-                    Ok(()) => break (out, last, membership),
-                    Err(e) if e.is_sample_error() && attempt < 3 => {
-                        tracing::debug!(error = %e, "apply: batch rejected at commit, retrying");
+                    EntryPayload::Membership(m) => {
+                        membership = Some(StoredMembership::new(Some(e.log_id), m.clone()));
                     }
-                    Err(e) => return Err(sm_err(ErrorVerb::Write, e)),
                 }
-            };
+                last = Some(e.log_id);
+                out.push(res);
+            }
             let mut g = data.applied.lock();
             if last.is_some() {
                 g.0 = last;

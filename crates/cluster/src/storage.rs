@@ -15,7 +15,7 @@ use tidemark_storage::{
 use tokio::runtime::Handle;
 
 use crate::batch::BatchBuilder;
-use crate::node::{Node, shard_of};
+use crate::node::{Node, ShardRead, shard_of};
 
 /// Largest encoded batch in one Raft entry; bigger commits are split.
 const MAX_BATCH_BYTES: usize = 4 << 20;
@@ -151,6 +151,14 @@ impl Appender for ClusterAppender {
     }
 }
 
+impl ClusterStorage {
+    /// Runs an admin command on every shard ([`Node::run_command`]), waiting for it.
+    pub fn run_command(&self, cmd: crate::batch::Command) -> tidemark_storage::Result<()> {
+        let node = self.node.clone();
+        self.wait(async move { node.run_command(&cmd).await.map_err(Into::into) })?
+    }
+}
+
 impl Queryable for ClusterStorage {
     fn querier(&self, mint: i64, maxt: i64) -> tidemark_storage::Result<Box<dyn Querier>> {
         Ok(Box::new(ClusterQuerier {
@@ -173,17 +181,17 @@ impl Querier for ClusterQuerier {
     fn select(
         &self,
         _sorted: bool,
-        _hints: Option<&SelectHints>,
+        hints: Option<&SelectHints>,
         matchers: &[Matcher],
     ) -> SeriesSet {
         let node = self.storage.node.clone();
         let (mint, maxt) = (self.mint, self.maxt);
-        let matchers = matchers.to_vec();
+        let m = matchers.to_vec();
         let res = self.storage.wait(async move {
             let futs = (0..node.num_shards()).map(|s| {
                 let node = node.clone();
-                let m = matchers.clone();
-                async move { node.select_shard(s, &m, mint, maxt, false).await }
+                let m = m.clone();
+                async move { node.select_shard_read(s, &m, mint, maxt, false).await }
             });
             futures::future::join_all(futs).await
         });
@@ -194,7 +202,12 @@ impl Querier for ClusterQuerier {
         let mut sets = Vec::with_capacity(results.len());
         for r in results {
             match r {
-                Ok(series) => {
+                // This node's replica, read in place (lazily, as on a single node).
+                Ok(ShardRead::Local(db)) => match db.querier(mint, maxt) {
+                    Ok(q) => sets.push(q.select(true, hints, matchers)),
+                    Err(e) => return Box::new(std::iter::once(Err(e))),
+                },
+                Ok(ShardRead::Remote(series)) => {
                     let v: Vec<Arc<dyn Series>> = series
                         .into_iter()
                         .map(|s| Arc::new(ListSeries::new(s.labels, s.samples)) as Arc<dyn Series>)

@@ -29,8 +29,10 @@ pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, openraft::BasicNode>;
 
 /// A write batch, encoded as in [`crate::batch`]: what one Raft entry carries. Serialized as a
 /// byte string (MessagePack `bin`), not as an array of numbers.
+/// A Raft entry's payload: a write batch (docs/format/cluster.md). Reference-counted, so the
+/// log store's tail cache, replication and apply share one copy.
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct Batch(pub Vec<u8>);
+pub struct Batch(pub bytes::Bytes);
 
 impl fmt::Debug for Batch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -59,17 +61,17 @@ impl<'de> Deserialize<'de> for Batch {
                 f.write_str("a byte string")
             }
             fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Batch, E> {
-                Ok(Batch(v.to_vec()))
+                Ok(Batch(bytes::Bytes::copy_from_slice(v)))
             }
             fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Batch, E> {
-                Ok(Batch(v))
+                Ok(Batch(v.into()))
             }
             fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Batch, A::Error> {
                 let mut out = Vec::new();
                 while let Some(b) = a.next_element::<u8>()? {
                     out.push(b);
                 }
-                Ok(Batch(out))
+                Ok(Batch(out.into()))
             }
         }
         d.deserialize_bytes(V)

@@ -69,6 +69,37 @@ pub(crate) enum ClusterCommand {
         #[arg(long)]
         checksums: bool,
     },
+    /// Adds a node (started with `--cluster.join`) to the cluster; shard replicas then move to
+    /// it through Raft membership changes, with no downtime.
+    AddNode {
+        /// Cluster (gRPC) address of any current node.
+        #[arg(long, default_value = "127.0.0.1:9290")]
+        address: String,
+        /// Id of the new node (its `--cluster.node-id`).
+        #[arg(long = "node-id")]
+        node_id: u64,
+        /// Cluster address the other nodes reach the new node at.
+        #[arg(long = "node-address")]
+        node_address: String,
+        /// Wait until every shard's replicas have moved (up to this many seconds; 0: return
+        /// once the node is a member).
+        #[arg(long, default_value_t = 300)]
+        wait: u64,
+    },
+    /// Removes a node: its shard replicas move to the remaining nodes, then it leaves the
+    /// cluster (stop it afterwards).
+    RemoveNode {
+        /// Cluster (gRPC) address of any node (not the one removed).
+        #[arg(long, default_value = "127.0.0.1:9290")]
+        address: String,
+        /// Id of the node to remove.
+        #[arg(long = "node-id")]
+        node_id: u64,
+        /// Wait until every shard's replicas have moved (up to this many seconds; 0: return
+        /// once the node is no longer a member).
+        #[arg(long, default_value_t = 300)]
+        wait: u64,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -163,6 +194,11 @@ pub(crate) struct ServerArgs {
     #[arg(long = "cluster.shards", default_value_t = 8)]
     pub(crate) cluster_shards: u32,
 
+    /// Start as a new node of an existing cluster: initialize nothing and wait for
+    /// `tidemark cluster add-node` (its --cluster.peers lists the current nodes and itself).
+    #[arg(long = "cluster.join")]
+    pub(crate) cluster_join: bool,
+
     /// Replicas of each shard (capped at the number of nodes).
     #[arg(long = "cluster.replication-factor", default_value_t = 3)]
     pub(crate) cluster_replication_factor: usize,
@@ -212,6 +248,52 @@ pub(crate) struct ServerArgs {
     /// External URL (used in generator URLs); accepted for compatibility.
     #[arg(long = "web.external-url")]
     pub(crate) external_url: Option<String>,
+
+    /// Largest accepted request body before decompression (e.g. 32MB; remote write, import).
+    #[arg(long = "web.max-request-body-bytes", default_value = "32MB")]
+    pub(crate) max_request_body: String,
+
+    /// Time allowed to receive a request body (slow clients are cut off with 408).
+    #[arg(long = "web.read-timeout", default_value = "60s")]
+    pub(crate) web_read_timeout: String,
+
+    /// Time allowed for a request's headers (the connection is closed after it).
+    #[arg(long = "web.read-header-timeout", default_value = "10s")]
+    pub(crate) web_read_header_timeout: String,
+
+    /// Most open HTTP connections; more are closed at once.
+    #[arg(long = "web.max-connections", default_value_t = 512)]
+    pub(crate) web_max_connections: usize,
+
+    /// Most labels on one ingested series (remote write, import).
+    #[arg(long = "web.max-labels-per-series", default_value_t = 256)]
+    pub(crate) max_labels_per_series: usize,
+
+    /// Longest label value accepted on ingest, bytes.
+    #[arg(long = "web.max-label-value-bytes", default_value_t = 16 * 1024)]
+    pub(crate) max_label_value_bytes: usize,
+
+    /// Exemplars kept in memory for /api/v1/query_exemplars.
+    #[arg(long = "storage.exemplars.exemplars-limit", default_value_t = 100_000)]
+    pub(crate) exemplars_limit: usize,
+
+    /// Most samples one remote read request may return (0: no limit).
+    #[arg(
+        long = "storage.remote.read-sample-limit",
+        default_value_t = 50_000_000
+    )]
+    pub(crate) remote_read_sample_limit: usize,
+
+    /// Concurrent remote read requests (0: no limit).
+    #[arg(long = "storage.remote.read-concurrent-limit", default_value_t = 10)]
+    pub(crate) remote_read_concurrent_limit: usize,
+
+    /// Largest frame of a streamed remote read response, bytes.
+    #[arg(
+        long = "storage.remote.read-max-bytes-in-frame",
+        default_value_t = 1_048_576
+    )]
+    pub(crate) remote_read_max_bytes_in_frame: usize,
 
     /// Lookback delta of instant selectors.
     #[arg(long = "query.lookback-delta", default_value = "5m")]

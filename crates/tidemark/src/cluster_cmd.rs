@@ -28,7 +28,98 @@ pub(crate) fn run(cmd: ClusterCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        ClusterCommand::AddNode {
+            address,
+            node_id,
+            node_address,
+            wait,
+        } => change_nodes(&address, Some((node_id, node_address)), None, wait),
+        ClusterCommand::RemoveNode {
+            address,
+            node_id,
+            wait,
+        } => change_nodes(&address, None, Some(node_id), wait),
     }
+}
+
+/// `add-node` / `remove-node`: the membership change, then (with `wait`) polling every node
+/// until each shard's leader reports the voters the shard map asks for.
+fn change_nodes(
+    address: &str,
+    add: Option<(u64, String)>,
+    remove: Option<u64>,
+    wait: u64,
+) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let nodes = rt
+        .block_on(Node::remote_change_nodes(address, add, remove))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!(
+        "cluster nodes: {}",
+        nodes
+            .iter()
+            .map(|(id, a)| format!("{id}={a}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    if wait == 0 {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(wait);
+    loop {
+        let pending = rt.block_on(moving_shards(&nodes));
+        match &pending {
+            Ok(p) if p.is_empty() => {
+                println!("every shard's replicas are in place");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Ok(p) => tracing::debug!(pending = ?p, "replicas still moving"),
+            Err(e) => tracing::debug!(error = %e, "status"),
+        }
+        if std::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "replicas still moving after {wait} s: {}",
+                match pending {
+                    Ok(p) => format!("shards {p:?}"),
+                    Err(e) => e,
+                }
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Shards whose leader (found by asking every node) does not have exactly the target voters
+/// yet, or that no node reports a leader for.
+async fn moving_shards(
+    nodes: &std::collections::BTreeMap<u64, String>,
+) -> Result<Vec<u32>, String> {
+    let mut num_shards = 0;
+    let mut done = std::collections::BTreeSet::new();
+    for addr in nodes.values() {
+        let st = Node::remote_status(addr, false)
+            .await
+            .map_err(|e| e.to_string())?;
+        num_shards = st.num_shards;
+        let ids: Vec<u64> = nodes.keys().copied().collect();
+        for sh in &st.shards {
+            // The replicas the map gives the shard over the new node set.
+            let mut want = tidemark_cluster::node::shard_replicas(
+                &ids,
+                sh.shard,
+                st.replication_factor as usize,
+            );
+            let mut v = sh.voters.clone();
+            want.sort_unstable();
+            v.sort_unstable();
+            if sh.leader == st.node_id && sh.learners.is_empty() && v == want {
+                done.insert(sh.shard);
+            }
+        }
+    }
+    Ok((0..num_shards).filter(|s| !done.contains(s)).collect())
 }
 
 fn status_json(st: &tidemark_cluster::pb::StatusReply) -> serde_json::Value {
@@ -39,12 +130,17 @@ fn status_json(st: &tidemark_cluster::pb::StatusReply) -> serde_json::Value {
         "nodes": st.nodes.iter().map(|n| serde_json::json!({
             "id": n.id, "address": n.address, "live": n.live,
         })).collect::<Vec<_>>(),
+        "meta": st.meta.as_ref().map(|m| serde_json::json!({
+            "leader": m.leader, "voters": m.voters, "learners": m.learners, "term": m.term,
+        })),
         "shards": st.shards.iter().map(|s| serde_json::json!({
             "shard": s.shard, "leader": s.leader, "state": s.state, "term": s.term,
             "last_log_index": s.last_log_index, "last_applied": s.last_applied,
             "snapshot_index": s.snapshot_index, "voters": s.voters,
             "head_series": s.head_series,
             "checksum": format!("{:016x}", s.checksum), "samples": s.samples,
+            "rejected_samples": s.rejected_samples, "dropped_at_commit": s.dropped_at_commit,
+            "target": s.target, "learners": s.learners,
             "replication": s.replication.iter().map(|r| serde_json::json!({
                 "node": r.node, "matched": r.matched,
             })).collect::<Vec<_>>(),
@@ -72,8 +168,9 @@ fn status_text(st: &tidemark_cluster::pb::StatusReply) -> String {
     }
     let _ = writeln!(
         s,
-        "\nSHARD LEADER  THIS NODE  TERM  LAST LOG  APPLIED  SNAPSHOT  HEAD SERIES  LAG (leader's view)"
+        "\nSHARD LEADER  THIS NODE  TERM  LAST LOG  APPLIED  SNAPSHOT  HEAD SERIES  VOTERS   TARGET   LAG (leader's view)"
     );
+    let ids = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
     for sh in &st.shards {
         let lag: Vec<String> = sh
             .replication
@@ -89,7 +186,7 @@ fn status_text(st: &tidemark_cluster::pb::StatusReply) -> String {
             .collect();
         let _ = writeln!(
             s,
-            "{:<5} {:<7} {:<10} {:<5} {:<9} {:<8} {:<9} {:<12} {}",
+            "{:<5} {:<7} {:<10} {:<5} {:<9} {:<8} {:<9} {:<12} {:<8} {:<8} {}",
             sh.shard,
             if sh.leader == 0 {
                 "none".to_string()
@@ -102,7 +199,26 @@ fn status_text(st: &tidemark_cluster::pb::StatusReply) -> String {
             sh.last_applied,
             sh.snapshot_index,
             sh.head_series,
+            ids(&sh.voters),
+            ids(&sh.target),
             lag.join(" ")
+        );
+    }
+    if let Some(m) = &st.meta {
+        let _ = writeln!(
+            s,
+            "\nmetadata group: leader {}, voters {}, learners {}",
+            if m.leader == 0 {
+                "none".to_string()
+            } else {
+                m.leader.to_string()
+            },
+            ids(&m.voters),
+            if m.learners.is_empty() {
+                "none".to_string()
+            } else {
+                ids(&m.learners)
+            }
         );
     }
     s

@@ -106,8 +106,8 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
         let owner = node.clone();
         let backend = Backend {
             appendable: Arc::new(storage.clone()),
-            queryable: Arc::new(storage),
-            admin: Arc::new(ClusterAdmin),
+            queryable: Arc::new(storage.clone()),
+            admin: Arc::new(ClusterAdmin { storage }),
             metrics: Arc::new(ClusterMetrics { node: node.clone() }),
             // With a configuration file, targets are spread over the live nodes; the embedded
             // default (each node scrapes itself) is per node.
@@ -230,6 +230,7 @@ async fn start_cluster_node(
         tidemark_cluster::node::ClusterOptions::new(id, listen, peers, storage_path.to_path_buf());
     o.num_shards = args.cluster_shards.max(1);
     o.replication_factor = args.cluster_replication_factor.max(1);
+    o.join = args.cluster_join;
     o.snapshot_after_entries = args.cluster_snapshot_after_entries.max(10);
     o.keep_entries_after_snapshot = args.cluster_keep_entries;
     o.db = DbOptions {
@@ -337,10 +338,35 @@ async fn serve(
             .unwrap_or_default(),
     );
 
+    let read_timeout_ms = tidemark_model::time::parse_duration_millis(&args.web_read_timeout)
+        .map_err(|e| anyhow::anyhow!("--web.read-timeout {}: {e}", args.web_read_timeout))?;
     let opts = ApiOptions {
         enable_admin_api: args.enable_admin_api,
         enable_lifecycle: true,
         storage_retention: tidemark_model::time::format_duration_millis(dbo.retention_time_ms),
+        max_request_body_bytes: usize::try_from(
+            crate::config::parse_bytes(&args.max_request_body)
+                .context("--web.max-request-body-bytes")?,
+        )
+        .unwrap_or(usize::MAX)
+        .max(1),
+        body_read_timeout: Duration::from_millis(
+            u64::try_from(read_timeout_ms.max(1)).unwrap_or(1),
+        ),
+        max_labels_per_series: args.max_labels_per_series.max(1),
+        max_label_value_bytes: args.max_label_value_bytes.max(1),
+        max_exemplars: args.exemplars_limit,
+        remote_read_sample_limit: if args.remote_read_sample_limit == 0 {
+            usize::MAX
+        } else {
+            args.remote_read_sample_limit
+        },
+        remote_read_concurrent_limit: if args.remote_read_concurrent_limit == 0 {
+            usize::MAX
+        } else {
+            args.remote_read_concurrent_limit
+        },
+        remote_read_max_bytes_in_frame: args.remote_read_max_bytes_in_frame.max(1024),
         ..ApiOptions::default()
     };
     let reloader = Arc::new(ConfigReloader {
@@ -379,7 +405,21 @@ async fn serve(
         let _ = stop_rx.await;
         info!("shutting down");
     };
-    let served = tidemark_api::serve(listener, api.router(), web_config, shutdown).await;
+    let header_ms = tidemark_model::time::parse_duration_millis(&args.web_read_header_timeout)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "--web.read-header-timeout {}: {e}",
+                args.web_read_header_timeout
+            )
+        })?;
+    let serve_opts = tidemark_api::ServeOptions {
+        header_read_timeout: Duration::from_millis(u64::try_from(header_ms.max(1)).unwrap_or(1)),
+        max_connections: args.web_max_connections.max(1),
+        metrics: Some(api.metrics()),
+        ..tidemark_api::ServeOptions::default()
+    };
+    let served =
+        tidemark_api::serve_with(listener, api.router(), web_config, serve_opts, shutdown).await;
     scrape.stop().await;
     rules.stop();
     served.map_err(|e| anyhow::anyhow!("HTTP server: {e}"))
@@ -520,34 +560,51 @@ impl TsdbAdmin for DbAdmin {
     }
 }
 
-/// Admin operations on a cluster node: not built yet (docs/cluster.md).
-struct ClusterAdmin;
+/// Admin operations on a cluster node: deletes and tombstone cleaning go through every shard's
+/// Raft log (every replica applies them at the same point); the TSDB status walks every
+/// shard through the cluster querier.
+struct ClusterAdmin {
+    storage: tidemark_cluster::storage::ClusterStorage,
+}
 
 impl TsdbAdmin for ClusterAdmin {
-    fn status(&self, _limit: usize) -> Result<tidemark_api::TsdbStatus, tidemark_storage::Error> {
-        Err(tidemark_storage::Error::Other(
-            "TSDB status is not available on a cluster node yet (docs/cluster.md)".into(),
-        ))
+    fn status(&self, limit: usize) -> Result<tidemark_api::TsdbStatus, tidemark_storage::Error> {
+        // The head's time range and sizes as this node's replicas see them; the series walk
+        // itself covers every shard.
+        let (mut mint, mut maxt, mut series, mut chunks) = (i64::MAX, i64::MIN, 0u64, 0u64);
+        for sh in self.storage.node().hosted() {
+            if let Some(db) = sh.data.db() {
+                let st = db.stats();
+                mint = mint.min(st.head_min_time.unwrap_or(i64::MAX));
+                maxt = maxt.max(st.head_max_time.unwrap_or(i64::MIN));
+                series = series.max(st.head_series as u64);
+                chunks += st.head_chunks_written;
+            }
+        }
+        if mint > maxt {
+            (mint, maxt) = (0, 0);
+        }
+        crate::status::cardinality(&self.storage, (mint, maxt), series, chunks, limit)
     }
 
     fn delete_series(
         &self,
-        _m: &[Vec<Matcher>],
-        _mint: i64,
-        _maxt: i64,
+        m: &[Vec<Matcher>],
+        mint: i64,
+        maxt: i64,
     ) -> Result<(), tidemark_storage::Error> {
-        Err(tidemark_storage::Error::Other(
-            "delete_series is not supported on a cluster node yet".into(),
-        ))
+        self.storage
+            .run_command(tidemark_cluster::batch::Command::delete(m, mint, maxt))
     }
 
     fn clean_tombstones(&self) -> Result<(), tidemark_storage::Error> {
-        Ok(())
+        self.storage
+            .run_command(tidemark_cluster::batch::Command::CleanTombstones)
     }
 
     fn snapshot(&self, _skip_head: bool) -> Result<String, tidemark_storage::Error> {
         Err(tidemark_storage::Error::Other(
-            "snapshots are not available on a cluster node yet (each shard takes Raft snapshots itself)".into(),
+            "snapshots are not available on a cluster node yet (each shard takes Raft snapshots itself; back up each node's data directory)".into(),
         ))
     }
 }

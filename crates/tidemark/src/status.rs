@@ -26,7 +26,25 @@ fn top(map: HashMap<String, u64>, limit: usize) -> Vec<Stat> {
 pub(crate) fn tsdb_status(db: &Db, limit: usize) -> Result<TsdbStatus, Error> {
     let st = db.stats();
     let (mint, maxt) = (st.head_min_time.unwrap_or(0), st.head_max_time.unwrap_or(0));
-    let q = db.querier(mint, maxt)?;
+    cardinality(
+        db,
+        (mint, maxt),
+        st.head_series as u64,
+        st.head_chunks_written,
+        limit,
+    )
+}
+
+/// [`tsdb_status`] over any storage: the series with samples in `[mint, maxt]` (the head's
+/// range), walked through `store` (a cluster walks every shard through its leader).
+pub(crate) fn cardinality(
+    store: &dyn Queryable,
+    (mint, maxt): (i64, i64),
+    head_series: u64,
+    head_chunks: u64,
+    limit: usize,
+) -> Result<TsdbStatus, Error> {
+    let q = store.querier(mint, maxt)?;
     let all = Matcher::new(MatchType::Regex, "__name__", ".+")
         .map_err(|e| Error::Other(e.to_string()))?;
     let mut by_metric: HashMap<String, u64> = HashMap::new();
@@ -55,9 +73,9 @@ pub(crate) fn tsdb_status(db: &Db, limit: usize) -> Result<TsdbStatus, Error> {
     let label_pairs: u64 = values_by_name.values().map(|v| v.len() as u64).sum();
     Ok(TsdbStatus {
         head_stats: HeadStats {
-            num_series: n.max(st.head_series as u64),
+            num_series: n.max(head_series),
             num_label_pairs: label_pairs,
-            chunk_count: st.head_chunks_written,
+            chunk_count: head_chunks,
             min_time: mint,
             max_time: maxt,
         },

@@ -223,3 +223,35 @@ fn tsdb_import_analyze_and_serve() {
     let v = s.query(&format!("sum(count_over_time(old_metric[5h] @ {t}))"));
     assert_eq!(result(&v)[0]["value"][1], "720", "{v}");
 }
+
+#[test]
+fn api_limit_flags_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(
+        dir.path(),
+        &[
+            "--config.file",
+            "/dev/null",
+            "--web.max-request-body-bytes=1KB",
+        ],
+    );
+    let small = "m_small 1\n";
+    let (st, body) = s.request("POST", "/api/v1/import", Some(small)).unwrap();
+    assert!(st == 200 || st == 204, "small import: {st} {body}");
+    let big = "m_big{pad=\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"} 1\n".repeat(40);
+    assert!(big.len() > 1024);
+    let (st, body) = s.request("POST", "/api/v1/import", Some(&big)).unwrap();
+    assert_eq!(st, 413, "a body over --web.max-request-body-bytes: {body}");
+    // A bad value is a clear start-up error.
+    let out = std::process::Command::new(server::BIN)
+        .args(["server", "--web.read-timeout=soon", "--storage.path"])
+        .arg(dir.path().join("other"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--web.read-timeout"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

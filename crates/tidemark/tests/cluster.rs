@@ -165,6 +165,29 @@ struct Cluster {
     _dir: tempfile::TempDir,
 }
 
+impl Drop for Cluster {
+    /// On a failing test, the tail of every node's log goes to stderr (the data directory is
+    /// deleted afterwards), so a failure in CI can be diagnosed.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for n in &self.nodes {
+            let path = n.dir.join(format!("node{}.log", n.id));
+            let log = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "----- node {} log (last 40 of {} lines) -----",
+                n.id,
+                lines.len()
+            );
+            for l in &lines[lines.len().saturating_sub(40)..] {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
 fn start_cluster(n: u64, shards: u32, extra: &[&str]) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
@@ -472,6 +495,41 @@ fn wait_replicas_converged(c: &Cluster, shards: u32) {
     }
 }
 
+/// Asserts that every replica of every shard holds the same data (checksum and sample count),
+/// once the replicas report the same applied index. A difference is checked again after a
+/// pause (to tell a slow apply from real divergence) and reported with every node's status.
+fn assert_replicas_identical(c: &Cluster, shards: u32) -> Vec<BTreeMap<u64, (String, u64)>> {
+    let differ = |sums: &[BTreeMap<u64, (String, u64)>]| {
+        (0..u64::from(shards))
+            .any(|s| sums.iter().map(|m| &m[&s]).collect::<BTreeSet<_>>().len() != 1)
+    };
+    let sums: Vec<_> = c.nodes.iter().map(checksums).collect();
+    if !differ(&sums) {
+        return sums;
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    wait_replicas_converged(c, shards);
+    let again: Vec<_> = c.nodes.iter().map(checksums).collect();
+    let status: Vec<String> = c
+        .nodes
+        .iter()
+        .map(|n| {
+            let out = Command::new(BIN)
+                .args(["cluster", "status", "--json", "--checksums", "--address"])
+                .arg(format!("127.0.0.1:{}", n.cport))
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+        .collect();
+    assert!(
+        !differ(&again),
+        "replicas differ: {sums:?}\n3 s later: {again:?}\nstatus: {status:#?}"
+    );
+    eprintln!("replicas differed at first, then converged: {sums:?}");
+    again
+}
+
 fn checksums(n: &ClusterNode) -> BTreeMap<u64, (String, u64)> {
     let out = Command::new(BIN)
         .args(["cluster", "status", "--json", "--checksums", "--address"])
@@ -516,7 +574,14 @@ fn follower_down_past_log_truncation_catches_up_from_a_snapshot() {
     // down, write enough for both shards to snapshot and purge their logs several times.
     c.nodes[2].kill9();
     let w = start_writer(vec![c.nodes[0].http, c.nodes[1].http], base, 0);
-    std::thread::sleep(Duration::from_secs(6));
+    // At least 6 s, and until enough writes went through for several snapshots (a loaded
+    // machine acknowledges fewer per second).
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(6)
+        || (w.acked.lock().unwrap().len() <= 150 && started.elapsed() < Duration::from_secs(40))
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let (acked, _) = w.finish();
     assert!(
         acked.len() > 150,
@@ -533,10 +598,8 @@ fn follower_down_past_log_truncation_catches_up_from_a_snapshot() {
         acked.len()
     );
     // Every replica of every shard holds the same data.
-    let sums: Vec<BTreeMap<u64, (String, u64)>> = c.nodes.iter().map(checksums).collect();
+    let sums = assert_replicas_identical(&c, shards);
     for s in 0..u64::from(shards) {
-        let v: BTreeSet<&(String, u64)> = sums.iter().map(|m| &m[&s]).collect();
-        assert_eq!(v.len(), 1, "shard {s} replicas differ: {sums:?}");
         assert!(sums[0][&s].1 > 0, "shard {s} is empty");
     }
     let total: u64 = sums[0].values().map(|x| x.1).sum();
@@ -793,15 +856,7 @@ fn partitioned_node_acknowledges_nothing_and_converges_after_healing() {
         p.blocked.store(false, Ordering::SeqCst);
     }
     wait_replicas_converged(&c, shards);
-    let sums: Vec<BTreeMap<u64, (String, u64)>> = c.nodes.iter().map(checksums).collect();
-    for s in 0..u64::from(shards) {
-        let v: BTreeSet<&(String, u64)> = sums.iter().map(|m| &m[&s]).collect();
-        assert_eq!(
-            v.len(),
-            1,
-            "shard {s} replicas differ after healing: {sums:?}"
-        );
-    }
+    assert_replicas_identical(&c, shards);
     let at = (now_ms() as f64) / 1000.0;
     for n in &c.nodes {
         assert_all_acked_present(n, &acked, at);
@@ -933,4 +988,226 @@ fn rule_groups_spread_and_a_firing_alert_stays_firing_after_failover() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Runs `tidemark cluster <args>` and asserts it succeeds.
+fn cluster_cmd(args: &[String]) {
+    let out = Command::new(BIN)
+        .arg("cluster")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tidemark cluster {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Voters of each shard led by `n`, from its status.
+fn led_voters(n: &ClusterNode) -> BTreeMap<u64, BTreeSet<u64>> {
+    let st = n.status().unwrap();
+    st["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["leader"].as_u64() == Some(n.id))
+        .map(|s| {
+            (
+                s["shard"].as_u64().unwrap(),
+                s["voters"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64().unwrap())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn add_node_and_remove_node_move_replicas_under_load() {
+    let shards = 3;
+    let mut c = start_cluster(3, shards, &["--cluster.snapshot-after-entries=100"]);
+    let base = now_ms() - 120_000;
+    let w = start_writer(c.nodes.iter().map(|n| n.http).collect(), base, 0);
+    std::thread::sleep(Duration::from_secs(2));
+
+    // A fourth node joins: started with --cluster.join, then added through node 1.
+    let (h4, c4) = (free_port(), free_port());
+    let data = c.nodes[0].dir.join("n4");
+    std::fs::create_dir_all(&data).unwrap();
+    let peers: Vec<String> = c
+        .nodes
+        .iter()
+        .map(|n| format!("{}=127.0.0.1:{}", n.id, n.cport))
+        .chain([format!("4=127.0.0.1:{c4}")])
+        .collect();
+    let mut n4 = ClusterNode {
+        id: 4,
+        http: h4,
+        cport: c4,
+        dir: c.nodes[0].dir.clone(),
+        args: vec![
+            format!("--web.listen-address=127.0.0.1:{h4}"),
+            format!("--storage.path={}", data.display()),
+            "--cluster.node-id=4".to_string(),
+            format!("--cluster.listen-address=127.0.0.1:{c4}"),
+            format!("--cluster.peers={}", peers.join(",")),
+            format!("--cluster.shards={shards}"),
+            "--cluster.join".to_string(),
+            "--log.level=info".to_string(),
+        ],
+        child: None,
+    };
+    n4.start();
+    c.nodes.push(n4);
+    let t = Instant::now();
+    cluster_cmd(&[
+        "add-node".into(),
+        "--address".into(),
+        format!("127.0.0.1:{}", c.nodes[0].cport),
+        "--node-id=4".into(),
+        format!("--node-address=127.0.0.1:{c4}"),
+        "--wait=120".into(),
+    ]);
+    eprintln!("add-node: replicas moved in {:?}", t.elapsed());
+    // The map over nodes 1-4 (shard s on ids[(s+k) % 4], k < 3).
+    let want: BTreeMap<u64, BTreeSet<u64>> = [
+        (0, BTreeSet::from([1, 2, 3])),
+        (1, BTreeSet::from([2, 3, 4])),
+        (2, BTreeSet::from([1, 3, 4])),
+    ]
+    .into();
+    let mut got = BTreeMap::new();
+    for n in &c.nodes {
+        got.extend(led_voters(n));
+    }
+    assert_eq!(got, want, "voters after add-node");
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Node 1 leaves: writes stop going to it, its replicas move to nodes 2-4.
+    w.dead.lock().unwrap().insert(0);
+    let t = Instant::now();
+    cluster_cmd(&[
+        "remove-node".into(),
+        "--address".into(),
+        format!("127.0.0.1:{}", c.nodes[1].cport),
+        "--node-id=1".into(),
+        "--wait=120".into(),
+    ]);
+    eprintln!("remove-node: replicas moved in {:?}", t.elapsed());
+    std::thread::sleep(Duration::from_secs(2));
+    let (acked, failed) = w.finish();
+    // No downtime: every write was acknowledged (a leader that left was replaced within the
+    // write timeout, which the node absorbs by retrying).
+    assert_eq!(failed, 0, "{failed} writes failed while replicas moved");
+    assert!(
+        acked.len() > 100,
+        "only {} writes acknowledged",
+        acked.len()
+    );
+    // Node 1 dropped its replicas once the others committed the change; then it is stopped.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = c.nodes[0].status().unwrap();
+        if st["shards"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 1 still hosts replicas after remove-node: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let mut n1 = c.nodes.remove(0);
+    n1.kill9();
+    let st = c.nodes[0].status().unwrap();
+    let members: Vec<u64> = st["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(members, [2, 3, 4]);
+    wait_replicas_converged(&c, shards);
+    assert_replicas_identical(&c, shards);
+    let at = (now_ms() as f64) / 1000.0;
+    for n in &c.nodes {
+        assert_all_acked_present(n, &acked, at);
+    }
+}
+
+#[test]
+fn admin_delete_and_tsdb_status_cover_every_shard_and_replica() {
+    let shards = 3;
+    let c = start_cluster(3, shards, &["--web.enable-admin-api"]);
+    let base = now_ms() - 120_000;
+    let w = start_writer(c.nodes.iter().map(|n| n.http).collect(), base, 0);
+    std::thread::sleep(Duration::from_secs(2));
+    let (acked, _) = w.finish();
+    assert!(!acked.is_empty());
+    let at = (now_ms() as f64) / 1000.0;
+    assert_eq!(stored(&c.nodes[0], at).len(), SERIES);
+
+    // /api/v1/status/tsdb through any node counts the series of every shard.
+    let (st, body) = c.nodes[1]
+        .http("GET", "/api/v1/status/tsdb?limit=100", "text/plain", b"")
+        .unwrap();
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let per_metric = v["data"]["seriesCountByMetricName"].as_array().unwrap();
+    let n = per_metric
+        .iter()
+        .find(|x| x["name"] == "tm_cluster_test")
+        .map(|x| x["value"].as_u64().unwrap());
+    assert_eq!(n, Some(SERIES as u64), "{v}");
+
+    // Through node 2: delete the first half of two series, and a third series entirely.
+    let half = acked[acked.len() / 2].0;
+    let end_s = (base as f64 + half as f64 * 10.0) / 1000.0;
+    for (sel, range) in [
+        (
+            "tm_cluster_test{series=~\"s0[01]\"}",
+            format!("&end={end_s}"),
+        ),
+        ("tm_cluster_test{series=\"s02\"}", String::new()),
+    ] {
+        let path = format!(
+            "/api/v1/admin/tsdb/delete_series?match[]={}{range}",
+            urlencode(sel)
+        );
+        let (st, body) = c.nodes[1].http("POST", &path, "text/plain", b"").unwrap();
+        assert_eq!(st, 204, "{}", String::from_utf8_lossy(&body));
+    }
+    // Every node sees the same result at once (reads see the applied delete).
+    for n in &c.nodes {
+        let got = stored(n, at);
+        assert!(!got.contains_key("s02"), "node {}: s02 still there", n.id);
+        for s in ["s00", "s01"] {
+            let vals = &got[s];
+            assert!(
+                vals.iter().all(|i| *i > half),
+                "node {}: {s} keeps samples up to {half}: {:?}",
+                n.id,
+                vals.iter().next()
+            );
+            assert!(!vals.is_empty(), "node {}: {s} lost everything", n.id);
+        }
+        assert_eq!(got["s03"].len(), stored(&c.nodes[0], at)["s03"].len());
+    }
+    // clean_tombstones runs on every replica too; the replicas stay identical.
+    let (st, _) = c.nodes[2]
+        .http(
+            "PUT",
+            "/api/v1/admin/tsdb/clean_tombstones",
+            "text/plain",
+            b"",
+        )
+        .unwrap();
+    assert_eq!(st, 204);
+    wait_replicas_converged(&c, shards);
+    assert_replicas_identical(&c, shards);
 }

@@ -573,16 +573,18 @@ impl Db {
             if hmin == i64::MAX || hmax < hmin {
                 break;
             }
-            let due = if all {
-                true
-            } else {
-                hmax.saturating_sub(hmin) > range / 2 * 3
-            };
+            let start = hmin.div_euclid(range).saturating_mul(range);
+            let end = start.saturating_add(range);
+            // `end` is below the head's appendable floor (`Head::appendable_min_valid_time`:
+            // newest − range/2, implied by the 1.5-range condition) and below the out-of-order
+            // window, so cutting refuses no sample the head would still accept: when
+            // maintenance runs does not change which samples are stored.
+            let due = all
+                || (hmax.saturating_sub(hmin) > range / 2 * 3
+                    && end <= hmax.saturating_sub(head.opts.ooo_window_ms.max(0)));
             if !due {
                 break;
             }
-            let start = hmin.div_euclid(range).saturating_mul(range);
-            let end = start.saturating_add(range);
             self.cut_block(start, end)?;
             cut_any = true;
             if end > hmax || head.min_time() <= hmin {

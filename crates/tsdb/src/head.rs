@@ -614,6 +614,20 @@ impl Head {
         self.min_valid_time.load(Ordering::Acquire)
     }
 
+    /// In-order samples before this are out of bounds: the min valid time, or half a block
+    /// range before the head's newest sample, whichever is later (Prometheus'
+    /// `appendableMinValidTime`). It depends only on the data appended, not on when
+    /// maintenance cut blocks: a block is cut only below it (see `Db::cut_blocks`), so two
+    /// heads fed the same appends accept the same samples (Raft replicas rely on this).
+    pub fn appendable_min_valid_time(&self) -> i64 {
+        let mvt = self.min_valid_time();
+        let maxt = self.max_time();
+        if maxt == i64::MIN {
+            return mvt;
+        }
+        mvt.max(maxt.saturating_sub(self.opts.chunk_range_ms.max(0) / 2))
+    }
+
     /// Samples before `t` are refused from now on (they belong to blocks).
     pub fn set_min_valid_time(&self, t: i64) {
         self.min_valid_time.fetch_max(t, Ordering::AcqRel);

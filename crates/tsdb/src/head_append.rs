@@ -3,7 +3,8 @@
 //!
 //! Rules for a sample at time `t` of a series whose newest sample is at `last_t`:
 //! - `t` before the head's min valid time (data already in blocks): `OutOfBounds`;
-//! - `t > last_t`: appended in order;
+//! - `t > last_t`: appended in order, unless `t` is more than half a block range before the
+//!   head's newest sample (`OutOfBounds`, as Prometheus' `appendableMinValidTime`);
 //! - `t == last_t` or `t` equal to an older sample: the same value (bit for bit) is an exact
 //!   duplicate and ignored; another value is `DuplicateSampleForTimestamp`;
 //! - `t < last_t`: accepted out of order when `t >= head max time - ooo window`, else
@@ -70,7 +71,11 @@ impl Head {
         }
         let d = s.data.lock();
         if d.last_t == i64::MIN || t > d.last_t {
-            return Ok(());
+            return if t < self.appendable_min_valid_time() {
+                Err(Error::OutOfBounds)
+            } else {
+                Ok(())
+            };
         }
         if t == d.last_t {
             return if d.last_v.to_bits() == v.to_bits() {

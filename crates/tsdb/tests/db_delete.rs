@@ -142,8 +142,9 @@ fn block_delete_clean_tombstones_and_restart() {
     let db = Db::open(dir.path(), opts()).unwrap();
     let ls: Vec<Labels> = (0..3).map(|i| series("a", i)).collect();
     let keep = series("b", 0);
-    append(&db, &ls, 0..1000);
-    append(&db, std::slice::from_ref(&keep), 0..1000);
+    // One batch: a second batch reaching 1000 ms back would be out of bounds (more than half a
+    // block range before the head's newest sample).
+    append(&db, &[ls.clone(), vec![keep.clone()]].concat(), 0..1000);
     db.flush_head().unwrap();
     let before = db.blocks();
     assert_eq!(before.len(), 1);

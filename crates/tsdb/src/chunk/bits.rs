@@ -141,6 +141,12 @@ impl<'a> BitReader<'a> {
         peek_at(self.data, self.pos)
     }
 
+    /// The bytes read (the stream and whatever padding follows it).
+    #[inline(always)]
+    pub(crate) fn data(&self) -> &'a [u8] {
+        self.data
+    }
+
     #[inline(always)]
     pub(crate) fn set_pos(&mut self, pos: usize) {
         self.pos = pos;
@@ -238,6 +244,35 @@ impl FastBits {
         }
     }
 
+    /// Reads `n <= 32` bits (zeros past the end of `data`).
+    #[inline(always)]
+    pub(crate) fn take(&mut self, data: &[u8], n: u32) -> u64 {
+        debug_assert!(n <= 32);
+        self.refill(data);
+        // Shifting by 1 then 63 - n handles n = 0 without an out-of-range shift.
+        let v = (self.buf >> 1) >> (63 - n);
+        self.consume(n);
+        v
+    }
+
+    /// Reads `n <= 64` bits.
+    #[inline(always)]
+    pub(crate) fn take_long(&mut self, data: &[u8], n: u32) -> u64 {
+        if n > 32 {
+            let hi = self.take(data, n - 32);
+            (hi << 32) | self.take(data, 32)
+        } else {
+            self.take(data, n)
+        }
+    }
+
+    /// Reads a value written by [`BitWriter::write_varbits`].
+    #[inline(always)]
+    pub(crate) fn take_varbits(&mut self, data: &[u8]) -> u64 {
+        let n = self.take(data, 6) as u32 + 1;
+        self.take_long(data, n)
+    }
+
     /// Consumes `n <= nb` bits.
     #[inline(always)]
     pub(crate) fn consume(&mut self, n: u32) {
@@ -322,5 +357,24 @@ mod tests {
         }
         assert_eq!(r.pos(), w.bit_len());
         assert!(!r.overrun());
+        // The register buffer reads the same fields, over the exact bytes (its refills near the
+        // end load fewer than 4 bytes) and from every starting bit.
+        let data = w.bytes();
+        let mut f = FastBits::new(data, 0);
+        for &(v, n) in &fields {
+            assert_eq!(f.take_long(data, n), v, "field of {n} bits");
+            assert_eq!(f.take_varbits(data), v);
+        }
+        assert_eq!(f.pos(), w.bit_len());
+        assert_eq!(f.take(data, 32), 0, "zeros past the end");
+        for start in 0..64 {
+            let mut f = FastBits::new(data, start);
+            let mut r = BitReader::new(data);
+            r.set_pos(start);
+            for n in (0..=32).cycle().take(40) {
+                assert_eq!(f.take(data, n), r.read(n), "start {start}");
+            }
+            assert_eq!(f.pos(), r.pos());
+        }
     }
 }
