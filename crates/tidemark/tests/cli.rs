@@ -116,6 +116,29 @@ fn check_config_names_unknown_key_and_line() {
     );
 }
 
+/// A bad `--query.max-source-resolution` stops the server at start, naming the flag.
+#[test]
+fn bad_max_source_resolution_flag_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "server",
+            "--web.listen-address",
+            "127.0.0.1:0",
+            "--storage.tsdb.path",
+        ])
+        .arg(dir.path().join("data"))
+        .args(["--query.max-source-resolution", "soon"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("--query.max-source-resolution") && text.contains("\"soon\""),
+        "{text}"
+    );
+}
+
 #[test]
 fn promqltest_prints_summary_line() {
     let dir = tempfile::tempdir().unwrap();

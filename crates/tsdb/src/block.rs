@@ -520,7 +520,9 @@ impl BlockWriter {
                     self.min_time, self.max_time
                 )));
             }
-            let r = self.write_chunk(series_ref, *mint, *maxt, chunk::ENCODING_XOR, data)?;
+            // The first byte is the encoding (aggregate chunks: their version).
+            let encoding = data.first().copied().unwrap_or(chunk::ENCODING_XOR);
+            let r = self.write_chunk(series_ref, *mint, *maxt, encoding, data)?;
             metas.push(ChunkMeta {
                 min_time: *mint,
                 max_time: *maxt,

@@ -28,8 +28,8 @@ use std::time::Duration;
 use parking_lot::{Mutex, RwLock};
 use tidemark_model::Matcher;
 use tidemark_storage::{
-    Appendable, Appender, MergeQuerier, Querier, Queryable, SelectHints, SeriesSet,
-    merge_series_sets,
+    Appendable, Appender, DownsampleAggregate, MergeQuerier, Querier, Queryable,
+    ResolutionQueryable, ResolutionRange, SelectHints, SeriesSet, merge_series_sets,
 };
 
 use crate::block::{self, Block, BlockError, BlockMeta, BlockWriter};
@@ -84,6 +84,9 @@ pub struct DbOptions {
     pub retention_5m_ms: i64,
     /// Retention of 1 h blocks (default 365d; 0 = forever).
     pub retention_1h_ms: i64,
+    /// Per-metric retention rules, applied by maintenance after the retention by time
+    /// ([`crate::retention::apply_rules`]; default none).
+    pub retention_rules: Vec<crate::retention::RetentionRule>,
 }
 
 impl Default for DbOptions {
@@ -104,6 +107,7 @@ impl Default for DbOptions {
             downsample_1h_after_ms: 10 * DAY_MS,
             retention_5m_ms: 90 * DAY_MS,
             retention_1h_ms: 365 * DAY_MS,
+            retention_rules: Vec::new(),
         }
     }
 }
@@ -705,6 +709,34 @@ impl Db {
                 .write()
                 .retain(|b| !deleted.iter().any(|d| d == b.id()));
         }
+        if !o.retention_rules.is_empty() {
+            let blocks: Vec<Block> = self.inner.blocks.read().clone();
+            let rewrites = crate::retention::apply_rules(
+                &self.inner.dir,
+                &blocks,
+                &o.retention_rules,
+                newest,
+            )?;
+            for r in rewrites {
+                let new = match &r.new {
+                    Some(meta) => Some(Block::open(&self.inner.dir.join(&meta.id))?),
+                    None => None,
+                };
+                {
+                    let _view = self.inner.view.write();
+                    let mut blocks = self.inner.blocks.write();
+                    blocks.retain(|b| b.id() != r.old);
+                    if let Some(nb) = new {
+                        blocks.push(nb);
+                        blocks.sort_by(|a, b| {
+                            (a.meta().min_time, a.meta().max_time)
+                                .cmp(&(b.meta().min_time, b.meta().max_time))
+                        });
+                    }
+                }
+                block::delete_block(&self.inner.dir, &r.old)?;
+            }
+        }
         Ok(())
     }
 }
@@ -722,6 +754,66 @@ impl Queryable for Db {
             mint,
             maxt,
         }))
+    }
+
+    fn downsampled(&self) -> Option<&dyn ResolutionQueryable> {
+        Some(self)
+    }
+}
+
+/// The storage-level name of a downsampled aggregate.
+fn tsdb_aggregate(a: DownsampleAggregate) -> Aggregate {
+    match a {
+        DownsampleAggregate::Count => Aggregate::Count,
+        DownsampleAggregate::Sum => Aggregate::Sum,
+        DownsampleAggregate::Min => Aggregate::Min,
+        DownsampleAggregate::Max => Aggregate::Max,
+        DownsampleAggregate::Counter => Aggregate::Counter,
+        DownsampleAggregate::Last => Aggregate::Last,
+    }
+}
+
+impl ResolutionQueryable for Db {
+    /// Raw: the raw blocks and the head; downsampled: the blocks of each resolution. Times
+    /// inclusive (a block's `max_time` is exclusive).
+    fn resolutions(&self) -> tidemark_storage::Result<Vec<ResolutionRange>> {
+        let _view = self.inner.view.read();
+        let mut out: Vec<ResolutionRange> = Vec::new();
+        let mut add = |resolution: i64, min_time: i64, max_time: i64| {
+            if min_time > max_time {
+                return;
+            }
+            match out.iter_mut().find(|r| r.resolution == resolution) {
+                Some(r) => {
+                    r.min_time = r.min_time.min(min_time);
+                    r.max_time = r.max_time.max(max_time);
+                }
+                None => out.push(ResolutionRange {
+                    resolution,
+                    min_time,
+                    max_time,
+                }),
+            }
+        };
+        for b in self.inner.blocks.read().iter() {
+            let m = b.meta();
+            add(m.resolution, m.min_time, m.max_time - 1);
+        }
+        let head = &self.inner.head;
+        add(downsample::RES_RAW, head.min_time(), head.max_time());
+        out.sort_by_key(|r| r.resolution);
+        Ok(out)
+    }
+
+    fn querier_resolution(
+        &self,
+        mint: i64,
+        maxt: i64,
+        resolution: i64,
+        aggr: DownsampleAggregate,
+    ) -> tidemark_storage::Result<Box<dyn Querier>> {
+        let q = Db::querier_resolution(self, mint, maxt, resolution, tsdb_aggregate(aggr))?;
+        Ok(Box::new(q))
     }
 }
 

@@ -1,5 +1,6 @@
 //! Downsampling: blocks of 5 m and 1 h resolution holding, per series and window, the
-//! aggregates count, sum, min, max and a counter value that accounts for resets (as Thanos).
+//! aggregates count, sum, min, max, last (the raw value of the window's last sample) and a
+//! counter value that accounts for resets (as Thanos).
 //!
 //! - [`aggregate_raw`] turns the raw samples of one series into an [`AggrSeries`];
 //!   [`aggregate_aggr`] turns a 5 m [`AggrSeries`] into a 1 h one. Windows are aligned to the
@@ -22,7 +23,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use tidemark_model::{Labels, Matcher, Sample};
-use tidemark_storage::{ListSeries, Querier, SelectHints, Series, SeriesSet};
+use tidemark_storage::{Querier, SelectHints, Series, SeriesSet};
 
 use crate::block::{Block, BlockError, BlockMeta, BlockWriter, Result};
 use crate::chunk::{self, ChunkEncoder};
@@ -35,16 +36,15 @@ pub const RES_RAW: i64 = 0;
 pub const RES_5M: i64 = 300_000;
 /// 1 hour.
 pub const RES_1H: i64 = 3_600_000;
-/// Version byte of an aggregate chunk.
-pub const AGGR_CHUNK_VERSION: u8 = 1;
-/// Flag: the raw value of the last sample follows the flags (8 bytes, f64 little endian).
-const FLAG_RAW_LAST: u8 = 1;
-/// Flag: sum, min and max are stored as whole chunks (their timestamp streams differ from the
-/// count's; never expected, kept as a safe fallback).
-const FLAG_FULL_STREAMS: u8 = 2;
-/// Flag: the counter's window values are the max values (a counter without resets in the
-/// block); only its leading raw-first sample, if any, is stored in the counter part.
-const FLAG_COUNTER_IS_MAX: u8 = 4;
+/// Version byte of an aggregate chunk (also its chunk record's encoding byte).
+pub const AGGR_CHUNK_VERSION: u8 = 3;
+/// Flag: the values are decimals stored as integer residuals (see `docs/format/block.md`).
+const FLAG_DECIMAL: u8 = 1;
+/// Flag (plain form): every window's max equals its last value; the max part is absent.
+const FLAG_MAX_IS_LAST: u8 = 2;
+/// Flag (plain form): every window's counter value equals its last value (no reset); the
+/// counter part is absent.
+const FLAG_COUNTER_IS_LAST: u8 = 4;
 
 /// One of the aggregates a downsampled block stores per window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -57,15 +57,18 @@ pub enum Aggregate {
     Max,
     /// Running total with counter resets compensated (use for rate / increase).
     Counter,
+    /// The raw value of the window's last sample (use for plain selectors).
+    Last,
 }
 
 impl Aggregate {
-    pub const ALL: [Aggregate; 5] = [
+    pub const ALL: [Aggregate; 6] = [
         Aggregate::Count,
         Aggregate::Sum,
         Aggregate::Min,
         Aggregate::Max,
         Aggregate::Counter,
+        Aggregate::Last,
     ];
 
     pub fn name(self) -> &'static str {
@@ -75,6 +78,7 @@ impl Aggregate {
             Aggregate::Min => "min",
             Aggregate::Max => "max",
             Aggregate::Counter => "counter",
+            Aggregate::Last => "last",
         }
     }
 
@@ -83,8 +87,8 @@ impl Aggregate {
     }
 }
 
-/// The aggregates of one series in one block (or chunk). `count`, `sum`, `min` and `max` have
-/// one sample per window, at the timestamp of the window's last raw sample. `counter` has the
+/// The aggregates of one series in one block (or chunk). `count`, `sum`, `min`, `max` and
+/// `last` have one sample per window, at the timestamp of the window's last raw sample. `counter` has the
 /// same samples, preceded by the raw first sample when the first window holds more than one
 /// raw sample; its values are the raw values plus every value seen before a reset (a drop), so
 /// the stream never drops inside the block. `raw_last` is the raw value of the last sample when
@@ -96,6 +100,7 @@ pub struct AggrSeries {
     pub sum: Vec<Sample>,
     pub min: Vec<Sample>,
     pub max: Vec<Sample>,
+    pub last: Vec<Sample>,
     pub counter: Vec<Sample>,
     pub raw_last: Option<f64>,
 }
@@ -109,6 +114,7 @@ impl AggrSeries {
             Aggregate::Min => &self.min,
             Aggregate::Max => &self.max,
             Aggregate::Counter => &self.counter,
+            Aggregate::Last => &self.last,
         }
     }
 
@@ -118,8 +124,82 @@ impl AggrSeries {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Exact decimal sums
+
+/// Largest decimal exponent of the exact sums.
+const MAX_DEC_EXP: u32 = 15;
+/// Exact sums stay below this (15 significant digits round-trip through f64 uniquely, so a
+/// 1 h sum recovers the 5 m sums' decimals exactly).
+const MAX_DEC_SUM: i128 = 1_000_000_000_000_000;
+const POW10: [f64; 16] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+];
+
+/// `v` as `m / 10^e` (the smallest such `e ≤ 15`, `|m| < 2^53`) when `m / 10^e` rounds to
+/// exactly `v`: the decimal that exposition text wrote.
+fn to_decimal(v: f64) -> Option<(u32, i64)> {
+    if !v.is_finite() {
+        return None;
+    }
+    (0..=MAX_DEC_EXP).find_map(|e| {
+        let p = POW10[e as usize];
+        let x = v * p;
+        if x.abs() >= 9_007_199_254_740_992.0 {
+            return None;
+        }
+        let m = x.round() as i64;
+        ((m as f64 / p).to_bits() == v.to_bits()).then_some((e, m))
+    })
+}
+
+/// A sum kept both as a running f64 sum and, while every term is a decimal, exactly (scaled
+/// integer). [`DecSum::value`] is the exact sum correctly rounded to f64 when it exists and is
+/// below 10^15 units, else the f64 sum; either way a deterministic function of the terms.
+#[derive(Debug, Clone, Copy)]
+struct DecSum {
+    float: f64,
+    exact: Option<(u32, i128)>,
+}
+
+impl DecSum {
+    const ZERO: DecSum = DecSum {
+        float: 0.0,
+        exact: Some((0, 0)),
+    };
+
+    fn add(&mut self, v: f64) {
+        self.float += v;
+        self.exact = match (self.exact, to_decimal(v)) {
+            (Some((e1, a)), Some((e2, m))) => {
+                let e = e1.max(e2);
+                let scale = |x: i128, from: u32| x.checked_mul(10i128.pow(e - from));
+                scale(a, e1)
+                    .zip(scale(i128::from(m), e2))
+                    .and_then(|(a, m)| a.checked_add(m))
+                    .map(|s| (e, s))
+            }
+            _ => None,
+        };
+    }
+
+    fn plus(mut self, v: f64) -> f64 {
+        self.add(v);
+        self.value()
+    }
+
+    fn value(&self) -> f64 {
+        match self.exact {
+            // Both exact in f64 (below 2^53 and 10^15), so the division rounds once.
+            Some((e, s)) if s.abs() < MAX_DEC_SUM => s as f64 / POW10[e as usize],
+            _ => self.float,
+        }
+    }
+}
+
 /// Compensated counter per window of `input` (sorted, no NaN); `raw_last` overrides the raw
-/// value of the last input sample (input that is itself a compensated stream).
+/// value of the last input sample (input that is itself a compensated stream). The running
+/// total of the values before drops is a [`DecSum`], so decimal counters stay exact.
 fn counter_windows(
     input: &[Sample],
     raw_last: Option<f64>,
@@ -133,16 +213,19 @@ fn counter_windows(
     if input.get(1).is_some_and(|s| win(s.t) == win(first.t)) {
         out.push(*first);
     }
-    let mut resets = 0.0;
+    let mut resets = DecSum::ZERO;
+    let mut any_reset = false;
     let mut prev = first.v;
     for (i, s) in input.iter().enumerate() {
         if s.v < prev {
-            resets += prev;
+            resets.add(prev);
+            any_reset = true;
         }
         prev = s.v;
         let last_in_window = input.get(i + 1).is_none_or(|n| win(n.t) != win(s.t));
         if last_in_window {
-            out.push(Sample::new(s.t, s.v + resets));
+            let v = if any_reset { resets.plus(s.v) } else { s.v };
+            out.push(Sample::new(s.t, v));
         }
     }
     let raw_last = raw_last.unwrap_or(prev);
@@ -161,20 +244,23 @@ pub fn aggregate_raw(samples: &[Sample], res: i64) -> AggrSeries {
     let mut i = 0;
     while i < input.len() {
         let w = input[i].t.div_euclid(res);
-        let (mut n, mut sum, mut min, mut max) = (0.0, 0.0, f64::INFINITY, f64::NEG_INFINITY);
-        let mut t = input[i].t;
+        let (mut n, mut sum, mut min, mut max) =
+            (0.0, DecSum::ZERO, f64::INFINITY, f64::NEG_INFINITY);
+        let mut last = input[i];
         while let Some(s) = input.get(i).filter(|s| s.t.div_euclid(res) == w) {
             n += 1.0;
-            sum += s.v;
+            sum.add(s.v);
             min = min.min(s.v);
             max = max.max(s.v);
-            t = s.t;
+            last = *s;
             i += 1;
         }
+        let t = last.t;
         out.count.push(Sample::new(t, n));
-        out.sum.push(Sample::new(t, sum));
+        out.sum.push(Sample::new(t, sum.value()));
         out.min.push(Sample::new(t, min));
         out.max.push(Sample::new(t, max));
+        out.last.push(last);
     }
     let (counter, raw_last) = counter_windows(&input, None, res);
     out.counter = counter;
@@ -183,7 +269,8 @@ pub fn aggregate_raw(samples: &[Sample], res: i64) -> AggrSeries {
 }
 
 /// Aggregates a finer [`AggrSeries`] (e.g. 5 m) into windows of `res` ms (e.g. 1 h): counts
-/// and sums add up, min and max of the mins and maxes, the counter continues.
+/// and sums add up, min and max of the mins and maxes, the last of the last window, the
+/// counter continues.
 pub fn aggregate_aggr(input: &AggrSeries, res: i64) -> AggrSeries {
     let mut out = AggrSeries::default();
     let n = input
@@ -191,24 +278,29 @@ pub fn aggregate_aggr(input: &AggrSeries, res: i64) -> AggrSeries {
         .len()
         .min(input.sum.len())
         .min(input.min.len())
-        .min(input.max.len());
+        .min(input.max.len())
+        .min(input.last.len());
     let mut i = 0;
     while i < n {
         let w = input.count[i].t.div_euclid(res);
-        let (mut c, mut sum, mut min, mut max) = (0.0, 0.0, f64::INFINITY, f64::NEG_INFINITY);
+        let (mut c, mut sum, mut min, mut max) =
+            (0.0, DecSum::ZERO, f64::INFINITY, f64::NEG_INFINITY);
         let mut t = input.count[i].t;
+        let mut last = input.last[i].v;
         while i < n && input.count[i].t.div_euclid(res) == w {
             c += input.count[i].v;
-            sum += input.sum[i].v;
+            sum.add(input.sum[i].v);
             min = min.min(input.min[i].v);
             max = max.max(input.max[i].v);
+            last = input.last[i].v;
             t = input.count[i].t;
             i += 1;
         }
         out.count.push(Sample::new(t, c));
-        out.sum.push(Sample::new(t, sum));
+        out.sum.push(Sample::new(t, sum.value()));
         out.min.push(Sample::new(t, min));
         out.max.push(Sample::new(t, max));
+        out.last.push(Sample::new(t, last));
     }
     let (counter, raw_last) = counter_windows(&input.counter, input.last_raw(), res);
     out.counter = counter;
@@ -262,63 +354,284 @@ fn encode_stream(samples: &[Sample]) -> Result<Vec<u8>> {
     Ok(enc.bytes())
 }
 
+/// The parts of an aggregate chunk after the header, in order.
+struct ChunkWriter<'a> {
+    out: Vec<u8>,
+    /// The count chunk's timestamps and its header/timestamp prefix length.
+    ts: &'a [Sample],
+    prefix: usize,
+    count: Vec<u8>,
+}
+
+impl ChunkWriter<'_> {
+    fn part(&mut self, bytes: &[u8]) {
+        put_uvarint(&mut self.out, bytes.len() as u64);
+        self.out.extend_from_slice(bytes);
+    }
+
+    /// A value stream: one value per window, at the count's timestamps; stored without the
+    /// header and timestamp stream it shares with the count chunk.
+    fn values(&mut self, values: impl Iterator<Item = f64>) -> Result<()> {
+        let bytes = self.value_bytes(values)?;
+        self.part(&bytes);
+        Ok(())
+    }
+
+    fn value_bytes(&self, values: impl Iterator<Item = f64>) -> Result<Vec<u8>> {
+        let samples: Vec<Sample> = self
+            .ts
+            .iter()
+            .zip(values)
+            .map(|(t, v)| Sample::new(t.t, v))
+            .collect();
+        let full = encode_stream(&samples)?;
+        if full.len() < self.prefix || full[..self.prefix] != self.count[..self.prefix] {
+            return Err(BlockError::Invalid(
+                "encoding an aggregate: value stream does not share the count's timestamps".into(),
+            ));
+        }
+        Ok(full[self.prefix..].to_vec())
+    }
+}
+
+/// `v` in units of `10^-e`, when it is a decimal with at most `e` decimals.
+fn units(v: f64, e: u32) -> Option<i128> {
+    let (de, m) = to_decimal(v)?;
+    (de <= e).then(|| i128::from(m) * 10i128.pow(e - de))
+}
+
+/// Integers that travel exactly as f64 values.
+fn as_exact_f64(x: i128) -> Option<f64> {
+    (x.abs() < 1 << 53).then_some(x as f64)
+}
+
 /// Encodes `a` as one aggregate chunk: `(min_time, max_time, bytes)`. Layout in
-/// `docs/format/block.md` ("Downsampled blocks").
+/// `docs/format/block.md` ("Downsampled blocks"). Decimal data is stored as integer residuals
+/// (flag [`FLAG_DECIMAL`]); the result is decoded and compared bit for bit before it is
+/// returned, and anything that does not round-trip is stored plainly.
 pub fn encode_aggr_chunk(a: &AggrSeries) -> Result<(i64, i64, Vec<u8>)> {
     let (Some(first), Some(last)) = (a.counter.first(), a.count.last()) else {
         return Err(BlockError::Invalid("empty aggregate series".into()));
     };
-    let count = encode_stream(&a.count)?;
-    let others = [
-        encode_stream(&a.sum)?,
-        encode_stream(&a.min)?,
-        encode_stream(&a.max)?,
-    ];
-    // A counter without resets: every window's counter value is its max.
-    let lead = a.counter.len().saturating_sub(a.max.len());
-    let counter_is_max = a.raw_last.is_none()
-        && lead <= 1
-        && a.counter[lead..].len() == a.max.len()
-        && a.counter[lead..]
-            .iter()
-            .zip(&a.max)
-            .all(|(c, m)| c.t == m.t && c.v.to_bits() == m.v.to_bits());
-    let counter = if counter_is_max {
-        encode_stream(&a.counter[..lead])?
-    } else {
-        encode_stream(&a.counter)?
+    let n = a.count.len();
+    let lead = a.counter.len().wrapping_sub(n);
+    let aligned = |s: &[Sample]| s.len() == n && s.iter().zip(&a.count).all(|(x, c)| x.t == c.t);
+    if lead > 1
+        || !aligned(&a.sum)
+        || !aligned(&a.min)
+        || !aligned(&a.max)
+        || !aligned(&a.last)
+        || !aligned(&a.counter[lead..])
+    {
+        return Err(BlockError::Invalid(
+            "encoding an aggregate: streams are not aligned on the count's windows".into(),
+        ));
+    }
+    let range = (first.t.min(a.count[0].t), last.t);
+    if let Some(bytes) = encode_decimal(a, lead)?
+        && decode_aggr_chunk(&bytes).is_ok_and(|d| same_aggr(&d, a))
+    {
+        return Ok((range.0, range.1, bytes));
+    }
+    let bytes = encode_plain(a, lead)?;
+    match decode_aggr_chunk(&bytes) {
+        Ok(d) if same_aggr(&d, a) => Ok((range.0, range.1, bytes)),
+        Ok(_) => Err(BlockError::Invalid(
+            "encoding an aggregate: the chunk does not decode to its input".into(),
+        )),
+        Err(e) => Err(BlockError::Invalid(format!("encoding an aggregate: {e}"))),
+    }
+}
+
+fn same_aggr(x: &AggrSeries, y: &AggrSeries) -> bool {
+    let same = |p: &[Sample], q: &[Sample]| {
+        p.len() == q.len()
+            && p.iter()
+                .zip(q)
+                .all(|(a, b)| a.t == b.t && a.v.to_bits() == b.v.to_bits())
     };
+    Aggregate::ALL.iter().all(|&g| same(x.get(g), y.get(g)))
+        && x.raw_last.map(f64::to_bits) == y.raw_last.map(f64::to_bits)
+}
+
+/// Starts a chunk: version, flags, `header` (decimal form: exponent and stream modes), count
+/// chunk, leading counter sample.
+fn chunk_writer<'a>(
+    a: &'a AggrSeries,
+    lead: usize,
+    flags: u8,
+    header: &[u8],
+) -> Result<ChunkWriter<'a>> {
+    let count = encode_stream(&a.count)?;
     let prefix = ts_prefix_len(&count)
         .ok_or_else(|| BlockError::Invalid("encoding an aggregate: bad count chunk".into()))?;
-    let shared = others
-        .iter()
-        .all(|o| o.len() >= prefix && o[..prefix] == count[..prefix]);
+    let mut w = ChunkWriter {
+        out: Vec::with_capacity(count.len() * 4 + 32),
+        ts: &a.count,
+        prefix,
+        count,
+    };
+    w.out.push(AGGR_CHUNK_VERSION);
+    w.out.push(flags);
+    w.out.extend_from_slice(header);
+    let count = std::mem::take(&mut w.count);
+    w.part(&count);
+    w.count = count;
+    let lead_bytes = if lead == 1 {
+        encode_stream(&a.counter[..1])?
+    } else {
+        Vec::new()
+    };
+    w.part(&lead_bytes);
+    Ok(w)
+}
+
+fn encode_plain(a: &AggrSeries, lead: usize) -> Result<Vec<u8>> {
+    let bits_eq =
+        |p: &[Sample], q: &[Sample]| p.iter().zip(q).all(|(x, y)| x.v.to_bits() == y.v.to_bits());
+    let counter = &a.counter[lead..];
     let mut flags = 0;
-    if a.raw_last.is_some() {
-        flags |= FLAG_RAW_LAST;
+    if bits_eq(&a.max, &a.last) {
+        flags |= FLAG_MAX_IS_LAST;
     }
-    if !shared {
-        flags |= FLAG_FULL_STREAMS;
+    if bits_eq(counter, &a.last) {
+        flags |= FLAG_COUNTER_IS_LAST;
     }
-    if counter_is_max {
-        flags |= FLAG_COUNTER_IS_MAX;
+    let mut w = chunk_writer(a, lead, flags, &[])?;
+    w.values(a.last.iter().map(|s| s.v))?;
+    w.values(a.min.iter().map(|s| s.v))?;
+    if flags & FLAG_MAX_IS_LAST == 0 {
+        w.values(a.max.iter().map(|s| s.v))?;
     }
-    let mut out = Vec::with_capacity(count.len() * 4 + counter.len() + 16);
-    out.push(AGGR_CHUNK_VERSION);
-    out.push(flags);
-    if let Some(v) = a.raw_last {
-        out.extend_from_slice(&v.to_le_bytes());
+    w.values(a.sum.iter().map(|s| s.v))?;
+    if flags & FLAG_COUNTER_IS_LAST == 0 {
+        w.values(counter.iter().map(|s| s.v))?;
     }
-    put_uvarint(&mut out, count.len() as u64);
-    out.extend_from_slice(&count);
-    for o in &others {
-        let part = if shared { &o[prefix..] } else { &o[..] };
-        put_uvarint(&mut out, part.len() as u64);
-        out.extend_from_slice(part);
+    Ok(w.out)
+}
+
+/// The decimal form, or `None` when some value is not a decimal in range.
+fn encode_decimal(a: &AggrSeries, lead: usize) -> Result<Option<Vec<u8>>> {
+    let counter = &a.counter[lead..];
+    let all = || {
+        [&a.last, &a.min, &a.max, &a.sum]
+            .into_iter()
+            .flat_map(|s| s.iter())
+            .chain(counter)
+    };
+    let mut e = 0;
+    for s in all() {
+        match to_decimal(s.v) {
+            Some((de, _)) => e = e.max(de),
+            None => return Ok(None),
+        }
     }
-    put_uvarint(&mut out, counter.len() as u64);
-    out.extend_from_slice(&counter);
-    Ok((first.t.min(a.count[0].t), last.t, out))
+    let conv = |s: &[Sample]| -> Option<Vec<i128>> { s.iter().map(|x| units(x.v, e)).collect() };
+    let (Some(l), Some(mn), Some(mx), Some(sm), Some(c)) = (
+        conv(&a.last),
+        conv(&a.min),
+        conv(&a.max),
+        conv(&a.sum),
+        conv(counter),
+    ) else {
+        return Ok(None);
+    };
+    let n: Vec<i128> = a.count.iter().map(|s| s.v as i128).collect();
+    // The counter's growth beyond last (the values before drops) per window, as quotient and
+    // remainder of the window's min.
+    let (mut d, mut q) = (Vec::with_capacity(n.len()), Vec::with_capacity(n.len()));
+    let mut prev_r = 0i128;
+    for k in 0..n.len() {
+        let dq = (|| {
+            let r = c[k].checked_sub(l[k])?;
+            let p = r.checked_sub(prev_r)?;
+            let dk = if mn[k] > 0 { p.div_euclid(mn[k]) } else { 0 };
+            Some((r, dk, p.checked_sub(dk.checked_mul(mn[k])?)?))
+        })();
+        let Some((r, dk, qk)) = dq else {
+            return Ok(None);
+        };
+        d.push(dk);
+        q.push(qk);
+        prev_r = r;
+    }
+    // Predictors (see decode_aggr_chunk): last and min after the previous last, max above
+    // last, sum above count·min.
+    let prev_l: Vec<i128> = std::iter::once(0)
+        .chain(l.iter().copied())
+        .take(n.len())
+        .collect();
+    // Twice the sum, predicted by count·(min + max) (a straight line through the window).
+    let sum_p: Option<Vec<i128>> = (0..n.len())
+        .map(|k| n[k].checked_mul(mn[k].checked_add(mx[k])?))
+        .collect();
+    let sum2: Option<Vec<i128>> = sm.iter().map(|x| x.checked_mul(2)).collect();
+    let (Some(sum_p), Some(sum2)) = (sum_p, sum2) else {
+        return Ok(None);
+    };
+    let zero = vec![0i128; n.len()];
+    let streams: [(&[i128], &[i128]); 6] = [
+        (&l, &prev_l),
+        (&mn, &prev_l),
+        (&mx, &l),
+        (&sum2, &sum_p),
+        (&d, &zero),
+        (&q, &zero),
+    ];
+    let mut w = chunk_writer(a, lead, FLAG_DECIMAL, &[e as u8, 0, 0])?;
+    let modes_at = 3;
+    let mut modes = 0u16;
+    for (i, (t, p)) in streams.into_iter().enumerate() {
+        let mut best: Option<(u16, Vec<u8>)> = None;
+        for mode in 0..3u16 {
+            let Some(ys) = mode_values(t, p, mode) else {
+                continue;
+            };
+            let bytes = w.value_bytes(ys.into_iter())?;
+            if best.as_ref().is_none_or(|(_, b)| bytes.len() < b.len()) {
+                best = Some((mode, bytes));
+            }
+        }
+        let Some((mode, bytes)) = best else {
+            return Ok(None);
+        };
+        modes |= mode << (2 * i);
+        w.part(&bytes);
+    }
+    w.out[modes_at..modes_at + 2].copy_from_slice(&modes.to_le_bytes());
+    Ok(Some(w.out))
+}
+
+/// What a decimal stream stores for targets `t` and predictions `p`: mode 0 the targets,
+/// 1 the residuals `t - p`, 2 the running sum of the residuals (the chunk codec codes the
+/// differences of what it stores, so mode 2 codes each residual itself). `None` when a value
+/// is not exact in f64.
+fn mode_values(t: &[i128], p: &[i128], mode: u16) -> Option<Vec<f64>> {
+    let mut acc = 0i128;
+    t.iter()
+        .zip(p)
+        .map(|(&t, &p)| {
+            let y = match mode {
+                0 => t,
+                1 => t.checked_sub(p)?,
+                _ => {
+                    acc = acc.checked_add(t.checked_sub(p)?)?;
+                    acc
+                }
+            };
+            as_exact_f64(y)
+        })
+        .collect()
+}
+
+/// Inverse of [`mode_values`] for window `k`: the target from the stored values `y` and the
+/// prediction `p`.
+fn mode_target(mode: u16, y: &[i128], k: usize, p: i128) -> i128 {
+    match mode {
+        0 => y[k],
+        1 => p.saturating_add(y[k]),
+        _ => p.saturating_add(y[k].saturating_sub(if k > 0 { y[k - 1] } else { 0 })),
+    }
 }
 
 /// Decodes an aggregate chunk written by [`encode_aggr_chunk`]. Errors say what was expected.
@@ -332,16 +645,25 @@ pub fn decode_aggr_chunk(data: &[u8]) -> std::result::Result<AggrSeries, String>
     let flags = *data
         .get(1)
         .ok_or("aggregate chunk: expected a flags byte")?;
-    let mut pos = 2;
-    let mut out = AggrSeries::default();
-    if flags & FLAG_RAW_LAST != 0 {
-        let b: [u8; 8] = data
-            .get(pos..pos + 8)
-            .and_then(|b| b.try_into().ok())
-            .ok_or("aggregate chunk: expected 8 bytes of raw last value")?;
-        out.raw_last = Some(f64::from_le_bytes(b));
-        pos += 8;
+    if flags & !(FLAG_DECIMAL | FLAG_MAX_IS_LAST | FLAG_COUNTER_IS_LAST) != 0
+        || (flags & FLAG_DECIMAL != 0 && flags != FLAG_DECIMAL)
+    {
+        return Err(format!("aggregate chunk: unknown flags {flags:#04x}"));
     }
+    let mut pos = 2;
+    let exponent = if flags & FLAG_DECIMAL != 0 {
+        let (Some(&e), Some(m)) = (data.get(2), data.get(3..5)) else {
+            return Err("aggregate chunk: expected the exponent and stream modes".into());
+        };
+        let e = u32::from(e);
+        if e > MAX_DEC_EXP {
+            return Err(format!("aggregate chunk: exponent {e} above {MAX_DEC_EXP}"));
+        }
+        pos += 3;
+        Some((e, u16::from_le_bytes([m[0], m[1]])))
+    } else {
+        None
+    };
     let mut part = |what: &str| -> std::result::Result<&[u8], String> {
         let at = pos;
         let len = get_uvarint(data, &mut pos)
@@ -360,34 +682,113 @@ pub fn decode_aggr_chunk(data: &[u8]) -> std::result::Result<AggrSeries, String>
         pos = end;
         Ok(s)
     };
-    let count = part("count")?;
-    let sum = part("sum")?;
-    let min = part("min")?;
-    let max = part("max")?;
-    let counter = part("counter")?;
-    let prefix = ts_prefix_len(count).ok_or("aggregate chunk: bad count chunk header")?;
-    let dec = |bytes: &[u8], what: &str, out: &mut Vec<Sample>| {
-        chunk::decode_all(bytes, out).map_err(|e| format!("aggregate chunk: {what}: {e}"))
+    let dec = |bytes: &[u8], what: &str| -> std::result::Result<Vec<Sample>, String> {
+        let mut out = Vec::new();
+        chunk::decode_all(bytes, &mut out).map_err(|e| format!("aggregate chunk: {what}: {e}"))?;
+        Ok(out)
     };
-    dec(count, "count", &mut out.count)?;
-    for (bytes, what, dst) in [
-        (sum, "sum", &mut out.sum),
-        (min, "min", &mut out.min),
-        (max, "max", &mut out.max),
-    ] {
-        if flags & FLAG_FULL_STREAMS != 0 {
-            dec(bytes, what, dst)?;
-        } else {
-            let mut full = Vec::with_capacity(prefix + bytes.len());
-            full.extend_from_slice(&count[..prefix]);
-            full.extend_from_slice(bytes);
-            dec(&full, what, dst)?;
+    let mut out = AggrSeries::default();
+    let count_bytes = part("count")?;
+    out.count = dec(count_bytes, "count")?;
+    let prefix = ts_prefix_len(count_bytes).ok_or("aggregate chunk: bad count chunk header")?;
+    let lead = part("counter lead")?;
+    let lead = if lead.is_empty() {
+        Vec::new()
+    } else {
+        dec(lead, "counter lead")?
+    };
+    let n = out.count.len();
+    let mut values = |what: &str| -> std::result::Result<Vec<f64>, String> {
+        let bytes = part(what)?;
+        let mut full = Vec::with_capacity(prefix + bytes.len());
+        full.extend_from_slice(&count_bytes[..prefix]);
+        full.extend_from_slice(bytes);
+        let v: Vec<f64> = dec(&full, what)?.into_iter().map(|s| s.v).collect();
+        if v.len() != n {
+            return Err(format!(
+                "aggregate chunk: {what}: expected {n} values, found {}",
+                v.len()
+            ));
         }
+        Ok(v)
+    };
+    let (last, min, max, sum, counter);
+    if let Some((e, modes)) = exponent {
+        let mode = |i: u16| (modes >> (2 * i)) & 3;
+        if (0..6).any(|i| mode(i) == 3) || modes >> 12 != 0 {
+            return Err(format!("aggregate chunk: bad stream modes {modes:#06x}"));
+        }
+        let int = |v: Vec<f64>| -> Vec<i128> { v.into_iter().map(|x| x as i128).collect() };
+        let ys = [
+            int(values("last")?),
+            int(values("min")?),
+            int(values("max")?),
+            int(values("sum")?),
+            int(values("counter quotient")?),
+            int(values("counter remainder")?),
+        ];
+        let p10 = POW10[e as usize];
+        let f = |x: i128| x as f64 / p10;
+        let (mut prev_last, mut r) = (0i128, 0i128);
+        let (mut lv, mut mnv, mut mxv, mut smv, mut cv) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for k in 0..n {
+            let l = mode_target(mode(0), &ys[0], k, prev_last);
+            let mn = mode_target(mode(1), &ys[1], k, prev_last);
+            let mx = mode_target(mode(2), &ys[2], k, l);
+            let cnt = out.count[k].v as i128;
+            let sm = mode_target(
+                mode(3),
+                &ys[3],
+                k,
+                cnt.saturating_mul(mn.saturating_add(mx)),
+            ) / 2;
+            let d = mode_target(mode(4), &ys[4], k, 0);
+            let q = mode_target(mode(5), &ys[5], k, 0);
+            r = r.saturating_add(d.saturating_mul(mn)).saturating_add(q);
+            lv.push(f(l));
+            mnv.push(f(mn));
+            mxv.push(f(mx));
+            smv.push(f(sm));
+            cv.push(f(l.saturating_add(r)));
+            prev_last = l;
+        }
+        (last, min, max, sum, counter) = (lv, mnv, mxv, smv, cv);
+    } else {
+        last = values("last")?;
+        min = values("min")?;
+        max = if flags & FLAG_MAX_IS_LAST != 0 {
+            last.clone()
+        } else {
+            values("max")?
+        };
+        sum = values("sum")?;
+        counter = if flags & FLAG_COUNTER_IS_LAST != 0 {
+            last.clone()
+        } else {
+            values("counter")?
+        };
     }
-    dec(counter, "counter", &mut out.counter)?;
-    if flags & FLAG_COUNTER_IS_MAX != 0 {
-        out.counter.extend_from_slice(&out.max);
-    }
+    let at = |v: Vec<f64>| -> Vec<Sample> {
+        out.count
+            .iter()
+            .zip(v)
+            .map(|(c, v)| Sample::new(c.t, v))
+            .collect()
+    };
+    let (last, min, max, sum) = (at(last), at(min), at(max), at(sum));
+    let mut c = lead;
+    c.extend(at(counter));
+    out.raw_last = match (last.last(), c.last()) {
+        (Some(l), Some(cl)) if l.v.to_bits() != cl.v.to_bits() => Some(l.v),
+        _ => None,
+    };
+    (out.last, out.min, out.max, out.sum, out.counter) = (last, min, max, sum, c);
     Ok(out)
 }
 
@@ -408,6 +809,7 @@ pub fn read_aggr_series(b: &Block, entry: &SeriesEntry) -> Result<AggrSeries> {
             out.sum.extend(a.sum);
             out.min.extend(a.min);
             out.max.extend(a.max);
+            out.last.extend(a.last);
             out.counter.extend(a.counter);
             out.raw_last = a.raw_last;
         }
@@ -651,22 +1053,37 @@ impl Querier for DownsampledQuerier {
         hints: Option<&SelectHints>,
         matchers: &[Matcher],
     ) -> SeriesSet {
-        let by_series = match self.collect(matchers) {
-            Ok(m) => m,
-            Err(e) => return Box::new(std::iter::once(Err(e))),
-        };
+        // Index lookups only: each series decodes its chunks when iterated, so callers can
+        // read series in parallel.
+        let mut by_series: BTreeMap<Labels, Vec<(Block, SeriesEntry)>> = BTreeMap::new();
+        for b in &self.blocks {
+            let ids = match postings_for_matchers(b.index(), matchers) {
+                Ok(p) => p.into_vec(),
+                Err(e) => return Box::new(std::iter::once(Err(e))),
+            };
+            for id in ids {
+                match b.index().series(id) {
+                    Ok(entry) => by_series
+                        .entry(entry.labels.clone())
+                        .or_default()
+                        .push((b.clone(), entry)),
+                    Err(e) => return Box::new(std::iter::once(Err(e.into()))),
+                }
+            }
+        }
         let limit = hints.map_or(0, |h| h.limit);
         let mut out: Vec<Arc<dyn Series>> = Vec::new();
         for (labels, parts) in by_series {
             if limit > 0 && out.len() >= limit {
                 break;
             }
-            let refs: Vec<&AggrSeries> = parts.iter().collect();
-            let mut samples = stitch(&refs, self.aggr);
-            samples.retain(|s| s.t >= self.mint && s.t <= self.maxt);
-            if !samples.is_empty() {
-                out.push(Arc::new(ListSeries::new(labels, samples)));
-            }
+            out.push(Arc::new(LazyAggrSeries {
+                labels,
+                parts,
+                aggr: self.aggr,
+                mint: self.mint,
+                maxt: self.maxt,
+            }));
         }
         Box::new(out.into_iter().map(Ok))
     }
@@ -709,6 +1126,98 @@ impl Querier for DownsampledQuerier {
     }
 }
 
+/// One series of a [`DownsampledQuerier`]: its parts in each block, decoded and stitched when
+/// iterated (may turn out empty inside the querier's range).
+#[derive(Debug)]
+struct LazyAggrSeries {
+    labels: Labels,
+    /// Oldest block first.
+    parts: Vec<(Block, SeriesEntry)>,
+    aggr: Aggregate,
+    mint: i64,
+    maxt: i64,
+}
+
+impl LazyAggrSeries {
+    fn samples(&self) -> Result<Vec<Sample>> {
+        let mut decoded = Vec::with_capacity(self.parts.len());
+        for (b, entry) in &self.parts {
+            decoded.push(read_aggr_series(b, entry)?);
+        }
+        let refs: Vec<&AggrSeries> = decoded.iter().collect();
+        let mut samples = stitch(&refs, self.aggr);
+        samples.retain(|s| s.t >= self.mint && s.t <= self.maxt);
+        Ok(samples)
+    }
+}
+
+impl Series for LazyAggrSeries {
+    fn labels(&self) -> &Labels {
+        &self.labels
+    }
+
+    fn iter(&self) -> Box<dyn tidemark_storage::SampleIter + '_> {
+        match self.samples() {
+            Ok(samples) => Box::new(OwnedSampleIter {
+                samples,
+                pos: 0,
+                err: None,
+            }),
+            Err(e) => Box::new(OwnedSampleIter {
+                samples: Vec::new(),
+                pos: 0,
+                err: Some(e.into()),
+            }),
+        }
+    }
+}
+
+/// Iterator over owned samples (a decoded aggregate), carrying a decoding error if any.
+#[derive(Debug)]
+struct OwnedSampleIter {
+    samples: Vec<Sample>,
+    /// Index of the current sample + 1 (0 = before the first).
+    pos: usize,
+    err: Option<tidemark_storage::Error>,
+}
+
+impl tidemark_storage::SampleIter for OwnedSampleIter {
+    fn next(&mut self) -> bool {
+        if self.pos < self.samples.len() {
+            self.pos += 1;
+            true
+        } else {
+            self.pos = self.samples.len() + 1;
+            false
+        }
+    }
+
+    fn seek(&mut self, t: i64) -> bool {
+        if self.is_valid() && self.at().t >= t {
+            return true;
+        }
+        let from = self.pos.saturating_sub(1).min(self.samples.len());
+        let i = from + self.samples[from..].partition_point(|s| s.t < t);
+        self.pos = i + 1;
+        i < self.samples.len()
+    }
+
+    fn at(&self) -> Sample {
+        self.samples
+            .get(self.pos.wrapping_sub(1))
+            .copied()
+            .unwrap_or(Sample::new(i64::MIN, f64::NAN))
+    }
+
+    fn is_valid(&self) -> bool {
+        self.pos >= 1 && self.pos <= self.samples.len()
+    }
+
+    fn err(&mut self) -> Option<tidemark_storage::Error> {
+        self.err.take()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -728,6 +1237,7 @@ mod tests {
         assert_eq!(a.min, vec![s(2, 5.0), s(11, 1.0)]);
         assert_eq!(a.max, vec![s(2, 20.0), s(11, 7.0)]);
         assert_eq!(a.sum, vec![s(2, 35.0), s(11, 8.0)]);
+        assert_eq!(a.last, vec![s(2, 5.0), s(11, 1.0)]);
         let (mint, maxt, bytes) = encode_aggr_chunk(&a).unwrap();
         assert_eq!((mint, maxt), (0, 11));
         assert_eq!(decode_aggr_chunk(&bytes).unwrap(), a);
@@ -739,17 +1249,18 @@ mod tests {
         // 1 h from these windows: one window of both.
         let c = aggregate_aggr(&a, 100);
         assert_eq!(c.count, vec![s(11, 5.0)]);
+        assert_eq!(c.last, vec![s(11, 1.0)]);
         assert_eq!(c.counter, vec![s(0, 10.0), s(11, 28.0)]);
         assert_eq!(c.raw_last, Some(1.0));
     }
 
     #[test]
-    fn counter_without_resets_is_stored_as_max() {
+    fn decimal_form_round_trips() {
         let raw: Vec<Sample> = (0..50).map(|i| s(i * 3, (i * i) as f64)).collect();
         let a = aggregate_raw(&raw, 10);
         assert_eq!(a.counter.len(), a.max.len() + 1, "leading sample");
         let (_, _, bytes) = encode_aggr_chunk(&a).unwrap();
-        assert_eq!(bytes[1] & FLAG_COUNTER_IS_MAX, FLAG_COUNTER_IS_MAX);
+        assert_eq!(bytes[1], FLAG_DECIMAL);
         assert_eq!(decode_aggr_chunk(&bytes).unwrap(), a);
         let single = aggregate_raw(&[s(5, 1.0), s(15, 2.0)], 10);
         let (_, _, bytes) = encode_aggr_chunk(&single).unwrap();
@@ -757,10 +1268,55 @@ mod tests {
     }
 
     #[test]
+    fn decimal_sums_are_exact() {
+        // 0.1 + 0.2 in f64 is 0.30000000000000004; the decimal sum is 0.3.
+        let a = aggregate_raw(&[s(1, 0.1), s(2, 0.2), s(3, 0.25)], 10);
+        assert_eq!(a.sum[0].v.to_bits(), 0.55f64.to_bits());
+        // A reset: counter = 0.05 + 0.25 + 0.2 (value before the drop) exactly.
+        let a = aggregate_raw(&[s(1, 0.1), s(2, 0.25), s(3, 0.05)], 10);
+        assert_eq!(a.counter.last().unwrap().v.to_bits(), 0.3f64.to_bits());
+        // 1 h from 5 m sums stays exact.
+        let raw: Vec<Sample> = (0..40).map(|i| s(i, 0.1)).collect();
+        let h = aggregate_aggr(&aggregate_raw(&raw, 10), 100);
+        assert_eq!(h.sum[0].v.to_bits(), 4.0f64.to_bits());
+        // Not decimal: the f64 sum.
+        let third = 1.0 / 3.0;
+        let a = aggregate_raw(&[s(1, third), s(2, third)], 10);
+        assert_eq!(a.sum[0].v.to_bits(), (third + third).to_bits());
+    }
+
+    #[test]
+    fn plain_form_for_other_floats() {
+        let raw: Vec<Sample> = (0..60)
+            .map(|i| s(i * 2, (i as f64 * 0.7).sin() * std::f64::consts::PI))
+            .collect();
+        let a = aggregate_raw(&raw, 10);
+        let (_, _, bytes) = encode_aggr_chunk(&a).unwrap();
+        assert_eq!(bytes[1] & FLAG_DECIMAL, 0);
+        assert_eq!(decode_aggr_chunk(&bytes).unwrap(), a);
+        // A monotone float series: max and counter equal last and are not stored.
+        let raw: Vec<Sample> = (0..60).map(|i| s(i * 2, (i as f64).sqrt())).collect();
+        let a = aggregate_raw(&raw, 10);
+        let (_, _, bytes) = encode_aggr_chunk(&a).unwrap();
+        assert_eq!(bytes[1], FLAG_MAX_IS_LAST | FLAG_COUNTER_IS_LAST);
+        assert_eq!(decode_aggr_chunk(&bytes).unwrap(), a);
+    }
+
+    #[test]
     fn decode_rejects_garbage() {
         assert!(decode_aggr_chunk(&[]).is_err());
         assert!(decode_aggr_chunk(&[9, 0]).is_err());
-        assert!(decode_aggr_chunk(&[1, 1, 0]).is_err());
-        assert!(decode_aggr_chunk(&[1, 0, 200]).is_err());
+        assert!(decode_aggr_chunk(&[1, 0]).is_err(), "version 1 is not read");
+        assert!(decode_aggr_chunk(&[2, 0]).is_err(), "version 2 is not read");
+        assert!(decode_aggr_chunk(&[3, 1, 0]).is_err());
+        assert!(decode_aggr_chunk(&[3, 1, 16, 0, 0]).is_err(), "exponent");
+        assert!(decode_aggr_chunk(&[3, 0, 200]).is_err());
+        assert!(decode_aggr_chunk(&[3, 64]).is_err(), "flags");
+        // Every truncation of a valid chunk is an error, never a panic.
+        let raw: Vec<Sample> = (0..50).map(|i| s(i * 3, (i % 7) as f64)).collect();
+        let (_, _, bytes) = encode_aggr_chunk(&aggregate_raw(&raw, 10)).unwrap();
+        for n in 0..bytes.len() {
+            assert!(decode_aggr_chunk(&bytes[..n]).is_err(), "truncated at {n}");
+        }
     }
 }

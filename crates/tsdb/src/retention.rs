@@ -12,12 +12,22 @@
 //!   retention by time; with downsampling on, a block is kept past its retention until its
 //!   coarser version exists (docs/downsampling.md).
 //!
+//! - Per metric ([`RetentionRule`], [`apply_rules`]): series matching a rule's label matchers
+//!   keep each resolution's data for at most the rule's time. Block-granular, like the
+//!   retention by time: once a block is entirely older than a rule's window
+//!   (`max_time <= newest - rule retention`), it is rewritten without the matching series
+//!   (a new block with `parents = [old]`, so a crash in between leaves exactly one of the two);
+//!   a block that still holds one sample inside the window keeps them. docs/downsampling.md.
+//!
 //! Only blocks are ever deleted, never the head. Deletion renames the block to
 //! `<id>.tmp-for-deletion` first, so a crash never leaves a half-deleted block behind.
 
 use std::path::Path;
 
-use crate::block::{BlockMeta, Result, delete_block, dir_size};
+use tidemark_model::{Matcher, Sample};
+
+use crate::block::{Block, BlockError, BlockMeta, BlockWriter, Result, delete_block, dir_size};
+use crate::postings::postings_for_matchers;
 
 /// Retention by time per resolution (0 = keep forever).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,6 +187,144 @@ pub fn apply_by_resolution(
         tracing::info!(block = %id, "deleted block beyond retention");
     }
     Ok(ids)
+}
+
+/// A per-metric retention rule: series matching every one of `matchers` keep data of a
+/// resolution for at most that resolution's time (`None`: only the resolution's global
+/// retention applies). A rule can only shorten retention.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetentionRule {
+    pub matchers: Vec<Matcher>,
+    pub raw_ms: Option<i64>,
+    pub res_5m_ms: Option<i64>,
+    pub res_1h_ms: Option<i64>,
+}
+
+impl RetentionRule {
+    /// The rule's retention for blocks of `resolution` (other resolutions use the 1 h one).
+    pub fn of(&self, resolution: i64) -> Option<i64> {
+        match resolution {
+            0 => self.raw_ms,
+            crate::downsample::RES_5M => self.res_5m_ms,
+            _ => self.res_1h_ms,
+        }
+    }
+}
+
+/// Indices of the rules whose window block `m` lies entirely outside of, given the newest
+/// time of the data: `m.max_time <= newest - retention` (the block's samples are all older).
+pub fn rules_due(m: &BlockMeta, rules: &[RetentionRule], newest: i64) -> Vec<usize> {
+    rules
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| {
+            r.of(m.resolution).is_some_and(|ms| {
+                newest != i64::MIN && ms >= 0 && m.max_time <= newest.saturating_sub(ms)
+            })
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// What [`apply_rules`] did to one block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleRewrite {
+    /// The block rewritten (delete it once the new one is in place).
+    pub old: String,
+    /// The new block, or `None` when no series was left (no block written).
+    pub new: Option<BlockMeta>,
+    /// Series dropped.
+    pub series_dropped: u64,
+}
+
+/// Rewrites each of `blocks` that holds series of a rule due for it ([`rules_due`]) without
+/// those series (raw blocks: without the samples their tombstones delete too; downsampled
+/// blocks: aggregate chunks copied as they are). The new block keeps range, level, sources and
+/// resolution, with `parents = [old id]`. The old blocks are left for the caller to swap
+/// out and delete; after a crash in between, `open_blocks` deletes them (a parent of a block
+/// of its resolution). A block without matching series is not touched, so re-running is cheap.
+pub fn apply_rules(
+    data_dir: &Path,
+    blocks: &[Block],
+    rules: &[RetentionRule],
+    newest: i64,
+) -> Result<Vec<RuleRewrite>> {
+    let mut out = Vec::new();
+    for b in blocks {
+        let due = rules_due(b.meta(), rules, newest);
+        if due.is_empty() {
+            continue;
+        }
+        let mut drop: Vec<u64> = Vec::new();
+        for &i in &due {
+            let p = postings_for_matchers(b.index(), &rules[i].matchers).map_err(|e| {
+                BlockError::Invalid(format!("block {}: retention rule matchers: {e}", b.id()))
+            })?;
+            drop.extend(p.iter());
+        }
+        drop.sort_unstable();
+        drop.dedup();
+        if drop.is_empty() {
+            continue;
+        }
+        let new = rewrite_without_series(data_dir, b, &drop)?;
+        tracing::info!(block = %b.id(), new_block = ?new.as_ref().map(|m| m.id.clone()),
+            series = drop.len(), "retention rules dropped series");
+        out.push(RuleRewrite {
+            old: b.id().to_string(),
+            new,
+            series_dropped: drop.len() as u64,
+        });
+    }
+    Ok(out)
+}
+
+/// Writes a copy of `block` without the series `drop` (sorted ids). `None` when nothing is
+/// left.
+fn rewrite_without_series(
+    data_dir: &Path,
+    block: &Block,
+    drop: &[u64],
+) -> Result<Option<BlockMeta>> {
+    let m = block.meta();
+    let mut w = BlockWriter::new(data_dir, m.min_time, m.max_time)?;
+    w.set_compaction(m.level, m.sources.clone(), vec![m.id.clone()]);
+    w.set_resolution(m.resolution);
+    w.set_samples_per_chunk(if m.level <= 1 {
+        crate::block::HEAD_BLOCK_SAMPLES_PER_CHUNK
+    } else {
+        crate::compact::COMPACTED_SAMPLES_PER_CHUNK
+    });
+    let mut samples: Vec<Sample> = Vec::new();
+    for id in 0..block.index().num_series() {
+        if drop.binary_search(&id).is_ok() {
+            continue;
+        }
+        let e = block.index().series(id)?;
+        if m.resolution == 0 {
+            samples.clear();
+            block.read_live_series_samples(id, &e, &mut samples)?;
+            w.add_samples(&e.labels, &samples)?;
+        } else {
+            let mut chunks = Vec::with_capacity(e.chunks.len());
+            let mut windows = 0;
+            for c in &e.chunks {
+                let data = block.chunk_data(c)?;
+                windows += crate::downsample::decode_aggr_chunk(data)
+                    .map_err(|what| {
+                        BlockError::Invalid(format!("block {}: series {}: {what}", m.id, e.labels))
+                    })?
+                    .count
+                    .len() as u64;
+                chunks.push((c.min_time, c.max_time, data.to_vec()));
+            }
+            w.add_series_opaque(&e.labels, &chunks, windows)?;
+        }
+    }
+    if w.num_series() == 0 {
+        return Ok(None);
+    }
+    Ok(Some(w.finish()?))
 }
 
 #[cfg(test)]

@@ -3,10 +3,12 @@
 //!
 //! - `aggregates_match_raw_per_window` (proptest): random counters (with resets) and gauges
 //!   over several raw 2 h blocks are downsampled to 5 m and then 1 h; every window's count,
-//!   sum, min and max equal the values computed from the raw samples, the stitched counter
+//!   sum, min, max and last equal the values computed from the raw samples, the stitched counter
 //!   equals the raw running total with resets compensated at every sample it has, and the
 //!   increase over any range matches raw within the documented tolerance (the raw increase
 //!   inside the first and the last window of the range).
+//! - `aggregate_chunks_round_trip` (proptest): aggregate chunks of any values (decimals, byte
+//!   counts, arbitrary floats, huge values, -0.0) decode bit for bit to what was encoded.
 //! - `leftover_and_obsolete_blocks_after_a_crash`: a temp dir left by a crash, a re-run, and a
 //!   superseded downsampled block left behind leave exactly one downsampled block per source.
 //! - `downsampling_survives_sigkill`: a child process downsampling a directory is SIGKILLed at
@@ -15,6 +17,11 @@
 //!   deletes exactly the blocks outside their resolution's window, keeping raw/5 m blocks whose
 //!   coarser version does not exist yet.
 //!   `analyze` then reports one block per resolution.
+//! - `retention_rules_match_model` (proptest): per-metric retention rules drop exactly the
+//!   series of the blocks entirely outside each matching rule's window per resolution, and a
+//!   reopen after the rewrite (a crash before the old blocks are deleted) keeps one copy.
+//! - `db_applies_retention_rules`: the Db's maintenance drops a rule's series from the raw
+//!   blocks entirely older than its window and nothing else.
 //! - `db_downsamples_and_keeps_raw_queries_raw`: the Db writes 5 m and 1 h blocks during
 //!   maintenance, raw queries are unchanged, `querier_resolution` reads the aggregates, and a
 //!   reopen plus another maintenance run changes nothing.
@@ -32,7 +39,9 @@ use tidemark_tsdb::block::{Block, BlockMeta, BlockStats, BlockWriter, open_block
 use tidemark_tsdb::downsample::{
     self, Aggregate, DownsampleOptions, DownsampledQuerier, RES_1H, RES_5M,
 };
-use tidemark_tsdb::retention::{ResolutionRetention, select_by_resolution};
+use tidemark_tsdb::retention::{
+    ResolutionRetention, RetentionRule, apply_rules, select_by_resolution,
+};
 use tidemark_tsdb::{Db, DbOptions};
 
 const H: i64 = 3_600_000;
@@ -104,9 +113,11 @@ fn read_querier(q: &dyn tidemark_storage::Querier, m: &[Matcher]) -> BTreeMap<La
     out
 }
 
-/// Model of one window: (timestamp of the last sample, count, sum, min, max).
-fn model_windows(raw: &[Sample], res: i64) -> Vec<(i64, f64, f64, f64, f64)> {
-    let mut out: Vec<(i64, f64, f64, f64, f64)> = Vec::new();
+/// Model of one window: (timestamp of the last sample, count, sum, min, max, last).
+type ModelWindow = (i64, f64, f64, f64, f64, f64);
+
+fn model_windows(raw: &[Sample], res: i64) -> Vec<ModelWindow> {
+    let mut out: Vec<ModelWindow> = Vec::new();
     let mut cur: Option<i64> = None;
     for s in raw {
         let w = s.t.div_euclid(res);
@@ -117,8 +128,9 @@ fn model_windows(raw: &[Sample], res: i64) -> Vec<(i64, f64, f64, f64, f64)> {
             last.2 += s.v;
             last.3 = last.3.min(s.v);
             last.4 = last.4.max(s.v);
+            last.5 = s.v;
         } else {
-            out.push((s.t, 1.0, s.v, s.v, s.v));
+            out.push((s.t, 1.0, s.v, s.v, s.v, s.v));
             cur = Some(w);
         }
     }
@@ -187,6 +199,7 @@ fn check_resolution(dir: &Path, data: &RawData, res: i64) -> Result<(), TestCase
     let min = read(dir, res, Aggregate::Min);
     let max = read(dir, res, Aggregate::Max);
     let counter = read(dir, res, Aggregate::Counter);
+    let last = read(dir, res, Aggregate::Last);
     prop_assert_eq!(count.len(), data.len());
     for (l, raw) in data {
         let want = model_windows(raw, res);
@@ -214,6 +227,11 @@ fn check_resolution(dir: &Path, data: &RawData, res: i64) -> Result<(), TestCase
             pick(&max),
             want.iter().map(|w| (w.0, w.4)).collect::<Vec<_>>(),
             "max"
+        );
+        prop_assert_eq!(
+            pick(&last),
+            want.iter().map(|w| (w.0, w.5)).collect::<Vec<_>>(),
+            "last"
         );
         // Counter: at every sample it has, the raw running total; it starts at the first raw
         // sample and ends at the last.
@@ -296,6 +314,49 @@ proptest! {
                         "{l} res {res} [{a}, {b}]: raw {inc_raw} downsampled {inc_ds} tolerance {tol}");
                 }
             }
+        }
+    }
+}
+
+fn arb_value() -> impl Strategy<Value = f64> {
+    prop_oneof![
+        (0i64..1000).prop_map(|x| x as f64),
+        (-100_000i64..100_000, 0u32..4).prop_map(|(m, e)| m as f64 / 10f64.powi(e as i32)),
+        (0u64..1 << 40).prop_map(|x| (x * 4096) as f64),
+        any::<f64>().prop_filter("finite", |v| v.is_finite()),
+        Just(1e300),
+        Just(-0.0),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    /// Every aggregate chunk decodes to exactly what was encoded (bit for bit), whatever the
+    /// values: decimals, byte counts, arbitrary floats, huge values, -0.0, resets.
+    #[test]
+    fn aggregate_chunks_round_trip(
+        steps in prop::collection::vec((1i64..200_000, arb_value(), prop::bool::weighted(0.8)), 1..400),
+    ) {
+        let mut t = 0;
+        let mut v = 0.0;
+        let mut raw = Vec::new();
+        for (gap, x, keep) in steps {
+            t += gap;
+            // Mostly a running counter of the generated values, else the value itself.
+            v = if keep && (v + x).is_finite() { v + x.abs() } else { x };
+            raw.push(Sample::new(t, v));
+        }
+        let m5 = downsample::aggregate_raw(&raw, RES_5M);
+        let h1 = downsample::aggregate_aggr(&m5, RES_1H);
+        for a in [&m5, &h1] {
+            let (_, _, bytes) = downsample::encode_aggr_chunk(a).unwrap();
+            let d = downsample::decode_aggr_chunk(&bytes).unwrap();
+            for g in Aggregate::ALL {
+                let bits = |s: &[Sample]| s.iter().map(|x| (x.t, x.v.to_bits())).collect::<Vec<_>>();
+                prop_assert_eq!(bits(d.get(g)), bits(a.get(g)), "{:?}", g);
+            }
+            prop_assert_eq!(d.raw_last.map(f64::to_bits), a.raw_last.map(f64::to_bits));
         }
     }
 }
@@ -662,4 +723,175 @@ fn db_downsamples_and_keeps_raw_queries_raw() {
         before,
         "a second maintenance run writes nothing"
     );
+}
+
+/// A generated rule: (matcher choice, raw, 5 m, 1 h retention in hours).
+type GenRule = (u8, Option<i64>, Option<i64>, Option<i64>);
+
+fn rule_matcher(choice: u8) -> Matcher {
+    use tidemark_model::MatchType;
+    match choice % 4 {
+        0 => Matcher::new(MatchType::Regex, "__name__", "debug_.*").unwrap(),
+        1 => Matcher::equal("__name__", "m"),
+        2 => Matcher::equal("i", "1"),
+        _ => Matcher::new(MatchType::NotRegex, "i", "0|2").unwrap(),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    /// Per-metric retention rules against a model: after `apply_rules` (and the reopen that a
+    /// crash before deleting the old blocks would see), a series is in a block of resolution
+    /// `r` exactly when no rule matching it has a retention for `r` that the block lies
+    /// entirely outside of (`max_time <= newest - retention`). Everything else is untouched.
+    #[test]
+    fn retention_rules_match_model(
+        names in prop::collection::vec(0u8..3, 1..5),
+        rules in prop::collection::vec(
+            (0u8..4, prop::option::of(0i64..80), prop::option::of(0i64..80), prop::option::of(0i64..80)),
+            1..4,
+        ),
+        extra in 0i64..40,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut data = RawData::new();
+        for (i, n) in names.iter().enumerate() {
+            let name = ["m", "debug_a", "debug_b"][*n as usize];
+            let l = Labels::from_pairs([("__name__", name.to_string()), ("i", i.to_string())]);
+            let ss = (0..3 * DAY / (10 * 60_000)).map(|k| Sample::new(k * 10 * 60_000 + i as i64, (k % 13) as f64)).collect();
+            data.insert(l, ss);
+        }
+        write_raw_blocks(dir.path(), &data, 12 * H);
+        let opts = DownsampleOptions { to_5m_after_ms: 0, to_1h_after_ms: 0 };
+        downsample::run(dir.path(), NEWEST, &opts).unwrap();
+        let before = open_blocks(dir.path()).unwrap().0;
+        let newest = 3 * DAY + extra * H;
+        let rules: Vec<RetentionRule> = rules
+            .iter()
+            .map(|&(m, raw, r5, r1): &GenRule| RetentionRule {
+                matchers: vec![rule_matcher(m)],
+                raw_ms: raw.map(|h| h * H),
+                res_5m_ms: r5.map(|h| h * H),
+                res_1h_ms: r1.map(|h| h * H),
+            })
+            .collect();
+        // The model: (resolution, sources) -> labels expected.
+        let mut want: BTreeMap<(i64, Vec<String>), Vec<Labels>> = BTreeMap::new();
+        for b in &before {
+            let m = b.meta();
+            let keep: Vec<Labels> = data
+                .keys()
+                .filter(|l| {
+                    !rules.iter().any(|r| {
+                        r.matchers.iter().all(|mm| mm.matches(l.get(&mm.name).unwrap_or("")))
+                            && r.of(m.resolution).is_some_and(|ms| m.max_time <= newest - ms)
+                    })
+                })
+                .cloned()
+                .collect();
+            if !keep.is_empty() {
+                want.insert((m.resolution, m.sources.clone()), keep);
+            }
+        }
+        let rewrites = apply_rules(dir.path(), &before, &rules, newest).unwrap();
+        drop(before);
+        // No deletion of the old blocks: reopening must do it (a crash after the rewrite).
+        let (after, _) = open_blocks(dir.path()).unwrap();
+        let mut got: BTreeMap<(i64, Vec<String>), Vec<Labels>> = BTreeMap::new();
+        for b in &after {
+            // Blocks left with no series are not rewritten but deleted by the caller (Db).
+            if rewrites.iter().any(|r| r.new.is_none() && r.old == b.id()) {
+                continue;
+            }
+            let labels: Vec<Labels> = (0..b.index().num_series())
+                .map(|id| b.index().series(id).unwrap().labels)
+                .collect();
+            let key = (b.meta().resolution, b.meta().sources.clone());
+            prop_assert!(got.insert(key, labels).is_none(), "two blocks of one resolution and sources");
+        }
+        prop_assert_eq!(&got, &want);
+        for r in rewrites.iter().filter(|r| r.new.is_none()) {
+            tidemark_tsdb::block::delete_block(dir.path(), &r.old).unwrap();
+        }
+        // Data of the series kept is unchanged (aggregates read the same).
+        for res in [RES_5M, RES_1H] {
+            let q = DownsampledQuerier::new(blocks_of(dir.path(), res), i64::MIN, i64::MAX, Aggregate::Count);
+            let n: usize = read_querier(&q, &[Matcher::new(tidemark_model::MatchType::Regex, "__name__", ".+").unwrap()])
+                .values().map(Vec::len).sum();
+            let model: usize = want
+                .iter()
+                .filter(|((r, _), _)| *r == res)
+                .map(|(_, ls)| ls.len() * (12 * H / res.max(10 * 60_000)) as usize)
+                .sum();
+            prop_assert_eq!(n, model);
+        }
+        // Re-running changes nothing.
+        let again = apply_rules(dir.path(), &open_blocks(dir.path()).unwrap().0, &rules, newest).unwrap();
+        prop_assert!(again.is_empty(), "{:?}", again);
+    }
+}
+
+#[test]
+fn db_applies_retention_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = DbOptions {
+        background_maintenance: false,
+        downsampling: false,
+        log_sync: tidemark_tsdb::log::SyncPolicy::Never,
+        retention_rules: vec![RetentionRule {
+            matchers: vec![
+                Matcher::new(tidemark_model::MatchType::Regex, "__name__", "debug_.*").unwrap(),
+            ],
+            raw_ms: Some(DAY),
+            res_5m_ms: None,
+            res_1h_ms: None,
+        }],
+        ..DbOptions::default()
+    };
+    let db = Db::open(dir.path(), opts).unwrap();
+    let step = 5 * 60_000;
+    let names = ["m", "debug_x"];
+    for k in 0..4 * DAY / step {
+        let mut app = db.appender();
+        for n in names {
+            let l = Labels::from_pairs([("__name__", n.to_string())]);
+            app.append(None, &l, k * step, k as f64).unwrap();
+        }
+        app.commit().unwrap();
+        if k % 100 == 0 {
+            db.compact_now().unwrap();
+        }
+    }
+    db.compact_now().unwrap();
+    let newest = 4 * DAY - step;
+    let q = db.querier(i64::MIN, i64::MAX).unwrap();
+    let all = Matcher::new(tidemark_model::MatchType::Regex, "__name__", ".+").unwrap();
+    let got = read_querier(q.as_ref(), &[all]);
+    let m = &got[&Labels::from_pairs([("__name__", "m".to_string())])];
+    assert_eq!(m.len() as i64, 4 * DAY / step, "other series untouched");
+    let d = &got[&Labels::from_pairs([("__name__", "debug_x".to_string())])];
+    // debug_x keeps exactly the samples of the blocks (and head) not entirely older than 1d.
+    let metas = db.blocks();
+    let kept_from = metas
+        .iter()
+        .filter(|b| b.max_time > newest - DAY)
+        .map(|b| b.min_time)
+        .min()
+        .unwrap();
+    assert!(
+        kept_from <= newest - DAY,
+        "the block holding the cutoff is kept"
+    );
+    assert!(kept_from > 0, "older blocks lost debug_x: {metas:?}");
+    let want: Vec<i64> = (0..4 * DAY / step)
+        .map(|k| k * step)
+        .filter(|&t| t >= kept_from)
+        .collect();
+    assert_eq!(d.iter().map(|s| s.t).collect::<Vec<_>>(), want);
+    // A second run changes nothing.
+    let before = db.blocks();
+    db.compact_now().unwrap();
+    assert_eq!(db.blocks(), before);
+    db.close().unwrap();
 }
