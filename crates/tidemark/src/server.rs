@@ -40,6 +40,29 @@ fn db_options(args: &ServerArgs, cfg: &Config) -> anyhow::Result<DbOptions> {
     if let Some(b) = &st.block_range {
         o.block_range_ms = parse_duration_millis(b)?.max(60_000);
     }
+    let ds = &st.downsampling;
+    if let Some(on) = ds.enabled {
+        o.downsampling = on;
+    }
+    if let Some(d) = &ds.resolution_5m_after {
+        o.downsample_5m_after_ms = parse_duration_millis(d)?;
+    }
+    if let Some(d) = &ds.resolution_1h_after {
+        o.downsample_1h_after_ms = parse_duration_millis(d)?;
+    }
+    if let Some(d) = &st.retention.resolution_5m {
+        o.retention_5m_ms = parse_duration_millis(d)?;
+    }
+    if let Some(d) = &st.retention.resolution_1h {
+        o.retention_1h_ms = parse_duration_millis(d)?;
+    }
+    o.retention_rules = st
+        .retention
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| r.to_rule(i))
+        .collect::<anyhow::Result<_>>()?;
     if let Some(s) = &st.log_sync {
         o.log_sync = match s.as_str() {
             "always" => SyncPolicy::Always,
