@@ -11,7 +11,7 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tidemark_model::{Labels, METRIC_NAME, MatchType, Matcher, Metadata};
-use tidemark_promql::QueryParams;
+use tidemark_promql::{MaxSourceResolution, QueryParams};
 use tidemark_storage::{Queryable, SelectHints};
 
 use crate::body::read_body;
@@ -95,11 +95,18 @@ fn query_params(p: &Params) -> ApiResult<QueryParams> {
         .map(|ms| Duration::from_millis(ms as u64));
     let lookback_delta_ms = p.duration("lookback_delta")?;
     let limit = p.limit("limit")?;
+    // Thanos' parameter: auto (the planner's rule), raw, or the coarsest resolution (5m, 1h).
+    let max_source_resolution = p
+        .get_nonempty("max_source_resolution")
+        .map(MaxSourceResolution::parse)
+        .transpose()
+        .map_err(|e| ApiError::invalid_param("max_source_resolution", e))?;
     Ok(QueryParams {
         timeout,
         lookback_delta_ms,
         limit: (limit > 0).then_some(limit),
         stats: p.get_nonempty("stats").is_some(),
+        max_source_resolution,
     })
 }
 

@@ -172,6 +172,10 @@ async fn parameter_errors_are_bad_data() {
             "/api/v1/query?query=up&timeout=forever".into(),
             r#"invalid parameter "timeout": cannot parse "forever" to a valid duration"#,
         ),
+        (
+            "/api/v1/query_range?query=up&start=1&end=5&step=1&max_source_resolution=soon".into(),
+            r#"invalid parameter "max_source_resolution": invalid max_source_resolution "soon": expected auto, raw or a duration such as 5m or 1h"#,
+        ),
         (format!("/api/v1/format_query?query={}", enc("sum(")), ""),
         (
             "/api/v1/rules?type=foo".into(),
@@ -196,6 +200,13 @@ async fn parameter_errors_are_bad_data() {
     // The server keeps serving, data intact.
     let r = get(&srv.url("/api/v1/label/job/values")).await;
     assert_eq!(r.json(), json!({"status":"success","data":["api","node"]}));
+    // Valid max_source_resolution values are accepted (raw-only storage: no annotation).
+    for v in ["auto", "raw", "0s", "5m", "1h"] {
+        let path = format!("/api/v1/query?query=up&max_source_resolution={v}");
+        let r = get(&srv.url(&path)).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.text());
+        assert!(r.json().get("infos").is_none(), "{path}");
+    }
     srv.stop().await;
 }
 

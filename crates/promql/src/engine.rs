@@ -13,6 +13,7 @@ use tidemark_storage::Queryable;
 
 use crate::error::QueryError;
 use crate::eval::{Annotations, Ctx, Series, Span, Val};
+use crate::planner::MaxSourceResolution;
 use crate::value::{MatrixSeries, Value, VectorSample};
 
 /// Engine-wide settings (Prometheus' flags of the same meaning).
@@ -30,6 +31,9 @@ pub struct EngineOptions {
     pub max_depth: usize,
     /// Step of subqueries without an explicit step (Prometheus' evaluation interval, 1m).
     pub default_subquery_step_ms: i64,
+    /// The coarsest downsampled data queries read unless a query says otherwise
+    /// (`--query.max-source-resolution`, default auto; docs/downsampling.md).
+    pub max_source_resolution: MaxSourceResolution,
 }
 
 impl Default for EngineOptions {
@@ -41,6 +45,7 @@ impl Default for EngineOptions {
             max_points_per_series: 11_000,
             max_depth: 1000,
             default_subquery_step_ms: 60_000,
+            max_source_resolution: MaxSourceResolution::Auto,
         }
     }
 }
@@ -54,6 +59,8 @@ pub struct QueryParams {
     pub limit: Option<usize>,
     /// Collect [`QueryStats`].
     pub stats: bool,
+    /// Overrides [`EngineOptions::max_source_resolution`] (`max_source_resolution=`).
+    pub max_source_resolution: Option<MaxSourceResolution>,
 }
 
 /// Prometheus' `stats.timings` (seconds).
@@ -230,6 +237,11 @@ impl Engine {
             series_fetched: AtomicU64::new(0),
             annotations: Mutex::new(Annotations::default()),
             timed_out: AtomicBool::new(false),
+            downsampled: q.downsampled(),
+            max_source_resolution: p
+                .max_source_resolution
+                .unwrap_or(self.opts.max_source_resolution),
+            resolutions: OnceLock::new(),
         };
         let span = Span {
             start,

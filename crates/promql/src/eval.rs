@@ -5,17 +5,21 @@
 //! step. Operators and aggregations then work step by step over those series.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use promql_parser::label::{MatchOp, Matchers};
 use promql_parser::parser::{AtModifier, Expr, Offset, VectorSelector};
 use rayon::prelude::*;
 use tidemark_model::{Labels, MatchType, Matcher, Sample, is_stale_nan};
-use tidemark_storage::{Queryable, SelectHints};
+use tidemark_storage::{
+    DownsampleAggregate, ListSeries, Queryable, RESOLUTION_RAW, ResolutionQueryable,
+    ResolutionRange, SelectHints,
+};
 
 use crate::error::{ErrorKind, QueryError};
+use crate::planner::{self, MaxSourceResolution, Part, Segment};
 
 pub(crate) type Result<T, E = QueryError> = std::result::Result<T, E>;
 
@@ -104,6 +108,40 @@ pub(crate) struct Ctx<'a> {
     pub(crate) series_fetched: AtomicU64,
     pub(crate) annotations: Mutex<Annotations>,
     pub(crate) timed_out: AtomicBool,
+    /// Downsampled data of the same storage, when it has any and the query may read it.
+    pub(crate) downsampled: Option<&'a dyn ResolutionQueryable>,
+    pub(crate) max_source_resolution: MaxSourceResolution,
+    /// The storage's resolutions, asked once per query (on the first planned selector).
+    pub(crate) resolutions: OnceLock<Vec<ResolutionRange>>,
+}
+
+/// How a selector reads downsampled data: time segments of resolutions and the aggregate the
+/// selector's function needs (see [`crate::planner`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    pub(crate) segments: Vec<Segment>,
+    pub(crate) aggr: DownsampleAggregate,
+}
+
+impl Plan {
+    /// The coarsest resolution read.
+    pub(crate) fn coarsest(&self) -> i64 {
+        self.segments
+            .iter()
+            .map(|s| s.resolution)
+            .max()
+            .unwrap_or(RESOLUTION_RAW)
+    }
+
+    /// End of the last downsampled segment.
+    pub(crate) fn coarse_until(&self) -> i64 {
+        self.segments
+            .iter()
+            .filter(|s| s.resolution > RESOLUTION_RAW)
+            .map(|s| s.to)
+            .max()
+            .unwrap_or(i64::MIN)
+    }
 }
 
 impl std::fmt::Debug for Ctx<'_> {
@@ -251,6 +289,7 @@ impl Ctx<'_> {
     }
 
     /// Reads every series matching `vs` with samples in `[mint, maxt]`, sorted by labels.
+    #[allow(clippy::too_many_arguments)]
     fn select_handles(
         &self,
         vs: &VectorSelector,
@@ -259,10 +298,10 @@ impl Ctx<'_> {
         span: Span,
         range: i64,
         func: Option<&str>,
+        plan: Option<(&Plan, DownsampleAggregate)>,
     ) -> Result<(Vec<std::sync::Arc<dyn tidemark_storage::Series>>, usize)> {
         self.check_deadline()?;
         let sets = convert_matchers(&vs.name, &vs.matchers)?;
-        let querier = self.queryable.querier(mint, maxt)?;
         let hints = SelectHints {
             start: mint,
             end: maxt,
@@ -271,6 +310,10 @@ impl Ctx<'_> {
             range,
             ..SelectHints::default()
         };
+        if let Some((plan, aggr)) = plan {
+            return self.select_planned(vs, &sets, plan, aggr, &hints);
+        }
+        let querier = self.queryable.querier(mint, maxt)?;
         let mut handles: Vec<std::sync::Arc<dyn tidemark_storage::Series>> = Vec::new();
         for matchers in &sets {
             for s in querier.select(true, Some(&hints), matchers) {
@@ -283,6 +326,7 @@ impl Ctx<'_> {
         Ok((handles, sets.len()))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn select(
         &self,
         vs: &VectorSelector,
@@ -291,8 +335,9 @@ impl Ctx<'_> {
         span: Span,
         range: i64,
         func: Option<&str>,
+        plan: Option<(&Plan, DownsampleAggregate)>,
     ) -> Result<Vec<RawSeries>> {
-        let (handles, nsets) = self.select_handles(vs, mint, maxt, span, range, func)?;
+        let (handles, nsets) = self.select_handles(vs, mint, maxt, span, range, func, plan)?;
         // Read the samples in parallel; the first series' length sizes the other buffers.
         let read =
             |s: &std::sync::Arc<dyn tidemark_storage::Series>, cap: usize| -> Result<RawSeries> {
@@ -343,6 +388,165 @@ impl Ctx<'_> {
             all.dedup_by(|a, b| a.labels == b.labels);
         }
         Ok(all)
+    }
+
+    /// The plan for a selector over `[mint, maxt]` feeding `func` (None: a plain selector) at
+    /// `step`, `range` (0 for plain selectors): `None` reads raw data as always (no downsampled
+    /// storage, `max_source_resolution=raw`, a function only raw data answers, or a plan that
+    /// would read only raw data).
+    pub(crate) fn plan_selector(
+        &self,
+        vs: &VectorSelector,
+        mint: i64,
+        maxt: i64,
+        step: i64,
+        range: i64,
+        func: Option<&str>,
+    ) -> Result<Option<Plan>> {
+        let Some(ds) = self.downsampled else {
+            return Ok(None);
+        };
+        if self.max_source_resolution == MaxSourceResolution::Raw {
+            return Ok(None);
+        }
+        let Some(aggr) = planner::function_aggregate(func) else {
+            return Ok(None);
+        };
+        let available = match self.resolutions.get() {
+            Some(r) => r,
+            None => {
+                let r = ds.resolutions()?;
+                self.resolutions.get_or_init(|| r)
+            }
+        };
+        if !available.iter().any(|r| r.resolution > RESOLUTION_RAW) {
+            return Ok(None);
+        }
+        let preference = planner::choose(available, step, range, self.max_source_resolution);
+        let segments = planner::plan_segments(available, &preference, mint, maxt);
+        if !segments.iter().any(|s| s.resolution > RESOLUTION_RAW) {
+            return Ok(None);
+        }
+        tracing::debug!(selector = %vs, ?segments, aggregate = aggr.name(), "planned downsampled read");
+        Ok(Some(Plan { segments, aggr }))
+    }
+
+    /// Reads every series matching one of `sets` along `plan`: each segment from its
+    /// resolution (raw samples converted to the aggregate's meaning), joined per series
+    /// ([`planner::join`]). Returns the joined series sorted by labels (one matcher set's
+    /// worth: duplicates across `or` sets are merged here).
+    fn select_planned(
+        &self,
+        vs: &VectorSelector,
+        sets: &[Vec<Matcher>],
+        plan: &Plan,
+        aggr: DownsampleAggregate,
+        hints: &SelectHints,
+    ) -> Result<(Vec<Arc<dyn tidemark_storage::Series>>, usize)> {
+        let Some(ds) = self.downsampled else {
+            return Err(QueryError::new(
+                ErrorKind::Internal,
+                "planned a downsampled read without downsampled storage",
+            ));
+        };
+        let segs = &plan.segments;
+        // Per series: its samples from each segment.
+        let mut by_series: std::collections::BTreeMap<Labels, Vec<Option<Vec<Sample>>>> =
+            std::collections::BTreeMap::new();
+        let mut coarse_used: BTreeSet<i64> = BTreeSet::new();
+        for (k, seg) in segs.iter().enumerate() {
+            let before = k
+                .checked_sub(1)
+                .map_or(0, |p| planner::overlap(aggr, &segs[p], seg));
+            let after = segs
+                .get(k + 1)
+                .map_or(0, |n| planner::overlap(aggr, seg, n));
+            let (lo, hi) = (
+                seg.from.saturating_sub(before),
+                seg.to.saturating_add(after),
+            );
+            let raw = seg.resolution == RESOLUTION_RAW;
+            let querier = if raw {
+                self.queryable.querier(lo, hi)?
+            } else {
+                ds.querier_resolution(lo, hi, seg.resolution, aggr)?
+            };
+            let mut seen: std::collections::HashSet<Labels> = std::collections::HashSet::new();
+            for matchers in sets {
+                for series in querier.select(true, Some(hints), matchers) {
+                    let series = series?;
+                    if !seen.insert(series.labels().clone()) {
+                        continue;
+                    }
+                    let mut samples = Vec::new();
+                    let mut it = series.iter();
+                    if it.seek(lo) {
+                        loop {
+                            let smp = it.at();
+                            if smp.t > hi {
+                                break;
+                            }
+                            samples.push(smp);
+                            if !it.next() {
+                                break;
+                            }
+                        }
+                    }
+                    if let Some(e) = it.err() {
+                        return Err(e.into());
+                    }
+                    if raw {
+                        if aggr != DownsampleAggregate::Last {
+                            samples.retain(|x| !x.v.is_nan());
+                        }
+                        match aggr {
+                            DownsampleAggregate::Count => {
+                                samples.iter_mut().for_each(|x| x.v = 1.0)
+                            }
+                            DownsampleAggregate::Counter if segs.len() > 1 => {
+                                planner::compensate(&mut samples)
+                            }
+                            _ => {}
+                        }
+                    } else if !samples.is_empty() {
+                        coarse_used.insert(seg.resolution);
+                    }
+                    let slots = by_series
+                        .entry(series.labels().clone())
+                        .or_insert_with(|| vec![None; segs.len()]);
+                    slots[k] = Some(samples);
+                }
+            }
+            self.check_deadline()?;
+        }
+        if !coarse_used.is_empty() && aggr == plan.aggr {
+            let mut names: Vec<String> = segs
+                .iter()
+                .filter(|s| s.resolution == RESOLUTION_RAW || coarse_used.contains(&s.resolution))
+                .map(|s| planner::resolution_name(s.resolution))
+                .collect();
+            names.dedup();
+            self.info(format!(
+                "PromQL info: read downsampled data for {vs}: {} (aggregate {}); max_source_resolution=raw reads raw data only",
+                names.join(", "),
+                aggr.name()
+            ));
+        }
+        let out: Vec<Arc<dyn tidemark_storage::Series>> = by_series
+            .into_iter()
+            .filter_map(|(labels, parts)| {
+                let parts: Vec<Part> = parts
+                    .into_iter()
+                    .zip(segs)
+                    .filter_map(|(p, seg)| p.map(|samples| Part { seg: *seg, samples }))
+                    .collect();
+                let samples = planner::join(parts, aggr);
+                (!samples.is_empty()).then(|| {
+                    Arc::new(ListSeries::new(labels, samples)) as Arc<dyn tidemark_storage::Series>
+                })
+            })
+            .collect();
+        Ok((out, 1))
     }
 
     /// Evaluates an expression over `span`.
@@ -452,8 +656,36 @@ impl Ctx<'_> {
             Some(a) => (a - offset, a - offset),
             None => (span.start - offset, span.end - offset),
         };
-        let mint = first.saturating_sub(self.lookback) + 1;
-        let (handles, nsets) = self.select_handles(vs, mint, last, span, 0, None)?;
+        let mut mint = first.saturating_sub(self.lookback) + 1;
+        // Downsampled data: each window's last raw value, at its own time. It may be up to one
+        // window older than the raw sample a step would pick: such samples get the lookback
+        // plus one window of their resolution.
+        let mut plan = if ts_value {
+            None
+        } else {
+            self.plan_selector(vs, mint, last, span.step, 0, None)?
+        };
+        let (mut coarse_until, mut coarse_lookback) = (i64::MIN, self.lookback);
+        if let Some(p) = plan.as_mut() {
+            let r = p.coarsest();
+            coarse_until = p.coarse_until();
+            coarse_lookback = self.lookback.saturating_add(r);
+            if let Some(first_seg) = p.segments.first_mut()
+                && first_seg.from == mint
+            {
+                mint = mint.saturating_sub(r);
+                first_seg.from = mint;
+            }
+        }
+        let (handles, nsets) = self.select_handles(
+            vs,
+            mint,
+            last,
+            span,
+            0,
+            None,
+            plan.as_ref().map(|p| (p, p.aggr)),
+        )?;
         let lookback = self.lookback;
         let n = span.len();
         let read = AtomicU64::new(0);
@@ -482,7 +714,12 @@ impl Ctx<'_> {
                         have = it.next();
                     }
                     let Some(smp) = latest else { continue };
-                    if smp.t <= ts - lookback || is_stale_nan(smp.v) {
+                    let lb = if smp.t <= coarse_until {
+                        coarse_lookback
+                    } else {
+                        lookback
+                    };
+                    if smp.t <= ts - lb || is_stale_nan(smp.v) {
                         continue;
                     }
                     if points.capacity() == 0 {
@@ -549,7 +786,55 @@ impl Ctx<'_> {
                     None => (span.start - offset, span.end - offset),
                 };
                 let mint = first.saturating_sub(range) + 1;
-                let raw = self.select(vs, mint, last, span, range, func)?;
+                let plan = match func {
+                    Some(f) => self.plan_selector(vs, mint, last, span.step, range, Some(f))?,
+                    None => None,
+                };
+                let raw = self.select(
+                    vs,
+                    mint,
+                    last,
+                    span,
+                    range,
+                    func,
+                    plan.as_ref().map(|p| (p, p.aggr)),
+                )?;
+                // avg_over_time over windows: sums weighted by the windows' counts.
+                let mut weights = None;
+                if let Some(p) = &plan
+                    && func == Some("avg_over_time")
+                {
+                    let counts = self.select(
+                        vs,
+                        mint,
+                        last,
+                        span,
+                        range,
+                        func,
+                        Some((p, DownsampleAggregate::Count)),
+                    )?;
+                    let mut by_labels: HashMap<Labels, Vec<Sample>> =
+                        counts.into_iter().map(|c| (c.labels, c.samples)).collect();
+                    // Aligned by timestamp: a sum without a count at its time is a raw
+                    // sample that arrived between the two reads (weight 1).
+                    let mut w = Vec::with_capacity(raw.len());
+                    for r in &raw {
+                        let c = by_labels.remove(&r.labels).unwrap_or_default();
+                        let mut j = 0;
+                        let mut ws = Vec::with_capacity(r.samples.len());
+                        for x in &r.samples {
+                            while j < c.len() && c[j].t < x.t {
+                                j += 1;
+                            }
+                            ws.push(match c.get(j) {
+                                Some(cs) if cs.t == x.t => cs.v,
+                                _ => 1.0,
+                            });
+                        }
+                        w.push(ws);
+                    }
+                    weights = Some(w);
+                }
                 // Counted by `select`; the consumer releases `total`.
                 let total: usize = raw.iter().map(|r| r.samples.len()).sum();
                 let series: Vec<Series> = raw
@@ -569,6 +854,8 @@ impl Ctx<'_> {
                     offset,
                     at,
                     total,
+                    planned: plan.map(|p| p.aggr),
+                    weights,
                 })
             }
             Expr::Subquery(sq) => {
@@ -626,6 +913,8 @@ impl Ctx<'_> {
                     offset,
                     at,
                     total,
+                    planned: None,
+                    weights: None,
                 })
             }
             other => Err(QueryError::bad_data(format!(
@@ -643,6 +932,11 @@ pub(crate) struct MatrixSource {
     pub(crate) offset: i64,
     pub(crate) at: Option<i64>,
     pub(crate) total: usize,
+    /// The series are this downsampled aggregate per window (mixed with raw samples where the
+    /// plan reads raw data, converted to the same meaning: counts of 1, a compensated counter).
+    pub(crate) planned: Option<DownsampleAggregate>,
+    /// For `avg_over_time` over windows: each series' window counts (its points are sums).
+    pub(crate) weights: Option<Vec<Vec<f64>>>,
 }
 
 /// Collects per-step output samples into series keyed by labels; a label set appearing twice

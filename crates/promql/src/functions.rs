@@ -965,10 +965,20 @@ fn eval_range_fn(
         }
     }
     let total = src.total;
+    // Over downsampled windows a count is the sum of the windows' counts.
+    let name = match (src.planned, name) {
+        (Some(_), "count_over_time") => "sum_over_time",
+        _ => name,
+    };
+    let weights: Vec<Option<Vec<f64>>> = match src.weights {
+        Some(w) => w.into_iter().map(Some).collect(),
+        None => vec![None; src.series.len()],
+    };
     let out: Vec<Series> = src
         .series
         .into_par_iter()
-        .filter_map(|s| {
+        .zip(weights)
+        .filter_map(|(s, weights)| {
             // Past the deadline: stop computing (the error is raised below).
             if std::time::Instant::now() > ctx.deadline {
                 return None;
@@ -1008,6 +1018,13 @@ fn eval_range_fn(
                     continue;
                 }
                 let no_resets = counter_fn && resets[hi - 1] == resets[lo];
+                if let Some(w) = &weights {
+                    // avg_over_time over windows: sum of sums / sum of counts.
+                    let sum: f64 = s.points[lo..hi].iter().map(|p| p.v).sum();
+                    let count: f64 = w[lo..hi].iter().sum();
+                    points.push(Sample::new(t, sum / count));
+                    continue;
+                }
                 if let Some(v) =
                     compute(name, &s.points[lo..hi], t, ts, range, i, &params, no_resets)
                 {

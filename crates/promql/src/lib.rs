@@ -12,6 +12,7 @@ mod error;
 mod eval;
 mod functions;
 mod histogram;
+mod planner;
 mod value;
 
 pub mod promqltest;
@@ -20,6 +21,7 @@ pub use engine::{
     Engine, EngineOptions, QueryParams, QueryResult, QuerySamples, QueryStats, QueryTimings,
 };
 pub use error::{ErrorKind, QueryError};
+pub use planner::MaxSourceResolution;
 pub use value::{MatrixSeries, Value, VectorSample};
 
 /// Parses `expr` and prints it back in Prometheus' canonical form (for `/api/v1/format_query`).

@@ -12,12 +12,17 @@ mod error;
 mod iter;
 pub mod memory;
 mod merge;
+mod resolution;
 
 use tidemark_model::{Exemplar, Labels, Matcher, Metadata};
 
 pub use error::{Error, Result};
 pub use iter::{ListSeries, SampleIter, Series, SeriesSet, VecSampleIter, series_set_from_vec};
 pub use merge::{MergeQuerier, merge_series_sets};
+pub use resolution::{
+    DownsampleAggregate, RESOLUTION_RAW, ResolutionQueryable, ResolutionRange,
+    merge_resolution_ranges,
+};
 
 /// A reference to a series inside one storage, returned by [`Appender::append`] so that later
 /// appends can skip the label lookup. Only meaningful to the storage that issued it.
@@ -74,6 +79,12 @@ pub trait Appender: Send {
 pub trait Queryable: Send + Sync {
     /// A querier over `[mint, maxt]` (milliseconds, both inclusive).
     fn querier(&self, mint: i64, maxt: i64) -> Result<Box<dyn Querier>>;
+
+    /// The same storage's downsampled data, when it has any (the PromQL planner reads it for
+    /// long ranges; docs/downsampling.md). `None` (the default): raw data only.
+    fn downsampled(&self) -> Option<&dyn ResolutionQueryable> {
+        None
+    }
 }
 
 /// Hints a querier may use to read less (e.g. a coarser resolution); it may ignore them.

@@ -225,6 +225,11 @@ pub(crate) struct ServerArgs {
     #[arg(long = "query.timeout", default_value = "2m")]
     pub(crate) query_timeout: String,
 
+    /// Coarsest downsampled data queries read: auto (the planner picks per selector), raw,
+    /// or a resolution such as 5m; the max_source_resolution query parameter overrides it.
+    #[arg(long = "query.max-source-resolution", default_value = "auto")]
+    pub(crate) max_source_resolution: String,
+
     /// Log level (debug, info, warn, error).
     #[arg(long = "log.level", default_value = "info")]
     pub(crate) log_level: String,

@@ -84,6 +84,11 @@ fn engine_options(args: &ServerArgs, cfg: &Config) -> anyhow::Result<EngineOptio
         lookback_delta_ms: parse_duration_millis(lookback).context("--query.lookback-delta")?,
         max_samples: q.max_samples.unwrap_or(args.max_samples),
         timeout: Duration::from_millis(timeout_ms.max(1) as u64),
+        max_source_resolution: tidemark_promql::MaxSourceResolution::parse(
+            &args.max_source_resolution,
+        )
+        .map_err(anyhow::Error::msg)
+        .context("--query.max-source-resolution")?,
         ..EngineOptions::default()
     };
     Ok(o)
@@ -343,6 +348,10 @@ async fn serve(
         args.max_samples.to_string(),
     );
     flags.insert("query.timeout".to_string(), args.query_timeout.clone());
+    flags.insert(
+        "query.max-source-resolution".to_string(),
+        args.max_source_resolution.clone(),
+    );
     flags.insert(
         "config.file".to_string(),
         args.config_file

@@ -28,8 +28,8 @@ use std::time::Duration;
 use parking_lot::{Mutex, RwLock};
 use tidemark_model::Matcher;
 use tidemark_storage::{
-    Appendable, Appender, MergeQuerier, Querier, Queryable, SelectHints, SeriesSet,
-    merge_series_sets,
+    Appendable, Appender, DownsampleAggregate, MergeQuerier, Querier, Queryable,
+    ResolutionQueryable, ResolutionRange, SelectHints, SeriesSet, merge_series_sets,
 };
 
 use crate::block::{self, Block, BlockError, BlockMeta, BlockWriter};
@@ -759,6 +759,66 @@ impl Queryable for Db {
             mint,
             maxt,
         }))
+    }
+
+    fn downsampled(&self) -> Option<&dyn ResolutionQueryable> {
+        Some(self)
+    }
+}
+
+/// The storage-level name of a downsampled aggregate.
+fn tsdb_aggregate(a: DownsampleAggregate) -> Aggregate {
+    match a {
+        DownsampleAggregate::Count => Aggregate::Count,
+        DownsampleAggregate::Sum => Aggregate::Sum,
+        DownsampleAggregate::Min => Aggregate::Min,
+        DownsampleAggregate::Max => Aggregate::Max,
+        DownsampleAggregate::Counter => Aggregate::Counter,
+        DownsampleAggregate::Last => Aggregate::Last,
+    }
+}
+
+impl ResolutionQueryable for Db {
+    /// Raw: the raw blocks and the head; downsampled: the blocks of each resolution. Times
+    /// inclusive (a block's `max_time` is exclusive).
+    fn resolutions(&self) -> tidemark_storage::Result<Vec<ResolutionRange>> {
+        let _view = self.inner.view.read();
+        let mut out: Vec<ResolutionRange> = Vec::new();
+        let mut add = |resolution: i64, min_time: i64, max_time: i64| {
+            if min_time > max_time {
+                return;
+            }
+            match out.iter_mut().find(|r| r.resolution == resolution) {
+                Some(r) => {
+                    r.min_time = r.min_time.min(min_time);
+                    r.max_time = r.max_time.max(max_time);
+                }
+                None => out.push(ResolutionRange {
+                    resolution,
+                    min_time,
+                    max_time,
+                }),
+            }
+        };
+        for b in self.inner.blocks.read().iter() {
+            let m = b.meta();
+            add(m.resolution, m.min_time, m.max_time - 1);
+        }
+        let head = &self.inner.head;
+        add(downsample::RES_RAW, head.min_time(), head.max_time());
+        out.sort_by_key(|r| r.resolution);
+        Ok(out)
+    }
+
+    fn querier_resolution(
+        &self,
+        mint: i64,
+        maxt: i64,
+        resolution: i64,
+        aggr: DownsampleAggregate,
+    ) -> tidemark_storage::Result<Box<dyn Querier>> {
+        let q = Db::querier_resolution(self, mint, maxt, resolution, tsdb_aggregate(aggr))?;
+        Ok(Box::new(q))
     }
 }
 
