@@ -806,7 +806,7 @@ proptest! {
                 .filter(|l| {
                     !rules.iter().any(|r| {
                         r.matchers.iter().all(|mm| mm.matches(l.get(&mm.name).unwrap_or("")))
-                            && r.of(m.resolution).is_some_and(|ms| m.max_time <= newest - ms)
+                            && r.of(m.resolution).is_some_and(|ms| ms > 0 && m.max_time <= newest - ms)
                     })
                 })
                 .cloned()
