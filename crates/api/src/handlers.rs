@@ -588,6 +588,7 @@ pub(crate) fn compute_tsdb_status(
         label_value_count_by_label_name: top(count_by_name, limit),
         memory_in_bytes_by_label_name: top(mem_by_name, limit),
         series_count_by_label_value_pair: top(pairs, limit),
+        tidemark: None,
     })
 }
 

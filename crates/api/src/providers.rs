@@ -53,6 +53,38 @@ pub struct TsdbStatus {
     pub label_value_count_by_label_name: Vec<Stat>,
     pub memory_in_bytes_by_label_name: Vec<Stat>,
     pub series_count_by_label_value_pair: Vec<Stat>,
+    /// Tidemark's addition (key `tidemark`, absent when the engine has no blocks to report):
+    /// Prometheus' keys above keep their shape and meaning (the head only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tidemark: Option<TidemarkTsdbStatus>,
+}
+
+/// `data.tidemark` of `/api/v1/status/tsdb` (docs/api.md).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TidemarkTsdbStatus {
+    /// Blocks per resolution, raw first; resolutions without blocks are absent.
+    pub blocks_by_resolution: Vec<ResolutionBlocks>,
+}
+
+/// The blocks of one resolution.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolutionBlocks {
+    /// `raw`, `5m` or `1h`.
+    pub resolution: String,
+    /// 0 (raw), 300000 or 3600000.
+    pub resolution_ms: i64,
+    pub num_blocks: u64,
+    /// Oldest block's min time and newest block's max time (ms; max exclusive).
+    pub min_time: i64,
+    pub max_time: i64,
+    /// Bytes on disk.
+    pub num_bytes: u64,
+    /// Distinct series.
+    pub num_series: u64,
+    /// Samples (raw) or aggregate windows (downsampled).
+    pub num_samples: u64,
 }
 
 /// Scrape targets and their metadata (implemented by the binary over the scrape manager).

@@ -31,6 +31,19 @@ pub(crate) struct StorageSection {
     /// Log fsync policy: `always` (default: fsync before acknowledging), `never`, or a duration
     /// such as `1s` (fsync at most that often).
     pub(crate) log_sync: Option<String>,
+    pub(crate) downsampling: DownsamplingSection,
+}
+
+/// `tidemark.storage.downsampling` (docs/downsampling.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct DownsamplingSection {
+    /// Write 5 m and 1 h blocks (default true).
+    pub(crate) enabled: Option<bool>,
+    /// Raw blocks older than this (behind the newest sample) get a 5 m version (default 40h).
+    pub(crate) resolution_5m_after: Option<String>,
+    /// 5 m blocks older than this get a 1 h version (default 10d).
+    pub(crate) resolution_1h_after: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -40,6 +53,62 @@ pub(crate) struct RetentionSection {
     pub(crate) time: Option<String>,
     /// Default off. Units B, KB, MB, GB, TB, PB, EB (powers of 1024, like Prometheus).
     pub(crate) size: Option<String>,
+    /// Retention of 5 m blocks (default 90d; 0 = forever).
+    pub(crate) resolution_5m: Option<String>,
+    /// Retention of 1 h blocks (default 365d; 0 = forever).
+    pub(crate) resolution_1h: Option<String>,
+    /// Per-metric retention rules.
+    pub(crate) rules: Vec<RetentionRuleSection>,
+}
+
+/// One of `tidemark.storage.retention.rules`: series matching the selector `match` keep each
+/// resolution's data for at most `time`, or the resolution's own key when given.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RetentionRuleSection {
+    /// A series selector: `{__name__=~"debug_.*"}`, `debug_requests_total{env="dev"}`.
+    #[serde(rename = "match")]
+    pub(crate) selector: String,
+    /// Every resolution.
+    pub(crate) time: Option<String>,
+    pub(crate) raw: Option<String>,
+    pub(crate) resolution_5m: Option<String>,
+    pub(crate) resolution_1h: Option<String>,
+}
+
+impl RetentionRuleSection {
+    /// The rule as the engine takes it; errors name the rule's keys.
+    pub(crate) fn to_rule(
+        &self,
+        i: usize,
+    ) -> anyhow::Result<tidemark_tsdb::retention::RetentionRule> {
+        let at = |key: &str| format!("tidemark.storage.retention.rules[{i}].{key}");
+        let matchers = tidemark_promql::parse_series_selector(&self.selector)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", at("match")))?;
+        anyhow::ensure!(
+            !matchers.is_empty() && !matchers.iter().all(|m| m.matches("")),
+            "{}: the selector must have a matcher that does not match the empty string",
+            at("match")
+        );
+        let d = |key: &str, v: &Option<String>| -> anyhow::Result<Option<i64>> {
+            v.as_deref()
+                .map(|s| tidemark_model::time::parse_duration_millis(s).with_context(|| at(key)))
+                .transpose()
+        };
+        let all = d("time", &self.time)?;
+        let rule = tidemark_tsdb::retention::RetentionRule {
+            matchers,
+            raw_ms: d("raw", &self.raw)?.or(all),
+            res_5m_ms: d("resolution_5m", &self.resolution_5m)?.or(all),
+            res_1h_ms: d("resolution_1h", &self.resolution_1h)?.or(all),
+        };
+        anyhow::ensure!(
+            rule.raw_ms.is_some() || rule.res_5m_ms.is_some() || rule.res_1h_ms.is_some(),
+            "{}: expected `time`, `raw`, `resolution_5m` or `resolution_1h`",
+            at("match")
+        );
+        Ok(rule)
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -107,6 +176,25 @@ fn validate(t: &TidemarkSection) -> anyhow::Result<()> {
         &t.storage.out_of_order_time_window,
     )?;
     d("storage.block_range", &t.storage.block_range)?;
+    d(
+        "storage.retention.resolution_5m",
+        &t.storage.retention.resolution_5m,
+    )?;
+    d(
+        "storage.retention.resolution_1h",
+        &t.storage.retention.resolution_1h,
+    )?;
+    d(
+        "storage.downsampling.resolution_5m_after",
+        &t.storage.downsampling.resolution_5m_after,
+    )?;
+    d(
+        "storage.downsampling.resolution_1h_after",
+        &t.storage.downsampling.resolution_1h_after,
+    )?;
+    for (i, r) in t.storage.retention.rules.iter().enumerate() {
+        r.to_rule(i)?;
+    }
     d("query.lookback_delta", &t.query.lookback_delta)?;
     d("query.timeout", &t.query.timeout)?;
     if let Some(s) = &t.storage.retention.size {
@@ -182,6 +270,79 @@ mod tests {
         let c = self_scrape("0.0.0.0:9190");
         assert_eq!(c.scrape_jobs(), 1);
         assert_eq!(c.prometheus.scrape_configs[0].job_name, "tidemark");
+    }
+
+    #[test]
+    fn downsampling_and_retention_keys() {
+        let text = r#"
+tidemark:
+  storage:
+    retention:
+      time: 15d
+      resolution_5m: 30d
+      resolution_1h: 2y
+      rules:
+        - match: '{__name__=~"debug_.*"}'
+          time: 2d
+        - match: 'batch_jobs_total{env="dev"}'
+          raw: 1d
+          resolution_1h: 30d
+    downsampling:
+      enabled: false
+      resolution_5m_after: 2d
+      resolution_1h_after: 20d
+"#;
+        let c = parse(text, None).unwrap();
+        let st = &c.tidemark.storage;
+        assert_eq!(st.retention.resolution_5m.as_deref(), Some("30d"));
+        assert_eq!(st.downsampling.enabled, Some(false));
+        let r0 = st.retention.rules[0].to_rule(0).unwrap();
+        let day = 86_400_000;
+        assert_eq!(
+            (r0.raw_ms, r0.res_5m_ms, r0.res_1h_ms),
+            (Some(2 * day), Some(2 * day), Some(2 * day))
+        );
+        assert!(r0.matchers[0].matches("debug_x") && !r0.matchers[0].matches("x"));
+        let r1 = st.retention.rules[1].to_rule(1).unwrap();
+        assert_eq!(
+            (r1.raw_ms, r1.res_5m_ms, r1.res_1h_ms),
+            (Some(day), None, Some(30 * day))
+        );
+        assert_eq!(r1.matchers.len(), 2);
+    }
+
+    #[test]
+    fn bad_downsampling_and_retention_keys_are_errors() {
+        let err = |text: &str| format!("{:#}", parse(text, None).unwrap_err());
+        // Unknown keys name the key and the line.
+        let e = err("tidemark:\n  storage:\n    downsampling:\n      enable: true\n");
+        assert!(e.contains("enable") && e.contains("line 4"), "{e}");
+        let e = err(
+            "tidemark:\n  storage:\n    retention:\n      rules:\n        - match: 'x'\n          tme: 2d\n",
+        );
+        assert!(e.contains("tme") && e.contains("line 6"), "{e}");
+        // Values are checked.
+        let e = err("tidemark:\n  storage:\n    retention:\n      resolution_5m: 9x\n");
+        assert!(
+            e.contains("tidemark.storage.retention.resolution_5m"),
+            "{e}"
+        );
+        let e = err("tidemark:\n  storage:\n    downsampling:\n      resolution_1h_after: x\n");
+        assert!(e.contains("resolution_1h_after"), "{e}");
+        let e = err(
+            "tidemark:\n  storage:\n    retention:\n      rules:\n        - match: '{a=~\"(\"}'\n          time: 1d\n",
+        );
+        assert!(e.contains("rules[0].match"), "{e}");
+        let e = err("tidemark:\n  storage:\n    retention:\n      rules:\n        - match: 'x'\n");
+        assert!(e.contains("expected `time`"), "{e}");
+        let e = err(
+            "tidemark:\n  storage:\n    retention:\n      rules:\n        - match: '{a=~\".*\"}'\n          time: 1d\n",
+        );
+        assert!(e.contains("rules[0].match"), "{e}");
+        let e = err(
+            "tidemark:\n  storage:\n    retention:\n      rules:\n        - match: 'x'\n          raw: 1q\n",
+        );
+        assert!(e.contains("rules[0].raw"), "{e}");
     }
 
     #[test]

@@ -40,6 +40,29 @@ fn db_options(args: &ServerArgs, cfg: &Config) -> anyhow::Result<DbOptions> {
     if let Some(b) = &st.block_range {
         o.block_range_ms = parse_duration_millis(b)?.max(60_000);
     }
+    let ds = &st.downsampling;
+    if let Some(on) = ds.enabled {
+        o.downsampling = on;
+    }
+    if let Some(d) = &ds.resolution_5m_after {
+        o.downsample_5m_after_ms = parse_duration_millis(d)?;
+    }
+    if let Some(d) = &ds.resolution_1h_after {
+        o.downsample_1h_after_ms = parse_duration_millis(d)?;
+    }
+    if let Some(d) = &st.retention.resolution_5m {
+        o.retention_5m_ms = parse_duration_millis(d)?;
+    }
+    if let Some(d) = &st.retention.resolution_1h {
+        o.retention_1h_ms = parse_duration_millis(d)?;
+    }
+    o.retention_rules = st
+        .retention
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| r.to_rule(i))
+        .collect::<anyhow::Result<_>>()?;
     if let Some(s) = &st.log_sync {
         o.log_sync = match s.as_str() {
             "always" => SyncPolicy::Always,
@@ -688,5 +711,68 @@ impl RulesProvider for RulesApi {
 impl MetricsSource for RulesApi {
     fn render(&self, out: &mut String) {
         self.rules.render_metrics(out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn server_args(extra: &[&str]) -> ServerArgs {
+        let argv = ["tidemark", "server"].iter().chain(extra).copied();
+        match crate::cli::Cli::try_parse_from(argv).unwrap().command {
+            crate::cli::Command::Server(a) => *a,
+            _ => panic!("not the server command"),
+        }
+    }
+
+    #[test]
+    fn downsampling_and_retention_keys_reach_db_options() {
+        let text = r#"
+tidemark:
+  storage:
+    retention:
+      time: 20d
+      resolution_5m: 60d
+      resolution_1h: 2y
+      rules:
+        - match: '{__name__=~"debug_.*"}'
+          time: 2d
+    downsampling:
+      enabled: false
+      resolution_5m_after: 2d
+      resolution_1h_after: 12d
+"#;
+        let cfg = config::parse(text, None).unwrap();
+        let day = 86_400_000;
+        let o = db_options(&server_args(&[]), &cfg).unwrap();
+        assert_eq!(o.retention_time_ms, 20 * day);
+        assert_eq!(
+            (o.retention_5m_ms, o.retention_1h_ms),
+            (60 * day, 2 * 365 * day)
+        );
+        assert!(!o.downsampling);
+        assert_eq!(
+            (o.downsample_5m_after_ms, o.downsample_1h_after_ms),
+            (2 * day, 12 * day)
+        );
+        assert_eq!(o.retention_rules.len(), 1);
+        assert_eq!(o.retention_rules[0].raw_ms, Some(2 * day));
+        // The flag wins over the file for the raw retention; defaults without the section.
+        let o = db_options(&server_args(&["--storage.retention.time", "5d"]), &cfg).unwrap();
+        assert_eq!(o.retention_time_ms, 5 * day);
+        let o = db_options(&server_args(&[]), &config::parse("", None).unwrap()).unwrap();
+        let d = DbOptions::default();
+        assert_eq!(
+            (
+                o.downsampling,
+                o.retention_5m_ms,
+                o.retention_1h_ms,
+                o.retention_rules.len()
+            ),
+            (d.downsampling, d.retention_5m_ms, d.retention_1h_ms, 0)
+        );
     }
 }

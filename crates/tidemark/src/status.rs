@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use tidemark_api::TsdbStatus;
-use tidemark_api::providers::{HeadStats, Stat};
+use tidemark_api::providers::{HeadStats, ResolutionBlocks, Stat, TidemarkTsdbStatus};
 use tidemark_model::{MatchType, Matcher};
 use tidemark_storage::{Error, Queryable};
 use tidemark_tsdb::Db;
@@ -22,7 +22,7 @@ fn top(map: HashMap<String, u64>, limit: usize) -> Vec<Stat> {
 }
 
 /// Cardinality statistics over the head, computed by walking its series (as Prometheus does
-/// over its head index).
+/// over its head index), plus the blocks per resolution under `tidemark` (docs/api.md).
 pub(crate) fn tsdb_status(db: &Db, limit: usize) -> Result<TsdbStatus, Error> {
     let st = db.stats();
     let (mint, maxt) = (st.head_min_time.unwrap_or(0), st.head_max_time.unwrap_or(0));
@@ -89,6 +89,29 @@ pub(crate) fn cardinality(
         ),
         memory_in_bytes_by_label_name: top(bytes_by_name, limit),
         series_count_by_label_value_pair: top(pairs, limit),
+        tidemark: Some(blocks_by_resolution(db)?),
+    })
+}
+
+/// `data.tidemark` of `/api/v1/status/tsdb`: the open blocks per resolution.
+pub(crate) fn blocks_by_resolution(db: &Db) -> Result<TidemarkTsdbStatus, Error> {
+    let summary = db
+        .resolution_summary()
+        .map_err(|e| Error::Other(format!("blocks per resolution: {e}")))?;
+    Ok(TidemarkTsdbStatus {
+        blocks_by_resolution: summary
+            .into_iter()
+            .map(|r| ResolutionBlocks {
+                resolution: tidemark_tsdb::analyze::resolution_name(r.resolution),
+                resolution_ms: r.resolution,
+                num_blocks: r.blocks,
+                min_time: r.min_time,
+                max_time: r.max_time,
+                num_bytes: r.bytes,
+                num_series: r.series,
+                num_samples: r.samples,
+            })
+            .collect(),
     })
 }
 

@@ -102,8 +102,34 @@ fn check_config_names_unknown_key_and_line() {
         text.contains("scrape_intervall") && (text.contains("line 5") || text.contains(":5:")),
         "{text}"
     );
+    // The downsampling and retention keys are checked too.
+    let bad = dir.path().join("bad2.yml");
+    std::fs::write(&bad, "tidemark:\n  storage:\n    downsampling:\n      enabled: true\n      resolution_5m_aftr: 2d\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("resolution_5m_aftr") && text.contains("line 5"),
+        "{text}"
+    );
+    std::fs::write(&bad, "tidemark:\n  storage:\n    retention:\n      rules:\n        - match: '{__name__=~\"debug_.*\"}'\n          time: 2x\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("tidemark.storage.retention.rules[0].time"),
+        "{text}"
+    );
     let good = dir.path().join("good.yml");
-    std::fs::write(&good, "scrape_configs:\n  - job_name: a\n    static_configs:\n      - targets: ['localhost:1']\ntidemark:\n  storage:\n    retention:\n      time: 30d\n").unwrap();
+    std::fs::write(&good, "scrape_configs:\n  - job_name: a\n    static_configs:\n      - targets: ['localhost:1']\ntidemark:\n  storage:\n    retention:\n      time: 30d\n      resolution_5m: 60d\n      resolution_1h: 2y\n      rules:\n        - match: '{__name__=~\"debug_.*\"}'\n          time: 2d\n          resolution_1h: 7d\n    downsampling:\n      enabled: true\n      resolution_5m_after: 2d\n      resolution_1h_after: 12d\n").unwrap();
     let out = Command::new(BIN)
         .args(["check", "config"])
         .arg(&good)
@@ -222,6 +248,24 @@ fn tsdb_import_analyze_and_serve() {
     let t = start + 239 * 60;
     let v = s.query(&format!("sum(count_over_time(old_metric[5h] @ {t}))"));
     assert_eq!(result(&v)[0]["value"][1], "720", "{v}");
+    // status/tsdb keeps Prometheus' keys and adds the blocks per resolution under `tidemark`.
+    let (st, body) = s.request("GET", "/api/v1/status/tsdb", None).unwrap();
+    assert_eq!(st, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let data = &v["data"];
+    assert!(
+        data["headStats"].is_object() && data["seriesCountByMetricName"].is_array(),
+        "{v}"
+    );
+    let res = data["tidemark"]["blocksByResolution"].as_array().unwrap();
+    assert_eq!(res.len(), 1, "{v}");
+    assert_eq!(res[0]["resolution"], "raw");
+    assert_eq!(res[0]["resolutionMs"], 0);
+    assert_eq!(res[0]["numSeries"], 3, "{v}");
+    assert_eq!(res[0]["numSamples"], 720, "{v}");
+    assert!(res[0]["numBlocks"].as_u64().unwrap() >= 1);
+    assert!(res[0]["numBytes"].as_u64().unwrap() > 0);
+    assert!(res[0]["minTime"].as_i64().unwrap() <= start * 1000);
 }
 
 #[test]

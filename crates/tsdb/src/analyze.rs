@@ -35,6 +35,8 @@ pub struct ResolutionSummary {
     /// Sample resolution in ms (0 = raw).
     pub resolution: i64,
     pub blocks: u64,
+    /// Distinct series (label sets) over the blocks of the resolution.
+    pub series: u64,
     /// Samples (raw) or windows (downsampled).
     pub samples: u64,
     pub bytes: u64,
@@ -105,6 +107,7 @@ pub fn analyze(dir: &Path, limit: usize) -> Result<AnalyzeReport> {
     let mut names_by_series: HashMap<String, u64> = HashMap::new();
     let mut pairs: HashMap<String, u64> = HashMap::new();
     let mut values: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut series_by_res: HashMap<i64, HashSet<u64>> = HashMap::new();
     for id in block_dirs(dir)? {
         let block = match Block::open(&dir.join(&id)) {
             Ok(b) => b,
@@ -142,6 +145,10 @@ pub fn analyze(dir: &Path, limit: usize) -> Result<AnalyzeReport> {
                     break;
                 }
             };
+            series_by_res
+                .entry(m.resolution)
+                .or_default()
+                .insert(labels.stable_hash());
             if seen.contains(&labels) {
                 continue;
             }
@@ -173,6 +180,9 @@ pub fn analyze(dir: &Path, limit: usize) -> Result<AnalyzeReport> {
             ..ResolutionSummary::default()
         });
         r.blocks += 1;
+        r.series = series_by_res
+            .get(&b.resolution)
+            .map_or(0, |s| s.len() as u64);
         r.samples += b.samples;
         r.bytes += b.bytes;
         r.min_time = r.min_time.min(b.min_time);
@@ -193,6 +203,42 @@ pub fn analyze(dir: &Path, limit: usize) -> Result<AnalyzeReport> {
     report.top_label_names_by_series = top(names_by_series, limit);
     report.top_label_pairs = top(pairs, limit);
     Ok(report)
+}
+
+/// Blocks per resolution (raw first) of open `blocks`, with their distinct series (read from
+/// each block's index). What `/api/v1/status/tsdb` reports under `tidemark`.
+pub fn summarize_resolutions(blocks: &[Block]) -> Result<Vec<ResolutionSummary>> {
+    let mut by_res: std::collections::BTreeMap<i64, (ResolutionSummary, HashSet<u64>)> =
+        Default::default();
+    for b in blocks {
+        let m = b.meta();
+        let (r, series) = by_res.entry(m.resolution).or_insert_with(|| {
+            (
+                ResolutionSummary {
+                    resolution: m.resolution,
+                    min_time: m.min_time,
+                    max_time: m.max_time,
+                    ..ResolutionSummary::default()
+                },
+                HashSet::new(),
+            )
+        });
+        r.blocks += 1;
+        r.samples += m.stats.num_samples;
+        r.bytes += b.size_bytes();
+        r.min_time = r.min_time.min(m.min_time);
+        r.max_time = r.max_time.max(m.max_time);
+        for sid in 0..b.index().num_series() {
+            series.insert(b.index().series_labels(sid)?.stable_hash());
+        }
+    }
+    Ok(by_res
+        .into_values()
+        .map(|(mut r, s)| {
+            r.series = s.len() as u64;
+            r
+        })
+        .collect())
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ` for milliseconds since the epoch (proleptic Gregorian, UTC).
@@ -304,17 +350,18 @@ impl fmt::Display for AnalyzeReport {
             writeln!(f, "Blocks per resolution:")?;
             writeln!(
                 f,
-                "{:>4}  {:>6}  {:<24}  {:<24}  {:>12}  {:>12}",
-                "Res", "Blocks", "From", "To", "Samples", "Bytes"
+                "{:>4}  {:>6}  {:<24}  {:<24}  {:>10}  {:>12}  {:>12}",
+                "Res", "Blocks", "From", "To", "Series", "Samples", "Bytes"
             )?;
             for r in &self.resolutions {
                 writeln!(
                     f,
-                    "{:>4}  {:>6}  {:<24}  {:<24}  {:>12}  {:>12}",
+                    "{:>4}  {:>6}  {:<24}  {:<24}  {:>10}  {:>12}  {:>12}",
                     resolution_name(r.resolution),
                     r.blocks,
                     format_millis(r.min_time),
                     format_millis(r.max_time),
+                    r.series,
                     r.samples,
                     r.bytes
                 )?;

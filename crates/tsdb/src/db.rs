@@ -347,6 +347,13 @@ impl Db {
             .collect()
     }
 
+    /// The open blocks per resolution (raw, 5 m, 1 h): count, time range, bytes, distinct
+    /// series, samples (windows for downsampled blocks). Reads every block's series labels.
+    pub fn resolution_summary(&self) -> Result<Vec<crate::analyze::ResolutionSummary>, DbError> {
+        let blocks: Vec<Block> = self.inner.blocks.read().clone();
+        Ok(crate::analyze::summarize_resolutions(&blocks)?)
+    }
+
     /// Flushes and fsyncs everything, stops the background thread. Later appends fail; queries
     /// keep working. Idempotent.
     pub fn close(&self) -> Result<(), DbError> {

@@ -455,10 +455,10 @@ fn same_aggr(x: &AggrSeries, y: &AggrSeries) -> bool {
 }
 
 /// Starts a chunk: version, flags, `header` (decimal form: exponent and stream modes), count
-/// chunk, leading counter sample.
+/// chunk, leading counter sample (`lead`, already encoded).
 fn chunk_writer<'a>(
     a: &'a AggrSeries,
-    lead: usize,
+    lead: &[u8],
     flags: u8,
     header: &[u8],
 ) -> Result<ChunkWriter<'a>> {
@@ -477,12 +477,7 @@ fn chunk_writer<'a>(
     let count = std::mem::take(&mut w.count);
     w.part(&count);
     w.count = count;
-    let lead_bytes = if lead == 1 {
-        encode_stream(&a.counter[..1])?
-    } else {
-        Vec::new()
-    };
-    w.part(&lead_bytes);
+    w.part(lead);
     Ok(w)
 }
 
@@ -497,7 +492,12 @@ fn encode_plain(a: &AggrSeries, lead: usize) -> Result<Vec<u8>> {
     if bits_eq(counter, &a.last) {
         flags |= FLAG_COUNTER_IS_LAST;
     }
-    let mut w = chunk_writer(a, lead, flags, &[])?;
+    let lead_bytes = if lead == 1 {
+        encode_stream(&a.counter[..1])?
+    } else {
+        Vec::new()
+    };
+    let mut w = chunk_writer(a, &lead_bytes, flags, &[])?;
     w.values(a.last.iter().map(|s| s.v))?;
     w.values(a.min.iter().map(|s| s.v))?;
     if flags & FLAG_MAX_IS_LAST == 0 {
@@ -517,7 +517,7 @@ fn encode_decimal(a: &AggrSeries, lead: usize) -> Result<Option<Vec<u8>>> {
         [&a.last, &a.min, &a.max, &a.sum]
             .into_iter()
             .flat_map(|s| s.iter())
-            .chain(counter)
+            .chain(&a.counter)
     };
     let mut e = 0;
     for s in all() {
@@ -578,7 +578,21 @@ fn encode_decimal(a: &AggrSeries, lead: usize) -> Result<Option<Vec<u8>>> {
         (&d, &zero),
         (&q, &zero),
     ];
-    let mut w = chunk_writer(a, lead, FLAG_DECIMAL, &[e as u8, 0, 0])?;
+    // The leading counter sample: its distance before the first window's timestamp and its
+    // units (zigzag), as uvarints.
+    let mut lead_bytes = Vec::new();
+    if let Some(s) = a.counter[..lead].first() {
+        let (Some(dt), Some(u)) = (
+            u64::try_from(a.count[0].t.wrapping_sub(s.t)).ok(),
+            units(s.v, e).and_then(as_exact_f64),
+        ) else {
+            return Ok(None);
+        };
+        let u = u as i64;
+        put_uvarint(&mut lead_bytes, dt);
+        put_uvarint(&mut lead_bytes, ((u << 1) ^ (u >> 63)) as u64);
+    }
+    let mut w = chunk_writer(a, &lead_bytes, FLAG_DECIMAL, &[e as u8, 0, 0])?;
     let modes_at = 3;
     let mut modes = 0u16;
     for (i, (t, p)) in streams.into_iter().enumerate() {
@@ -691,11 +705,29 @@ pub fn decode_aggr_chunk(data: &[u8]) -> std::result::Result<AggrSeries, String>
     let count_bytes = part("count")?;
     out.count = dec(count_bytes, "count")?;
     let prefix = ts_prefix_len(count_bytes).ok_or("aggregate chunk: bad count chunk header")?;
-    let lead = part("counter lead")?;
-    let lead = if lead.is_empty() {
-        Vec::new()
-    } else {
-        dec(lead, "counter lead")?
+    let lead_part = part("counter lead")?;
+    let lead = match (lead_part.is_empty(), exponent, out.count.first()) {
+        (true, _, _) => Vec::new(),
+        (false, None, _) => dec(lead_part, "counter lead")?,
+        (false, Some((e, _)), Some(c0)) => {
+            let mut p = 0;
+            let (Some(dt), Some(z), true) = (
+                get_uvarint(lead_part, &mut p),
+                get_uvarint(lead_part, &mut p),
+                p == lead_part.len(),
+            ) else {
+                return Err("aggregate chunk: bad counter lead".into());
+            };
+            let u = ((z >> 1) as i64) ^ -((z & 1) as i64);
+            let t = i64::try_from(dt)
+                .ok()
+                .and_then(|dt| c0.t.checked_sub(dt))
+                .ok_or("aggregate chunk: counter lead out of range")?;
+            vec![Sample::new(t, u as f64 / POW10[e as usize])]
+        }
+        (false, Some(_), None) => {
+            return Err("aggregate chunk: counter lead without windows".into());
+        }
     };
     let n = out.count.len();
     let mut values = |what: &str| -> std::result::Result<Vec<f64>, String> {

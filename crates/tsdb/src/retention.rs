@@ -190,8 +190,9 @@ pub fn apply_by_resolution(
 }
 
 /// A per-metric retention rule: series matching every one of `matchers` keep data of a
-/// resolution for at most that resolution's time (`None`: only the resolution's global
-/// retention applies). A rule can only shorten retention.
+/// resolution for at most that resolution's time (`None` or 0: only the resolution's global
+/// retention applies, as 0 means "no limit" everywhere else). A rule can only shorten
+/// retention.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RetentionRule {
     pub matchers: Vec<Matcher>,
@@ -219,7 +220,7 @@ pub fn rules_due(m: &BlockMeta, rules: &[RetentionRule], newest: i64) -> Vec<usi
         .enumerate()
         .filter(|(_, r)| {
             r.of(m.resolution).is_some_and(|ms| {
-                newest != i64::MIN && ms >= 0 && m.max_time <= newest.saturating_sub(ms)
+                newest != i64::MIN && ms > 0 && m.max_time <= newest.saturating_sub(ms)
             })
         })
         .map(|(i, _)| i)

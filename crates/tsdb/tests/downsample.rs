@@ -451,15 +451,36 @@ fn leftover_and_obsolete_blocks_after_a_crash() {
 
     // `tidemark tsdb analyze` shows the blocks per resolution.
     let report = tidemark_tsdb::analyze::analyze(dir.path(), 5).unwrap();
-    let per_res: Vec<(i64, u64)> = report
+    let per_res: Vec<(i64, u64, u64, u64, i64, i64)> = report
         .resolutions
         .iter()
-        .map(|r| (r.resolution, r.blocks))
+        .map(|r| {
+            (
+                r.resolution,
+                r.blocks,
+                r.series,
+                r.samples,
+                r.min_time,
+                r.max_time,
+            )
+        })
         .collect();
-    assert_eq!(per_res, vec![(0, 1), (RES_5M, 1), (RES_1H, 1)]);
+    let day_windows = |res: i64| 3 * (DAY / res) as u64;
+    assert_eq!(
+        per_res,
+        vec![
+            (0, 1, 3, 3 * 24 * 60, 0, DAY),
+            (RES_5M, 1, 3, day_windows(RES_5M), 0, DAY),
+            (RES_1H, 1, 3, day_windows(RES_1H), 0, DAY)
+        ]
+    );
+    // The same figures from open blocks (what /api/v1/status/tsdb reports).
+    let (blocks, _) = open_blocks(dir.path()).unwrap();
+    let summary = tidemark_tsdb::analyze::summarize_resolutions(&blocks).unwrap();
+    assert_eq!(summary, report.resolutions);
     let text = report.to_string();
     assert!(
-        text.contains("Blocks per resolution") && text.contains("  5m "),
+        text.contains("Blocks per resolution") && text.contains("Series") && text.contains("  5m "),
         "{text}"
     );
 }
@@ -785,7 +806,7 @@ proptest! {
                 .filter(|l| {
                     !rules.iter().any(|r| {
                         r.matchers.iter().all(|mm| mm.matches(l.get(&mm.name).unwrap_or("")))
-                            && r.of(m.resolution).is_some_and(|ms| m.max_time <= newest - ms)
+                            && r.of(m.resolution).is_some_and(|ms| ms > 0 && m.max_time <= newest - ms)
                     })
                 })
                 .cloned()
