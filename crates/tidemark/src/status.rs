@@ -26,13 +26,15 @@ fn top(map: HashMap<String, u64>, limit: usize) -> Vec<Stat> {
 pub(crate) fn tsdb_status(db: &Db, limit: usize) -> Result<TsdbStatus, Error> {
     let st = db.stats();
     let (mint, maxt) = (st.head_min_time.unwrap_or(0), st.head_max_time.unwrap_or(0));
-    cardinality(
+    let mut out = cardinality(
         db,
         (mint, maxt),
         st.head_series as u64,
         st.head_chunks_written,
         limit,
-    )
+    )?;
+    out.tidemark = Some(blocks_by_resolution(db)?);
+    Ok(out)
 }
 
 /// [`tsdb_status`] over any storage: the series with samples in `[mint, maxt]` (the head's
@@ -89,7 +91,7 @@ pub(crate) fn cardinality(
         ),
         memory_in_bytes_by_label_name: top(bytes_by_name, limit),
         series_count_by_label_value_pair: top(pairs, limit),
-        tidemark: Some(blocks_by_resolution(db)?),
+        tidemark: None,
     })
 }
 
