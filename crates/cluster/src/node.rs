@@ -24,7 +24,7 @@ use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{BasicNode, Config, SnapshotPolicy};
 use parking_lot::Mutex;
 use tidemark_model::{Labels, MatchType, Matcher};
-use tidemark_storage::Queryable;
+use tidemark_storage::{DownsampleAggregate, Queryable, ResolutionQueryable};
 use tidemark_tsdb::chunk::ChunkEncoder;
 use tidemark_tsdb::{Db, DbOptions};
 use tonic::{Request, Response, Status};
@@ -162,6 +162,9 @@ pub struct ShardSeries {
     pub labels: Labels,
     pub samples: Vec<tidemark_model::Sample>,
 }
+
+/// Which data a select reads: raw (`None`) or one aggregate of one downsampled resolution.
+pub type ReadSource = Option<(i64, DownsampleAggregate)>;
 
 /// Where a read of one shard is served: this node's replica (read it lazily, in place), or
 /// the series another node sent.
@@ -931,8 +934,8 @@ impl Node {
         &self,
         s: u32,
         matchers: &[Matcher],
-        mint: i64,
-        maxt: i64,
+        (mint, maxt): (i64, i64),
+        source: ReadSource,
         allow_stale: bool,
     ) -> Result<ShardRead, ClusterError> {
         if allow_stale && let Some(db) = self.shard(s).and_then(|sh| sh.data.db()) {
@@ -941,7 +944,7 @@ impl Node {
         if let Some(db) = self.readable_here(s).await {
             return Ok(ShardRead::Local(db));
         }
-        self.select_shard(s, matchers, mint, maxt, false)
+        self.select_shard(s, matchers, (mint, maxt), source, false)
             .await
             .map(ShardRead::Remote)
     }
@@ -951,17 +954,17 @@ impl Node {
         &self,
         s: u32,
         matchers: &[Matcher],
-        mint: i64,
-        maxt: i64,
+        (mint, maxt): (i64, i64),
+        source: ReadSource,
         allow_stale: bool,
     ) -> Result<Vec<ShardSeries>, ClusterError> {
         if allow_stale && let Some(db) = self.shard(s).and_then(|sh| sh.data.db()) {
-            return local_select(db, matchers.to_vec(), mint, maxt).await;
+            return local_select(db, matchers.to_vec(), mint, maxt, source).await;
         }
         let pb_matchers: Vec<pb::LabelMatcher> = matchers.iter().map(to_pb_matcher).collect();
         self.read_on_leader(
             s,
-            |db| local_select(db, matchers.to_vec(), mint, maxt),
+            |db| local_select(db, matchers.to_vec(), mint, maxt, source),
             |mut c, timeout| {
                 let mut r = Request::new(pb::SelectRequest {
                     shard: s,
@@ -969,6 +972,8 @@ impl Node {
                     min_time: mint,
                     max_time: maxt,
                     allow_stale: false,
+                    resolution: source.map_or(0, |x| x.0),
+                    aggregate: source.map(|x| x.1.name().to_string()).unwrap_or_default(),
                 });
                 r.set_timeout(timeout);
                 async move {
@@ -1523,11 +1528,16 @@ async fn local_select(
     matchers: Vec<Matcher>,
     mint: i64,
     maxt: i64,
+    source: ReadSource,
 ) -> Result<Vec<ShardSeries>, ClusterError> {
     tokio::task::spawn_blocking(move || -> Result<Vec<ShardSeries>, ClusterError> {
-        let q = db
-            .querier(mint, maxt)
-            .map_err(|e| ClusterError::Other(e.to_string()))?;
+        let q = match source {
+            None => db.querier(mint, maxt),
+            Some((res, aggr)) => {
+                ResolutionQueryable::querier_resolution(&db, mint, maxt, res, aggr)
+            }
+        }
+        .map_err(|e| ClusterError::Other(e.to_string()))?;
         let mut out = Vec::new();
         for s in q.select(true, None, &matchers) {
             let s = s.map_err(|e| ClusterError::Other(e.to_string()))?;
@@ -1731,7 +1741,15 @@ impl pb::cluster_server::Cluster for Service {
                 }));
             }
         };
-        let series = local_select(db, matchers, req.min_time, req.max_time)
+        let source = if req.resolution > 0 {
+            let aggr = DownsampleAggregate::from_name(&req.aggregate).ok_or_else(|| {
+                Status::invalid_argument(format!("unknown aggregate {:?}", req.aggregate))
+            })?;
+            Some((req.resolution, aggr))
+        } else {
+            None
+        };
+        let series = local_select(db, matchers, req.min_time, req.max_time, source)
             .await
             .map_err(|e| Status::internal(e.to_string()))?;
         let series = tokio::task::spawn_blocking(move || encode_series(series))

@@ -9,13 +9,14 @@ use std::sync::Arc;
 
 use tidemark_model::{Labels, Matcher};
 use tidemark_storage::{
-    Appendable, Appender, ListSeries, Querier, Queryable, SelectHints, Series, SeriesRef,
-    SeriesSet, merge_series_sets, series_set_from_vec,
+    Appendable, Appender, DownsampleAggregate, ListSeries, Querier, Queryable, ResolutionQueryable,
+    ResolutionRange, SelectHints, Series, SeriesRef, SeriesSet, merge_resolution_ranges,
+    merge_series_sets, series_set_from_vec,
 };
 use tokio::runtime::Handle;
 
 use crate::batch::BatchBuilder;
-use crate::node::{Node, ShardRead, shard_of};
+use crate::node::{Node, ReadSource, ShardRead, shard_of};
 
 /// Largest encoded batch in one Raft entry; bigger commits are split.
 const MAX_BATCH_BYTES: usize = 4 << 20;
@@ -165,6 +166,44 @@ impl Queryable for ClusterStorage {
             storage: self.clone(),
             mint,
             maxt,
+            source: None,
+        }))
+    }
+
+    fn downsampled(&self) -> Option<&dyn ResolutionQueryable> {
+        Some(self)
+    }
+}
+
+/// Each shard downsamples its own blocks; the planner reads them like raw data, through the
+/// same per-shard read path (in place when this replica may serve the read, else the leader
+/// sends the aggregate's samples).
+impl ResolutionQueryable for ClusterStorage {
+    /// The union over the shards hosted here (the time ranges guide the plan; the data is
+    /// then read with the usual guarantees). Shards hosted elsewhere only are not seen: with
+    /// fewer replicas than nodes the planner may then use raw data where coarser data exists.
+    fn resolutions(&self) -> tidemark_storage::Result<Vec<ResolutionRange>> {
+        let mut parts = Vec::new();
+        for sh in self.node.hosted() {
+            if let Some(db) = sh.data.db() {
+                parts.push(ResolutionQueryable::resolutions(&db)?);
+            }
+        }
+        Ok(merge_resolution_ranges(parts))
+    }
+
+    fn querier_resolution(
+        &self,
+        mint: i64,
+        maxt: i64,
+        resolution: i64,
+        aggr: DownsampleAggregate,
+    ) -> tidemark_storage::Result<Box<dyn Querier>> {
+        Ok(Box::new(ClusterQuerier {
+            storage: self.clone(),
+            mint,
+            maxt,
+            source: (resolution > 0).then_some((resolution, aggr)),
         }))
     }
 }
@@ -175,6 +214,8 @@ struct ClusterQuerier {
     storage: ClusterStorage,
     mint: i64,
     maxt: i64,
+    /// Raw data, or one downsampled aggregate.
+    source: ReadSource,
 }
 
 impl Querier for ClusterQuerier {
@@ -185,13 +226,16 @@ impl Querier for ClusterQuerier {
         matchers: &[Matcher],
     ) -> SeriesSet {
         let node = self.storage.node.clone();
-        let (mint, maxt) = (self.mint, self.maxt);
+        let (mint, maxt, source) = (self.mint, self.maxt, self.source);
         let m = matchers.to_vec();
         let res = self.storage.wait(async move {
             let futs = (0..node.num_shards()).map(|s| {
                 let node = node.clone();
                 let m = m.clone();
-                async move { node.select_shard_read(s, &m, mint, maxt, false).await }
+                async move {
+                    node.select_shard_read(s, &m, (mint, maxt), source, false)
+                        .await
+                }
             });
             futures::future::join_all(futs).await
         });
@@ -203,10 +247,18 @@ impl Querier for ClusterQuerier {
         for r in results {
             match r {
                 // This node's replica, read in place (lazily, as on a single node).
-                Ok(ShardRead::Local(db)) => match db.querier(mint, maxt) {
-                    Ok(q) => sets.push(q.select(true, hints, matchers)),
-                    Err(e) => return Box::new(std::iter::once(Err(e))),
-                },
+                Ok(ShardRead::Local(db)) => {
+                    let q = match source {
+                        None => db.querier(mint, maxt),
+                        Some((r, a)) => {
+                            ResolutionQueryable::querier_resolution(&db, mint, maxt, r, a)
+                        }
+                    };
+                    match q {
+                        Ok(q) => sets.push(q.select(true, hints, matchers)),
+                        Err(e) => return Box::new(std::iter::once(Err(e))),
+                    }
+                }
                 Ok(ShardRead::Remote(series)) => {
                     let v: Vec<Arc<dyn Series>> = series
                         .into_iter()
