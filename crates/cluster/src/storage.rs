@@ -46,7 +46,17 @@ impl ClusterStorage {
         self.rt.spawn(async move {
             let _ = tx.send(fut.await);
         });
-        rx.recv().map_err(|_| {
+        // Called from a runtime worker (a caller that should have used spawn_blocking), the
+        // wait would take that worker away from the very tasks it waits for: tell the runtime
+        // to hand its other tasks to another thread first.
+        let on_worker = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let got = if on_worker {
+            tokio::task::block_in_place(|| rx.recv())
+        } else {
+            rx.recv()
+        };
+        got.map_err(|_| {
             tidemark_storage::Error::Unavailable("the cluster node is shutting down".into())
         })
     }

@@ -269,7 +269,12 @@ async fn run_group(inner: Arc<Inner>, group: Arc<Mutex<Group>>) {
                 appendable: inner2.appendable.as_ref(),
                 opts: &opts,
             };
-            let mut g = group2.lock();
+            // Evaluate a copy and put it back: the group's lock is never held across the
+            // evaluation, which may wait on storage (in a cluster, on other nodes) — API
+            // handlers (`/api/v1/rules`, `/alerts`, `/metrics`) lock groups from async tasks,
+            // and blocking them behind a long evaluation starved the runtime that evaluation
+            // itself was waiting on (a node stalled for good).
+            let mut g = group2.lock().clone();
             g.eval(&ctx, ts);
             let exprs: Vec<(String, String)> = g
                 .rules
@@ -278,6 +283,7 @@ async fn run_group(inner: Arc<Inner>, group: Arc<Mutex<Group>>) {
                 .map(|r| (r.name().to_string(), r.def.expr.clone()))
                 .collect();
             let alerts = g.alerts_to_send(ts, &opts);
+            *group2.lock() = g;
             alerts
                 .into_iter()
                 .map(|a| {
