@@ -426,34 +426,35 @@ impl Node {
         Ok(())
     }
 
-    fn spawn_background(self: Arc<Node>) {
-        // Peer liveness: a Status call to every peer each second.
-        let weak = Arc::downgrade(&self);
+    /// Runs `f` every `period` until shutdown (or until the node is dropped).
+    fn every<F, Fut>(self: &Arc<Node>, period: Duration, f: F)
+    where
+        F: Fn(Arc<Node>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let weak = Arc::downgrade(self);
         let mut rx = self.shutdown.subscribe();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            let mut tick = tokio::time::interval(period);
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
                     _ = rx.wait_for(|v| *v) => return,
                 }
                 let Some(node) = weak.upgrade() else { return };
-                node.probe_peers().await;
+                f(node).await;
             }
         });
+    }
+
+    fn spawn_background(self: Arc<Node>) {
+        // Peer liveness: a Status call to every peer twice a second.
+        self.every(Duration::from_millis(500), |node| async move {
+            node.probe_peers().await
+        });
         // Reconciliation with the shard map (module docs).
-        let weak = Arc::downgrade(&self);
-        let mut rx = self.shutdown.subscribe();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = rx.wait_for(|v| *v) => return,
-                }
-                let Some(node) = weak.upgrade() else { return };
-                node.reconcile().await;
-            }
+        self.every(Duration::from_secs(1), |node| async move {
+            node.reconcile().await
         });
         // Preferred leaders: at start, a replica that is its shard's preferred leader campaigns
         // before the election timeout when no leader is known, so leaders spread over the

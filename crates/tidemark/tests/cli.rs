@@ -89,41 +89,39 @@ fn imported_samples_survive_restart() {
 #[test]
 fn check_config_names_unknown_key_and_line() {
     let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("bad.yml");
-    std::fs::write(&p, "global:\n  scrape_interval: 15s\nscrape_configs:\n  - job_name: a\n    scrape_intervall: 5s\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["check", "config"])
-        .arg(&p)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
+    // `tidemark check config` on `yaml`: it must fail; returns what it printed.
+    let check_fails = |name: &str, yaml: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, yaml).unwrap();
+        let out = Command::new(BIN)
+            .args(["check", "config"])
+            .arg(&p)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{name} passed the check");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = check_fails(
+        "bad.yml",
+        "global:\n  scrape_interval: 15s\nscrape_configs:\n  - job_name: a\n    scrape_intervall: 5s\n",
+    );
     assert!(
         text.contains("scrape_intervall") && (text.contains("line 5") || text.contains(":5:")),
         "{text}"
     );
     // The downsampling and retention keys are checked too.
-    let bad = dir.path().join("bad2.yml");
-    std::fs::write(&bad, "tidemark:\n  storage:\n    downsampling:\n      enabled: true\n      resolution_5m_aftr: 2d\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["check", "config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = check_fails(
+        "bad2.yml",
+        "tidemark:\n  storage:\n    downsampling:\n      enabled: true\n      resolution_5m_aftr: 2d\n",
+    );
     assert!(
         text.contains("resolution_5m_aftr") && text.contains("line 5"),
         "{text}"
     );
-    std::fs::write(&bad, "tidemark:\n  storage:\n    retention:\n      rules:\n        - match: '{__name__=~\"debug_.*\"}'\n          time: 2x\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["check", "config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = check_fails(
+        "bad3.yml",
+        "tidemark:\n  storage:\n    retention:\n      rules:\n        - match: '{__name__=~\"debug_.*\"}'\n          time: 2x\n",
+    );
     assert!(
         text.contains("tidemark.storage.retention.rules[0].time"),
         "{text}"
