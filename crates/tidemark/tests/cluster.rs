@@ -1154,7 +1154,11 @@ fn admin_delete_and_tsdb_status_cover_every_shard_and_replica() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let (acked, _) = w.finish();
-    assert!(acked.len() >= 20, "only {} writes acknowledged", acked.len());
+    assert!(
+        acked.len() >= 20,
+        "only {} writes acknowledged",
+        acked.len()
+    );
     let at = (now_ms() as f64) / 1000.0;
     assert_eq!(stored(&c.nodes[0], at).len(), SERIES);
 
