@@ -341,26 +341,9 @@ impl Ctx<'_> {
         // Read the samples in parallel; the first series' length sizes the other buffers.
         let read =
             |s: &std::sync::Arc<dyn tidemark_storage::Series>, cap: usize| -> Result<RawSeries> {
-                let mut it = s.iter();
-                let mut samples = Vec::with_capacity(cap);
-                if it.seek(mint) {
-                    loop {
-                        let smp = it.at();
-                        if smp.t > maxt {
-                            break;
-                        }
-                        samples.push(smp);
-                        if !it.next() {
-                            break;
-                        }
-                    }
-                }
-                if let Some(e) = it.err() {
-                    return Err(e.into());
-                }
                 Ok(RawSeries {
                     labels: s.labels().clone(),
-                    samples,
+                    samples: samples_in(s.as_ref(), mint, maxt, cap)?,
                 })
             };
         let mut all: Vec<RawSeries> = Vec::with_capacity(handles.len());
@@ -489,23 +472,7 @@ impl Ctx<'_> {
                     if Instant::now() > self.deadline {
                         return Err(timeout_error(self.timeout));
                     }
-                    let mut samples = Vec::new();
-                    let mut it = series.iter();
-                    if it.seek(lo) {
-                        loop {
-                            let smp = it.at();
-                            if smp.t > hi {
-                                break;
-                            }
-                            samples.push(smp);
-                            if !it.next() {
-                                break;
-                            }
-                        }
-                    }
-                    if let Some(e) = it.err() {
-                        return Err(e.into());
-                    }
+                    let mut samples = samples_in(series.as_ref(), lo, hi, 0)?;
                     if raw {
                         if aggr != DownsampleAggregate::Last {
                             samples.retain(|x| !x.v.is_nan());
@@ -1148,6 +1115,33 @@ pub(crate) fn format_float_go(v: f64, eprec: i32) -> String {
         return format!("{m}e{sign}{digits}");
     }
     format!("{v}")
+}
+
+/// The samples of `s` in `[mint, maxt]` (`cap`: expected count, for the allocation).
+fn samples_in(
+    s: &dyn tidemark_storage::Series,
+    mint: i64,
+    maxt: i64,
+    cap: usize,
+) -> Result<Vec<Sample>> {
+    let mut it = s.iter();
+    let mut samples = Vec::with_capacity(cap);
+    if it.seek(mint) {
+        loop {
+            let smp = it.at();
+            if smp.t > maxt {
+                break;
+            }
+            samples.push(smp);
+            if !it.next() {
+                break;
+            }
+        }
+    }
+    if let Some(e) = it.err() {
+        return Err(e.into());
+    }
+    Ok(samples)
 }
 
 #[cfg(test)]

@@ -443,30 +443,33 @@ mod tests {
         assert_eq!(vals, vec![5.0, 7.0, 9.0, 11.0, 12.0]);
     }
 
+    /// A 5 m segment over [0, 999] holding `a`, then a raw one over [1000, 2000] holding `b`.
+    fn coarse_then_raw(a: Vec<Sample>, b: Vec<Sample>) -> Vec<Part> {
+        let seg = |resolution, from, to| Segment {
+            resolution,
+            from,
+            to,
+        };
+        vec![
+            Part {
+                seg: seg(M5, 0, 999),
+                samples: a,
+            },
+            Part {
+                seg: seg(0, 1000, 2000),
+                samples: b,
+            },
+        ]
+    }
+
     #[test]
     fn join_counter_at_a_common_timestamp() {
-        let a = Segment {
-            resolution: M5,
-            from: 0,
-            to: 999,
-        };
-        let b = Segment {
-            resolution: 0,
-            from: 1000,
-            to: 2000,
-        };
         // The coarse part is offset by 100 (resets before), read one window into b; the raw
         // part (compensated) was read one window back into a.
-        let parts = vec![
-            Part {
-                seg: a,
-                samples: vec![s(500, 110.0), s(990, 120.0), s(1400, 130.0)],
-            },
-            Part {
-                seg: b,
-                samples: vec![s(990, 20.0), s(1100, 25.0), s(1400, 30.0), s(1900, 41.0)],
-            },
-        ];
+        let parts = coarse_then_raw(
+            vec![s(500, 110.0), s(990, 120.0), s(1400, 130.0)],
+            vec![s(990, 20.0), s(1100, 25.0), s(1400, 30.0), s(1900, 41.0)],
+        );
         let j = join(parts, DownsampleAggregate::Counter);
         assert_eq!(
             j,
@@ -479,16 +482,10 @@ mod tests {
             ]
         );
         // No common timestamp: continue from the previous value (never a fake reset).
-        let parts = vec![
-            Part {
-                seg: a,
-                samples: vec![s(500, 110.0), s(990, 120.0)],
-            },
-            Part {
-                seg: b,
-                samples: vec![s(1100, 25.0), s(1400, 30.0)],
-            },
-        ];
+        let parts = coarse_then_raw(
+            vec![s(500, 110.0), s(990, 120.0)],
+            vec![s(1100, 25.0), s(1400, 30.0)],
+        );
         let j = join(parts, DownsampleAggregate::Counter);
         assert_eq!(
             j,
@@ -498,26 +495,10 @@ mod tests {
 
     #[test]
     fn join_other_aggregates_keeps_each_segment() {
-        let a = Segment {
-            resolution: M5,
-            from: 0,
-            to: 999,
-        };
-        let b = Segment {
-            resolution: 0,
-            from: 1000,
-            to: 2000,
-        };
-        let parts = vec![
-            Part {
-                seg: a,
-                samples: vec![s(500, 1.0), s(990, 2.0), s(1200, 9.0)],
-            },
-            Part {
-                seg: b,
-                samples: vec![s(900, 9.0), s(1000, 3.0), s(1500, 4.0)],
-            },
-        ];
+        let parts = coarse_then_raw(
+            vec![s(500, 1.0), s(990, 2.0), s(1200, 9.0)],
+            vec![s(900, 9.0), s(1000, 3.0), s(1500, 4.0)],
+        );
         assert_eq!(
             join(parts, DownsampleAggregate::Sum),
             vec![s(500, 1.0), s(990, 2.0), s(1000, 3.0), s(1500, 4.0)]

@@ -457,21 +457,7 @@ impl HttpClient {
         let uri: Uri = url
             .parse()
             .map_err(|e| format!("invalid URL {url:?}: {e}"))?;
-        let key = format!(
-            "{}://{}",
-            uri.scheme_str().unwrap_or("http"),
-            uri.authority().map_or("", |a| a.as_str())
-        );
-        let reusable = match conn {
-            Some(c) => c.key == key && c.sender.ready().await.is_ok(),
-            None => false,
-        };
-        if !reusable {
-            *conn = Some(self.connect(&uri).await?);
-        }
-        let Some(c) = conn.as_mut() else {
-            return Err("no connection".into());
-        };
+        let c = self.ready_connection(conn, &uri).await?;
         let mut req = Request::post(uri.path_and_query().map_or("/", |p| p.as_str()))
             .header(HOST, uri.authority().map_or("", |a| a.as_str()))
             .header(CONTENT_TYPE, content_type)
@@ -501,12 +487,13 @@ impl HttpClient {
         Ok((status, Bytes::from(out)))
     }
 
-    async fn request(
+    /// The kept connection when it goes to `uri`'s scheme and authority and is ready, else a
+    /// new one (kept in `conn` for the next call).
+    async fn ready_connection<'a>(
         &self,
-        conn: &mut Option<Connection>,
+        conn: &'a mut Option<Connection>,
         uri: &Uri,
-        timeout_s: f64,
-    ) -> Result<hyper::Response<hyper::body::Incoming>, String> {
+    ) -> Result<&'a mut Connection, String> {
         let key = format!(
             "{}://{}",
             uri.scheme_str().unwrap_or("http"),
@@ -519,9 +506,16 @@ impl HttpClient {
         if !reusable {
             *conn = Some(self.connect(uri).await?);
         }
-        let Some(c) = conn.as_mut() else {
-            return Err("no connection".into());
-        };
+        conn.as_mut().ok_or_else(|| "no connection".to_string())
+    }
+
+    async fn request(
+        &self,
+        conn: &mut Option<Connection>,
+        uri: &Uri,
+        timeout_s: f64,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, String> {
+        let c = self.ready_connection(conn, uri).await?;
         let mut req = Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
             .header(HOST, uri.authority().map_or("", |a| a.as_str()))
             .header(ACCEPT, ACCEPT_HEADER)

@@ -924,21 +924,7 @@ fn alert_states(n: &ClusterNode, name: &str) -> Vec<String> {
 #[test]
 fn rule_groups_spread_and_a_firing_alert_stays_firing_after_failover() {
     let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules.yml");
-    std::fs::write(
-        &rules,
-        "groups:\n  - name: g1\n    interval: 1s\n    rules:\n      - alert: AlwaysFiring\n        expr: vector(1)\n        for: 3s\n",
-    )
-    .unwrap();
-    let cfg = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "global:\n  evaluation_interval: 1s\nrule_files: ['{}']\n",
-            rules.display()
-        ),
-    )
-    .unwrap();
+    let cfg = server::always_firing_config(dir.path(), "g1", 3);
     let cfg_arg = format!("--config.file={}", cfg.display());
     let mut c = start_cluster(3, 2, &[&cfg_arg]);
 

@@ -20,21 +20,7 @@ fn alert_states(s: &Server, name: &str) -> Vec<String> {
 #[test]
 fn firing_alert_is_firing_again_right_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let rules = dir.path().join("rules.yml");
-    std::fs::write(
-        &rules,
-        "groups:\n  - name: g\n    interval: 1s\n    rules:\n      - alert: AlwaysFiring\n        expr: vector(1)\n        for: 5s\n",
-    )
-    .unwrap();
-    let cfg = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "global:\n  evaluation_interval: 1s\nrule_files: ['{}']\n",
-            rules.display()
-        ),
-    )
-    .unwrap();
+    let cfg = server::always_firing_config(dir.path(), "g", 5);
     let data = dir.path().join("data");
     let cfg_arg = cfg.display().to_string();
     let s = Server::start(&data, &["--config.file", &cfg_arg]);

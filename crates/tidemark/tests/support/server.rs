@@ -167,3 +167,27 @@ pub fn alert_states_in(body: &[u8], name: &str) -> Vec<String> {
         .map(|a| a["state"].as_str().unwrap().to_string())
         .collect()
 }
+
+/// Writes into `dir` a rule file with one group `group` (evaluated every second) holding the
+/// alert `AlwaysFiring` (`vector(1)`, `for: <for_s>s`), and a Prometheus configuration that
+/// loads it; returns the configuration's path.
+pub fn always_firing_config(dir: &Path, group: &str, for_s: u32) -> std::path::PathBuf {
+    let rules = dir.join("rules.yml");
+    std::fs::write(
+        &rules,
+        format!(
+            "groups:\n  - name: {group}\n    interval: 1s\n    rules:\n      - alert: AlwaysFiring\n        expr: vector(1)\n        for: {for_s}s\n"
+        ),
+    )
+    .unwrap();
+    let cfg = dir.join("prometheus.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global:\n  evaluation_interval: 1s\nrule_files: ['{}']\n",
+            rules.display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
