@@ -1247,6 +1247,14 @@ impl Node {
                     "add-node needs a node id > 0 and an address".into(),
                 ));
             }
+            let port_ok = addr
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !port_ok || addr.contains(char::is_whitespace) || addr.contains('/') {
+                return Err(ClusterError::Invalid(format!(
+                    "add-node: {addr:?} is not HOST:PORT"
+                )));
+            }
             if let Some(old) = group_nodes(&self.meta).get(&id)
                 && !old.starts_with("node-")
                 && *old != addr

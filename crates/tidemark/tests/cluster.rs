@@ -1056,6 +1056,19 @@ fn add_node_and_remove_node_move_replicas_under_load() {
     };
     n4.start();
     c.nodes.push(n4);
+    // A malformed address is refused at once, naming the problem.
+    let out = Command::new(BIN)
+        .args(["cluster", "add-node", "--address"])
+        .arg(format!("127.0.0.1:{}", c.nodes[0].cport))
+        .args(["--node-id=4", "--node-address=not-an-address", "--wait=0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("HOST:PORT"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let t = Instant::now();
     cluster_cmd(&[
         "add-node".into(),
