@@ -319,7 +319,9 @@ impl<'a> IntoIterator for &'a Labels {
 
 impl PartialEq for Labels {
     fn eq(&self, other: &Self) -> bool {
-        self.buf == other.buf
+        // Shared label sets (the scrape cache and the head hold the same `Arc`) compare without
+        // touching the bytes.
+        Arc::ptr_eq(&self.buf, &other.buf) || self.buf == other.buf
     }
 }
 impl Eq for Labels {}

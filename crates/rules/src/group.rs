@@ -292,7 +292,7 @@ impl Group {
 
     /// Writes staleness markers for everything this group wrote last (the group was removed).
     pub fn mark_all_stale(&mut self, appendable: &dyn Appendable, ts: i64) {
-        let mut app = appendable.appender();
+        let mut app = appendable.background_appender();
         for r in &mut self.rules {
             for l in r.prev_series.drain() {
                 let _ = app.append(None, &l, ts, stale_nan());
@@ -335,7 +335,7 @@ impl Group {
                 }
             };
             // One commit per rule, as Prometheus: later rules of the group see this output.
-            let mut app = ctx.appendable.appender();
+            let mut app = ctx.appendable.background_appender();
             let mut now_series = HashSet::with_capacity(out.len());
             for (l, v) in &out {
                 if let Err(e) = app.append(None, l, ts, *v) {

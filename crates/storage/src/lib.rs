@@ -33,6 +33,13 @@ pub struct SeriesRef(pub u64);
 pub trait Appendable: Send + Sync {
     /// A new appender; its samples become visible together on [`Appender::commit`].
     fn appender(&self) -> Box<dyn Appender>;
+
+    /// An appender for writes that no client waits on (scrapes, rule results): its `commit`
+    /// makes the batch visible and may return before it is durable; the storage makes it
+    /// durable soon after (a single node: within about a second). Default: [`Self::appender`].
+    fn background_appender(&self) -> Box<dyn Appender> {
+        self.appender()
+    }
 }
 
 /// A batch of writes. Nothing is visible (or durable) before `commit` returns `Ok`.

@@ -752,6 +752,10 @@ impl Appendable for Db {
     fn appender(&self) -> Box<dyn Appender> {
         Box::new(self.inner.head.appender())
     }
+
+    fn background_appender(&self) -> Box<dyn Appender> {
+        Box::new(self.inner.head.background_appender())
+    }
 }
 
 impl Queryable for Db {

@@ -197,12 +197,22 @@ impl Head {
         Ok(Inserted::Added)
     }
 
-    /// A new appender.
+    /// A new appender; its commit returns once the batch is durable (per the log's policy).
     pub fn appender(self: &Arc<Self>) -> HeadAppender {
         HeadAppender {
             head: self.clone(),
             pending: Vec::new(),
+            lazy_sync: false,
         }
+    }
+
+    /// A new appender for writes nobody waits on (scrapes, rules): its commit does not wait for
+    /// an fsync; the log is fsynced by a commit that waits, or by one of these at most every
+    /// [`LAZY_SYNC_INTERVAL`], and the OS writes the records back meanwhile.
+    pub fn background_appender(self: &Arc<Self>) -> HeadAppender {
+        let mut app = self.appender();
+        app.lazy_sync = true;
+        app
     }
 }
 
@@ -211,7 +221,12 @@ impl Head {
 pub struct HeadAppender {
     head: Arc<Head>,
     pending: Vec<(Arc<MemSeries>, i64, f64)>,
+    /// Commit without waiting for an fsync (see [`Head::background_appender`]).
+    lazy_sync: bool,
 }
+
+/// The longest a background appender's commit leaves the log unsynced while commits go on.
+pub(crate) const LAZY_SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl HeadAppender {
     fn release(&mut self) {
@@ -327,7 +342,11 @@ impl Appender for HeadAppender {
                 // share fsyncs. `inflight` keeps checkpoints from passing this unapplied batch.
                 head.inflight.fetch_add(1, Ordering::AcqRel);
                 drop(log);
-                let synced = syncer.sync_upto(upto);
+                let synced = if self.lazy_sync {
+                    syncer.sync_if_older(LAZY_SYNC_INTERVAL)
+                } else {
+                    syncer.sync_upto(upto)
+                };
                 if let Err(e) = synced {
                     head.inflight.fetch_sub(1, Ordering::AcqRel);
                     self.release();

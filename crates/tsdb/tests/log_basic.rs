@@ -368,3 +368,30 @@ fn syncer_group_commit() {
     syncer.sync_upto(100).unwrap();
     assert_eq!(syncer.durable_next(), 101);
 }
+
+/// Lazy durability (background appenders: scrapes, rules): `sync_if_older` fsyncs only when the
+/// last fsync is old enough, and then covers everything written so far.
+#[test]
+fn syncer_sync_if_older_is_lazy() {
+    use std::time::Duration;
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open(tmp.path(), opts(1 << 20)).unwrap();
+    let syncer = log.syncer();
+    let last = *log.append_batch(&[b"a", b"b"]).unwrap().end();
+    syncer.sync_upto(last).unwrap();
+    let n = syncer.fsync_count();
+    // Within the interval: written, not synced, no fsync.
+    for _ in 0..10 {
+        log.append(b"c").unwrap();
+        syncer.sync_if_older(Duration::from_secs(3600)).unwrap();
+    }
+    assert_eq!(syncer.fsync_count(), n);
+    assert_eq!(syncer.durable_next(), last + 1);
+    // Past the interval: one fsync makes every record durable.
+    syncer.sync_if_older(Duration::ZERO).unwrap();
+    assert_eq!(syncer.fsync_count(), n + 1);
+    assert_eq!(syncer.durable_next(), log.next_index());
+    // Nothing unsynced: no fsync even past the interval.
+    syncer.sync_if_older(Duration::ZERO).unwrap();
+    assert_eq!(syncer.fsync_count(), n + 1);
+}

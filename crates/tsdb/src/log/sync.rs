@@ -5,6 +5,7 @@
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -23,6 +24,8 @@ struct State {
     generation: u64,
     poisoned: Option<String>,
     fsyncs: u64,
+    /// When the last fsync through this state finished.
+    last_sync: Instant,
 }
 
 #[derive(Debug)]
@@ -42,6 +45,7 @@ impl Shared {
                 generation: 0,
                 poisoned: None,
                 fsyncs: 0,
+                last_sync: Instant::now(),
             }),
             fsync: Mutex::new(()),
         })
@@ -92,6 +96,18 @@ impl Shared {
         s.generation += 1;
     }
 
+    /// Makes everything written so far durable when the last fsync is at least `max_age` old;
+    /// otherwise returns at once (the records stay in the page cache until a later sync).
+    pub(crate) fn sync_if_older(&self, max_age: Duration) -> Result<(), LogError> {
+        {
+            let s = self.state.lock();
+            if s.poisoned.is_none() && (s.synced >= s.written || s.last_sync.elapsed() < max_age) {
+                return Ok(());
+            }
+        }
+        self.sync(None)
+    }
+
     /// Makes everything written so far durable, unless `upto` is given and already durable.
     /// One fsync at a time: callers that queue behind it usually find their records covered.
     pub(crate) fn sync(&self, upto: Option<u64>) -> Result<(), LogError> {
@@ -111,6 +127,7 @@ impl Shared {
         let result = file.sync_data();
         let mut s = self.state.lock();
         s.fsyncs += 1;
+        s.last_sync = Instant::now();
         match result {
             Ok(()) => {
                 // If the active file changed meanwhile, the log synced the old one itself.
@@ -140,6 +157,12 @@ impl LogSyncer {
     /// an earlier fsync already covered it). A record truncated away meanwhile counts as done.
     pub fn sync_upto(&self, index: u64) -> Result<(), LogError> {
         self.shared.sync(Some(index))
+    }
+
+    /// Lazy durability for writes nobody waits on: fsyncs everything written so far only when
+    /// the last fsync is at least `max_age` old, else returns at once.
+    pub fn sync_if_older(&self, max_age: std::time::Duration) -> Result<(), LogError> {
+        self.shared.sync_if_older(max_age)
     }
 
     /// Every index below this is durable.
