@@ -436,6 +436,52 @@ proptest! {
     }
 }
 
+/// A raw block that takes a backfill after its 5 m version was merged is downsampled again,
+/// and the next merge keeps the new version of its range (the merged block's chunks there are
+/// dropped): every aggregate then matches the raw data with the backfill.
+#[test]
+fn backfill_into_a_merged_window_replaces_its_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut data = sample_data(2, 8, 60_000);
+    write_raw_blocks(dir.path(), &data, 18 * H);
+    let opts = DownsampleOptions {
+        to_5m_after_ms: 0,
+        to_1h_after_ms: 0,
+    };
+    downsample::run(dir.path(), NEWEST, &opts).unwrap();
+    let merged = |dir: &Path| {
+        blocks_of(dir, RES_5M)
+            .iter()
+            .any(|b| b.meta().min_time == 0 && b.meta().max_time == 162 * H)
+    };
+    assert!(merged(dir.path()), "the first 162 h are one 5 m block");
+    // Backfill 30 s after every sample of [36 h, 54 h) (the third raw block).
+    let mut extra = RawData::new();
+    for (l, ss) in &data {
+        let add: Vec<Sample> = ss
+            .iter()
+            .filter(|s| s.t >= 36 * H && s.t < 54 * H)
+            .map(|s| Sample::new(s.t + 30_000, s.v))
+            .collect();
+        extra.insert(l.clone(), add);
+    }
+    write_raw_blocks(dir.path(), &extra, 18 * H);
+    tidemark_tsdb::compact::run(
+        dir.path(),
+        &tidemark_tsdb::compact::CompactOptions::default(),
+    )
+    .unwrap();
+    downsample::run(dir.path(), NEWEST, &opts).unwrap();
+    for (l, add) in extra {
+        let ss = data.get_mut(&l).unwrap();
+        ss.extend(add);
+        ss.sort_by_key(|s| s.t);
+    }
+    assert!(merged(dir.path()));
+    check_resolution(dir.path(), &data, RES_5M).unwrap();
+    check_resolution(dir.path(), &data, RES_1H).unwrap();
+}
+
 fn sample_data(n_series: usize, days: i64, step: i64) -> RawData {
     let mut data = RawData::new();
     for i in 0..n_series {
