@@ -9,6 +9,12 @@
 //!   inside the first and the last window of the range).
 //! - `aggregate_chunks_round_trip` (proptest): aggregate chunks of any values (decimals, byte
 //!   counts, arbitrary floats, huge values, -0.0) decode bit for bit to what was encoded.
+//! - `merged_blocks_match_raw` (proptest): the same checks over weeks of 18 h raw blocks, whose
+//!   5 m and 1 h blocks are merged (162 h and 486 h windows, incomplete ones too).
+//! - `backfill_into_a_merged_window_replaces_its_part`: a raw block downsampled again after a
+//!   backfill replaces its range in the merged 5 m block; every aggregate matches the raw data.
+//! - `aggregate_chunk_garbage_never_panics` (proptest): garbage and damaged chunks are errors,
+//!   never panics; decoding one aggregate gives what a full decode gives.
 //! - `leftover_and_obsolete_blocks_after_a_crash`: a temp dir left by a crash, a re-run, and a
 //!   superseded downsampled block left behind leave exactly one downsampled block per source.
 //! - `downsampling_survives_sigkill`: a child process downsampling a directory is SIGKILLed at
