@@ -7,18 +7,21 @@
 //!
 //! Defaults: 13 node_exporter-like targets (~10k series) × 30 days at 15 s. For each target
 //! and each 18 h window (the size of compacted raw blocks with the default retention) it
-//! generates the samples (`testdata::node_exporter`, seeded), writes a raw block with the
-//! compacted chunk size (1024 samples), downsamples it to 5 m and that to 1 h, adds up the
-//! bytes on disk of each, and deletes the blocks (so the disk holds one window at a time).
+//! generates the samples (`testdata::node_exporter`, seeded) and writes a raw block with the
+//! compacted chunk size (1024 samples); then it runs `downsample::run` over the target's 30 days
+//! as maintenance would once every block is old enough (every raw block downsampled to 5 m, the
+//! 5 m blocks merged into 162 h blocks and downsampled to 1 h, the 1 h blocks merged into 486 h
+//! blocks; the newest window of each resolution, incomplete, stays unmerged), adds up the bytes
+//! on disk of each resolution, and deletes the blocks (so the disk holds one target at a time).
 //! Counters restart in each window (the generator starts fresh), which is immaterial to sizes.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: panics on failure by design
 
 use std::time::Instant;
 
-use tidemark_tsdb::block::{Block, BlockWriter, delete_block};
+use tidemark_tsdb::block::{BlockWriter, delete_block, open_blocks};
 use tidemark_tsdb::compact::COMPACTED_SAMPLES_PER_CHUNK;
-use tidemark_tsdb::downsample::{RES_1H, RES_5M, downsample_block};
+use tidemark_tsdb::downsample::{self, DownsampleOptions, RES_1H, RES_5M};
 use tidemark_tsdb::testdata::node_exporter;
 
 fn main() {
@@ -34,6 +37,7 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let (mut raw, mut m5, mut h1) = (0u64, 0u64, 0u64);
     let (mut samples, mut series) = (0u64, 0u64);
+    let (mut n5, mut n1) = (0u64, 0u64);
     let (mut t_write, mut t_ds) = (0.0f64, 0.0f64);
     for target in 0..targets {
         for w in 0..windows {
@@ -66,18 +70,25 @@ fn main() {
                 series += meta.stats.num_series;
             }
             samples += meta.stats.num_samples;
-            let b = Block::open(&dir.path().join(&meta.id)).unwrap();
-            let t1 = Instant::now();
-            let d5 = downsample_block(dir.path(), &b, RES_5M).unwrap();
-            let b5 = Block::open(&dir.path().join(&d5.id)).unwrap();
-            let d1 = downsample_block(dir.path(), &b5, RES_1H).unwrap();
-            t_ds += t1.elapsed().as_secs_f64();
-            raw += b.size_bytes();
-            m5 += b5.size_bytes();
-            h1 += Block::open(&dir.path().join(&d1.id)).unwrap().size_bytes();
-            for id in [&meta.id, &d5.id, &d1.id] {
-                delete_block(dir.path(), id).unwrap();
+        }
+        let t1 = Instant::now();
+        let opts = DownsampleOptions {
+            to_5m_after_ms: 0,
+            to_1h_after_ms: 0,
+        };
+        downsample::run(dir.path(), windows * window, &opts).unwrap();
+        t_ds += t1.elapsed().as_secs_f64();
+        let (blocks, _) = open_blocks(dir.path()).unwrap();
+        for b in &blocks {
+            match b.meta().resolution {
+                0 => raw += b.size_bytes(),
+                RES_5M => (m5 += b.size_bytes(), n5 += 1).1,
+                RES_1H => (h1 += b.size_bytes(), n1 += 1).1,
+                r => panic!("resolution {r}"),
             }
+        }
+        for b in &blocks {
+            delete_block(dir.path(), b.id()).unwrap();
         }
     }
     let pct = |x: u64| 100.0 * x as f64 / raw as f64;
@@ -86,8 +97,8 @@ fn main() {
         "raw  {raw:>14} bytes  {:.3} bytes/sample",
         raw as f64 / samples as f64
     );
-    println!("5m   {m5:>14} bytes  {:.1}% of raw", pct(m5));
-    println!("1h   {h1:>14} bytes  {:.1}% of raw", pct(h1));
+    println!("5m   {m5:>14} bytes  {:.1}% of raw ({n5} blocks)", pct(m5));
+    println!("1h   {h1:>14} bytes  {:.1}% of raw ({n1} blocks)", pct(h1));
     println!("5m+1h {:.1}% on top of raw", pct(m5 + h1));
     println!(
         "write raw {t_write:.1}s, downsample {t_ds:.1}s ({:.1} M raw samples/s)",

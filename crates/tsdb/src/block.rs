@@ -535,6 +535,15 @@ impl BlockWriter {
         Ok(())
     }
 
+    /// Writes a chunk that no series lists in the index and returns its ref: in downsampled
+    /// blocks, a timestamp chunk shared by the aggregate chunks (which name it by this ref) of
+    /// every series with the same window timestamps.
+    pub(crate) fn add_shared_chunk(&mut self, data: &[u8]) -> Result<u64> {
+        let encoding = data.first().copied().unwrap_or(chunk::ENCODING_XOR);
+        let series_ref = self.index.num_series() as u64;
+        self.write_chunk(series_ref, 0, 0, encoding, data)
+    }
+
     /// Number of series added so far.
     pub fn num_series(&self) -> u64 {
         self.stats.num_series

@@ -1242,6 +1242,37 @@ pub fn decode_all(data: &[u8], out: &mut Vec<Sample>) -> Result<(), ChunkError> 
     Ok(())
 }
 
+/// Decodes only the value stream of a chunk of `dst.len()` samples, given without the chunk's
+/// header and timestamp stream (`values` = the bytes after them), into `dst[i].v`; the
+/// timestamps in `dst` are left as they are. Downsampled blocks store value streams this way
+/// beside one shared timestamp stream (docs/format/block.md).
+pub fn decode_value_stream(values: &[u8], dst: &mut [Sample]) -> Result<(), ChunkError> {
+    let n = dst.len();
+    if n > MAX_SAMPLES {
+        return Err(ChunkError::Header {
+            offset: 0,
+            expected: "a sample count of at most 1048576",
+            found: n.to_string(),
+        });
+    }
+    let mut d = Decoder::new(BitReader::new(&[]), BitReader::new(values), n);
+    if let Some((first, rest)) = dst.split_first_mut() {
+        let v = match d.vs.first_fast() {
+            Some(v) => v,
+            None => d.vs.first(),
+        };
+        first.v = v;
+        if d.vs.mode == MODE_CONST {
+            rest.iter_mut().for_each(|s| s.v = v);
+        } else if let Some((second, rest)) = rest.split_first_mut() {
+            second.v = d.vs.second_fast();
+            value_pass(&mut d.vs, values, 0, rest);
+        }
+    }
+    d.i = n;
+    d.check()
+}
+
 /// Whether the timestamps of `run` increase, given `zor`, an upper bound of the bitwise or of
 /// their code numbers (`u64::MAX` when one was an anchor escape), and `delta` the interval.
 ///

@@ -79,7 +79,7 @@ pub fn plan(metas: &[BlockMeta], opts: &CompactOptions) -> Vec<Vec<String>> {
     resolutions.sort_unstable();
     resolutions.dedup();
     // Downsampled blocks hold aggregate chunks that a sample merge cannot combine: they are
-    // never compacted (one downsampled block per source block, see downsample.rs).
+    // merged by downsample::plan_merge / merge_blocks instead (chunks copied per series).
     resolutions.retain(|&r| r == 0);
     let mut out = Vec::new();
     for r in resolutions {

@@ -443,12 +443,17 @@ impl Db {
             to_5m_after_ms: self.inner.opts.downsample_5m_after_ms,
             to_1h_after_ms: self.inner.opts.downsample_1h_after_ms,
         };
-        // Each pass can only add 5 m blocks from raw and 1 h blocks from 5 m ones.
-        for _pass in 0..3 {
+        // Each pass merges the downsampled blocks that are due, then adds 5 m blocks from raw
+        // and 1 h blocks from 5 m ones.
+        for _pass in 0..5 {
+            let merges = downsample::plan_merge(&self.blocks());
+            for group in &merges {
+                self.merge_downsampled(group)?;
+            }
             let metas = self.blocks();
             let newest = self.newest_time(&metas);
             let plans = downsample::plan(&metas, newest, &opts);
-            if plans.is_empty() {
+            if plans.is_empty() && merges.is_empty() {
                 return Ok(());
             }
             for (id, res) in plans {
@@ -480,6 +485,38 @@ impl Db {
                     tracing::info!(block = %o, by = %meta.id, "deleted downsampled block replaced by a newer one");
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Merges the downsampled blocks `ids` into one ([`downsample::merge_blocks`]), swaps it in
+    /// for them, then deletes them (after a crash in between, `open_blocks` deletes them: the
+    /// new block holds all their sources).
+    fn merge_downsampled(&self, ids: &[String]) -> Result<(), DbError> {
+        let members: Vec<Block> = self
+            .inner
+            .blocks
+            .read()
+            .iter()
+            .filter(|b| ids.iter().any(|id| id == b.id()))
+            .cloned()
+            .collect();
+        if members.len() < 2 {
+            return Ok(());
+        }
+        let meta = downsample::merge_blocks(&self.inner.dir, &members)?;
+        let nb = Block::open(&self.inner.dir.join(&meta.id))?;
+        {
+            let _view = self.inner.view.write();
+            let mut blocks = self.inner.blocks.write();
+            blocks.retain(|b| !ids.iter().any(|o| o == b.id()));
+            blocks.push(nb);
+            blocks.sort_by(|a, b| {
+                (a.meta().min_time, a.meta().max_time).cmp(&(b.meta().min_time, b.meta().max_time))
+            });
+        }
+        for id in ids {
+            block::delete_block(&self.inner.dir, id)?;
         }
         Ok(())
     }

@@ -18,7 +18,7 @@
 //!
 //! Byte layout of the aggregate chunks: `docs/format/block.md`; semantics: `docs/downsampling.md`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -27,7 +27,7 @@ use tidemark_storage::{Querier, SelectHints, Series, SeriesSet};
 
 use crate::block::{Block, BlockError, BlockMeta, BlockWriter, Result};
 use crate::chunk::{self, ChunkEncoder};
-use crate::index::SeriesEntry;
+use crate::index::{ChunkMeta, SeriesEntry};
 use crate::postings::postings_for_matchers;
 
 /// Resolution of raw blocks.
@@ -36,8 +36,12 @@ pub const RES_RAW: i64 = 0;
 pub const RES_5M: i64 = 300_000;
 /// 1 hour.
 pub const RES_1H: i64 = 3_600_000;
-/// Version byte of an aggregate chunk (also its chunk record's encoding byte).
-pub const AGGR_CHUNK_VERSION: u8 = 3;
+/// Version byte of the aggregate chunks written (also their chunk record's encoding byte): 4,
+/// whose window timestamps are a chunk of the block shared by the series that have the same
+/// ones. Version 3 (timestamps in each chunk) is still read.
+pub const AGGR_CHUNK_VERSION: u8 = 4;
+/// The previous version, still read.
+const AGGR_CHUNK_V3: u8 = 3;
 /// Flag: the values are decimals stored as integer residuals (see `docs/format/block.md`).
 const FLAG_DECIMAL: u8 = 1;
 /// Flag (plain form): every window's max equals its last value; the max part is absent.
@@ -405,11 +409,50 @@ fn as_exact_f64(x: i128) -> Option<f64> {
     (x.abs() < 1 << 53).then_some(x as f64)
 }
 
-/// Encodes `a` as one aggregate chunk: `(min_time, max_time, bytes)`. Layout in
+/// Where the shared timestamp chunks of a block go when encoding: stores a timestamp chunk (or
+/// finds the same bytes stored before) and returns its ref.
+pub type PutTimestamps<'a> = dyn FnMut(&[u8]) -> Result<u64> + 'a;
+/// Where they come from when decoding: the bytes of the timestamp chunk with this ref.
+pub type GetTimestamps<'a, 'd> = dyn Fn(u64) -> std::result::Result<&'d [u8], String> + 'a;
+
+/// Shared timestamp chunks kept in memory (tests, tools): refs are positions.
+#[derive(Debug, Default, Clone)]
+pub struct TimestampChunks {
+    chunks: Vec<Vec<u8>>,
+    refs: HashMap<Vec<u8>, u64>,
+}
+
+impl TimestampChunks {
+    /// Stores `chunk` once; returns its ref.
+    pub fn put(&mut self, chunk: &[u8]) -> u64 {
+        if let Some(&r) = self.refs.get(chunk) {
+            return r;
+        }
+        let r = self.chunks.len() as u64;
+        self.chunks.push(chunk.to_vec());
+        self.refs.insert(chunk.to_vec(), r);
+        r
+    }
+
+    /// The chunk stored under `r`.
+    pub fn get(&self, r: u64) -> std::result::Result<&[u8], String> {
+        usize::try_from(r)
+            .ok()
+            .and_then(|i| self.chunks.get(i))
+            .map(Vec::as_slice)
+            .ok_or_else(|| format!("no timestamp chunk {r}"))
+    }
+}
+
+/// Encodes `a` as one aggregate chunk: `(min_time, max_time, bytes)`; its window timestamps go
+/// to `put_ts` as a chunk of their own, which the bytes name by its ref. Layout in
 /// `docs/format/block.md` ("Downsampled blocks"). Decimal data is stored as integer residuals
 /// (flag [`FLAG_DECIMAL`]); the result is decoded and compared bit for bit before it is
 /// returned, and anything that does not round-trip is stored plainly.
-pub fn encode_aggr_chunk(a: &AggrSeries) -> Result<(i64, i64, Vec<u8>)> {
+pub fn encode_aggr_chunk(
+    a: &AggrSeries,
+    put_ts: &mut PutTimestamps<'_>,
+) -> Result<(i64, i64, Vec<u8>)> {
     let (Some(first), Some(last)) = (a.counter.first(), a.count.last()) else {
         return Err(BlockError::Invalid("empty aggregate series".into()));
     };
@@ -428,13 +471,21 @@ pub fn encode_aggr_chunk(a: &AggrSeries) -> Result<(i64, i64, Vec<u8>)> {
         ));
     }
     let range = (first.t.min(a.count[0].t), last.t);
-    if let Some(bytes) = encode_decimal(a, lead)?
-        && decode_aggr_chunk(&bytes).is_ok_and(|d| same_aggr(&d, a))
+    let ts: Vec<Sample> = a.count.iter().map(|c| Sample::new(c.t, 0.0)).collect();
+    let ts_chunk = encode_stream(&ts)?;
+    let ts_ref = put_ts(&ts_chunk)?;
+    let get = |r: u64| {
+        (r == ts_ref)
+            .then_some(ts_chunk.as_slice())
+            .ok_or_else(|| format!("no timestamp chunk {r}"))
+    };
+    if let Some(bytes) = encode_decimal(a, lead, ts_ref)?
+        && decode_aggr_chunk(&bytes, &get).is_ok_and(|d| same_aggr(&d, a))
     {
         return Ok((range.0, range.1, bytes));
     }
-    let bytes = encode_plain(a, lead)?;
-    match decode_aggr_chunk(&bytes) {
+    let bytes = encode_plain(a, lead, ts_ref)?;
+    match decode_aggr_chunk(&bytes, &get) {
         Ok(d) if same_aggr(&d, a) => Ok((range.0, range.1, bytes)),
         Ok(_) => Err(BlockError::Invalid(
             "encoding an aggregate: the chunk does not decode to its input".into(),
@@ -454,10 +505,12 @@ fn same_aggr(x: &AggrSeries, y: &AggrSeries) -> bool {
         && x.raw_last.map(f64::to_bits) == y.raw_last.map(f64::to_bits)
 }
 
-/// Starts a chunk: version, flags, `header` (decimal form: exponent and stream modes), count
-/// chunk, leading counter sample (`lead`, already encoded).
+/// Starts a chunk: version, flags, `header` (decimal form: exponent and stream modes), the ref
+/// of the timestamp chunk, the count values, the leading counter sample (`lead`, already
+/// encoded).
 fn chunk_writer<'a>(
     a: &'a AggrSeries,
+    ts_ref: u64,
     lead: &[u8],
     flags: u8,
     header: &[u8],
@@ -474,14 +527,15 @@ fn chunk_writer<'a>(
     w.out.push(AGGR_CHUNK_VERSION);
     w.out.push(flags);
     w.out.extend_from_slice(header);
+    put_uvarint(&mut w.out, ts_ref);
     let count = std::mem::take(&mut w.count);
-    w.part(&count);
+    w.part(&count[prefix..]);
     w.count = count;
     w.part(lead);
     Ok(w)
 }
 
-fn encode_plain(a: &AggrSeries, lead: usize) -> Result<Vec<u8>> {
+fn encode_plain(a: &AggrSeries, lead: usize, ts_ref: u64) -> Result<Vec<u8>> {
     let bits_eq =
         |p: &[Sample], q: &[Sample]| p.iter().zip(q).all(|(x, y)| x.v.to_bits() == y.v.to_bits());
     let counter = &a.counter[lead..];
@@ -497,7 +551,7 @@ fn encode_plain(a: &AggrSeries, lead: usize) -> Result<Vec<u8>> {
     } else {
         Vec::new()
     };
-    let mut w = chunk_writer(a, &lead_bytes, flags, &[])?;
+    let mut w = chunk_writer(a, ts_ref, &lead_bytes, flags, &[])?;
     w.values(a.last.iter().map(|s| s.v))?;
     w.values(a.min.iter().map(|s| s.v))?;
     if flags & FLAG_MAX_IS_LAST == 0 {
@@ -511,7 +565,7 @@ fn encode_plain(a: &AggrSeries, lead: usize) -> Result<Vec<u8>> {
 }
 
 /// The decimal form, or `None` when some value is not a decimal in range.
-fn encode_decimal(a: &AggrSeries, lead: usize) -> Result<Option<Vec<u8>>> {
+fn encode_decimal(a: &AggrSeries, lead: usize, ts_ref: u64) -> Result<Option<Vec<u8>>> {
     let counter = &a.counter[lead..];
     let all = || {
         [&a.last, &a.min, &a.max, &a.sum]
@@ -592,7 +646,7 @@ fn encode_decimal(a: &AggrSeries, lead: usize) -> Result<Option<Vec<u8>>> {
         put_uvarint(&mut lead_bytes, dt);
         put_uvarint(&mut lead_bytes, ((u << 1) ^ (u >> 63)) as u64);
     }
-    let mut w = chunk_writer(a, &lead_bytes, FLAG_DECIMAL, &[e as u8, 0, 0])?;
+    let mut w = chunk_writer(a, ts_ref, &lead_bytes, FLAG_DECIMAL, &[e as u8, 0, 0])?;
     let modes_at = 3;
     let mut modes = 0u16;
     for (i, (t, p)) in streams.into_iter().enumerate() {
@@ -638,22 +692,42 @@ fn mode_values(t: &[i128], p: &[i128], mode: u16) -> Option<Vec<f64>> {
         .collect()
 }
 
-/// Inverse of [`mode_values`] for window `k`: the target from the stored values `y` and the
-/// prediction `p`.
-fn mode_target(mode: u16, y: &[i128], k: usize, p: i128) -> i128 {
-    match mode {
-        0 => y[k],
-        1 => p.saturating_add(y[k]),
-        _ => p.saturating_add(y[k].saturating_sub(if k > 0 { y[k - 1] } else { 0 })),
+/// Decodes an aggregate chunk written by [`encode_aggr_chunk`] (version 4, its timestamp chunk
+/// from `ts`) or version 3. Errors say what was expected.
+pub fn decode_aggr_chunk<'d>(
+    data: &[u8],
+    ts: &GetTimestamps<'_, 'd>,
+) -> std::result::Result<AggrSeries, String> {
+    decode_aggr_chunk_only(data, ts, &Aggregate::ALL)
+}
+
+/// Bit of each aggregate in a set of aggregates.
+fn aggr_bit(a: Aggregate) -> u8 {
+    match a {
+        Aggregate::Count => 1,
+        Aggregate::Sum => 2,
+        Aggregate::Min => 4,
+        Aggregate::Max => 8,
+        Aggregate::Counter => 16,
+        Aggregate::Last => 32,
     }
 }
 
-/// Decodes an aggregate chunk written by [`encode_aggr_chunk`]. Errors say what was expected.
-pub fn decode_aggr_chunk(data: &[u8]) -> std::result::Result<AggrSeries, String> {
+/// Decodes the aggregates `want` of an aggregate chunk (the others are left empty; `raw_last`
+/// is set when the counter is wanted). Only the value streams those aggregates depend on are
+/// decoded: `last` alone needs the timestamps and one stream; the counter of the decimal form
+/// needs `last`, `min` and its two own streams. Errors say what was expected.
+pub fn decode_aggr_chunk_only<'d>(
+    data: &[u8],
+    ts: &GetTimestamps<'_, 'd>,
+    want: &[Aggregate],
+) -> std::result::Result<AggrSeries, String> {
+    let want = want.iter().fold(0u8, |m, &a| m | aggr_bit(a));
+    let wants = |a: Aggregate| want & aggr_bit(a) != 0;
     let version = *data.first().ok_or("aggregate chunk is empty")?;
-    if version != AGGR_CHUNK_VERSION {
+    if version != AGGR_CHUNK_VERSION && version != AGGR_CHUNK_V3 {
         return Err(format!(
-            "aggregate chunk version: expected {AGGR_CHUNK_VERSION}, found {version}"
+            "aggregate chunk version: expected {AGGR_CHUNK_V3} or {AGGR_CHUNK_VERSION}, found {version}"
         ));
     }
     let flags = *data
@@ -678,6 +752,14 @@ pub fn decode_aggr_chunk(data: &[u8]) -> std::result::Result<AggrSeries, String>
     } else {
         None
     };
+    let ts_ref = if version == AGGR_CHUNK_V3 {
+        None
+    } else {
+        Some(
+            get_uvarint(data, &mut pos)
+                .ok_or_else(|| format!("aggregate chunk: bad timestamp chunk ref at byte {pos}"))?,
+        )
+    };
     let mut part = |what: &str| -> std::result::Result<&[u8], String> {
         let at = pos;
         let len = get_uvarint(data, &mut pos)
@@ -696,19 +778,28 @@ pub fn decode_aggr_chunk(data: &[u8]) -> std::result::Result<AggrSeries, String>
         pos = end;
         Ok(s)
     };
-    let dec = |bytes: &[u8], what: &str| -> std::result::Result<Vec<Sample>, String> {
-        let mut out = Vec::new();
-        chunk::decode_all(bytes, &mut out).map_err(|e| format!("aggregate chunk: {what}: {e}"))?;
-        Ok(out)
-    };
-    let mut out = AggrSeries::default();
-    let count_bytes = part("count")?;
-    out.count = dec(count_bytes, "count")?;
-    let prefix = ts_prefix_len(count_bytes).ok_or("aggregate chunk: bad count chunk header")?;
+    let mut count = Vec::new();
+    let count_part = part("count")?;
+    match ts_ref {
+        // Version 3: a whole chunk of the counts at the window timestamps.
+        None => chunk::decode_all(count_part, &mut count)
+            .map_err(|e| format!("aggregate chunk: count: {e}"))?,
+        Some(r) => {
+            chunk::decode_all(ts(r)?, &mut count)
+                .map_err(|e| format!("aggregate chunk: timestamp chunk {r:#x}: {e}"))?;
+            chunk::decode_value_stream(count_part, &mut count)
+                .map_err(|e| format!("aggregate chunk: count: {e}"))?;
+        }
+    }
     let lead_part = part("counter lead")?;
-    let lead = match (lead_part.is_empty(), exponent, out.count.first()) {
+    let lead = match (lead_part.is_empty(), exponent, count.first()) {
         (true, _, _) => Vec::new(),
-        (false, None, _) => dec(lead_part, "counter lead")?,
+        (false, None, _) => {
+            let mut out = Vec::new();
+            chunk::decode_all(lead_part, &mut out)
+                .map_err(|e| format!("aggregate chunk: counter lead: {e}"))?;
+            out
+        }
         (false, Some((e, _)), Some(c0)) => {
             let mut p = 0;
             let (Some(dt), Some(z), true) = (
@@ -729,124 +820,264 @@ pub fn decode_aggr_chunk(data: &[u8]) -> std::result::Result<AggrSeries, String>
             return Err("aggregate chunk: counter lead without windows".into());
         }
     };
-    let n = out.count.len();
-    let mut values = |what: &str| -> std::result::Result<Vec<f64>, String> {
+    // One value stream (the next part): decoded into a copy of the count's samples (same
+    // timestamps) when `needed`, else only skipped.
+    let mut values = |what: &str, needed: bool| -> std::result::Result<Vec<Sample>, String> {
         let bytes = part(what)?;
-        let mut full = Vec::with_capacity(prefix + bytes.len());
-        full.extend_from_slice(&count_bytes[..prefix]);
-        full.extend_from_slice(bytes);
-        let v: Vec<f64> = dec(&full, what)?.into_iter().map(|s| s.v).collect();
-        if v.len() != n {
-            return Err(format!(
-                "aggregate chunk: {what}: expected {n} values, found {}",
-                v.len()
-            ));
+        if !needed {
+            return Ok(Vec::new());
         }
-        Ok(v)
+        let mut out = count.clone();
+        chunk::decode_value_stream(bytes, &mut out)
+            .map_err(|e| format!("aggregate chunk: {what}: {e}"))?;
+        Ok(out)
     };
-    let (last, min, max, sum, counter);
+    let mut out = AggrSeries::default();
     if let Some((e, modes)) = exponent {
         let mode = |i: u16| (modes >> (2 * i)) & 3;
         if (0..6).any(|i| mode(i) == 3) || modes >> 12 != 0 {
             return Err(format!("aggregate chunk: bad stream modes {modes:#06x}"));
         }
-        let int = |v: Vec<f64>| -> Vec<i128> { v.into_iter().map(|x| x as i128).collect() };
-        let ys = [
-            int(values("last")?),
-            int(values("min")?),
-            int(values("max")?),
-            int(values("sum")?),
-            int(values("counter quotient")?),
-            int(values("counter remainder")?),
+        // Streams each aggregate depends on (see the predictions in encode_decimal).
+        let (c, mn, mx, sm) = (
+            wants(Aggregate::Counter),
+            wants(Aggregate::Min),
+            wants(Aggregate::Max),
+            wants(Aggregate::Sum),
+        );
+        let need = [
+            c || mn || mx || sm || wants(Aggregate::Last),
+            c || mn || sm,
+            mx || sm,
+            sm,
+            c,
+            c,
         ];
+        let names = [
+            "last",
+            "min",
+            "max",
+            "sum",
+            "counter quotient",
+            "counter remainder",
+        ];
+        let mut ys: [Vec<Sample>; 6] = Default::default();
+        for (i, y) in ys.iter_mut().enumerate() {
+            *y = values(names[i], need[i])?;
+        }
         let p10 = POW10[e as usize];
         let f = |x: i128| x as f64 / p10;
-        let (mut prev_last, mut r) = (0i128, 0i128);
+        let y = |i: usize, k: usize| ys[i][k].v as i128;
+        let target = |i: usize, k: usize, p: i128| -> i128 {
+            match mode(i as u16) {
+                0 => y(i, k),
+                1 => p.saturating_add(y(i, k)),
+                _ => p.saturating_add(y(i, k).saturating_sub(if k > 0 { y(i, k - 1) } else { 0 })),
+            }
+        };
+        let n = count.len();
+        let with_cap = |on: bool| Vec::with_capacity(if on { n } else { 0 });
         let (mut lv, mut mnv, mut mxv, mut smv, mut cv) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
+            with_cap(wants(Aggregate::Last)),
+            with_cap(mn),
+            with_cap(mx),
+            with_cap(sm),
+            with_cap(c),
         );
-        for k in 0..n {
-            let l = mode_target(mode(0), &ys[0], k, prev_last);
-            let mn = mode_target(mode(1), &ys[1], k, prev_last);
-            let mx = mode_target(mode(2), &ys[2], k, l);
-            let cnt = out.count[k].v as i128;
-            let sm = mode_target(
-                mode(3),
-                &ys[3],
-                k,
-                cnt.saturating_mul(mn.saturating_add(mx)),
-            ) / 2;
-            let d = mode_target(mode(4), &ys[4], k, 0);
-            let q = mode_target(mode(5), &ys[5], k, 0);
-            r = r.saturating_add(d.saturating_mul(mn)).saturating_add(q);
-            lv.push(f(l));
-            mnv.push(f(mn));
-            mxv.push(f(mx));
-            smv.push(f(sm));
-            cv.push(f(l.saturating_add(r)));
+        let (mut prev_last, mut r) = (0i128, 0i128);
+        for (k, cs) in count.iter().enumerate() {
+            if !need[0] {
+                break;
+            }
+            let t = cs.t;
+            let l = target(0, k, prev_last);
+            let mnk = if need[1] { target(1, k, prev_last) } else { 0 };
+            let mxk = if need[2] { target(2, k, l) } else { 0 };
+            if sm {
+                let cnt = cs.v as i128;
+                let s2 = target(3, k, cnt.saturating_mul(mnk.saturating_add(mxk)));
+                smv.push(Sample::new(t, f(s2 / 2)));
+            }
+            if c {
+                let d = target(4, k, 0);
+                let q = target(5, k, 0);
+                r = r.saturating_add(d.saturating_mul(mnk)).saturating_add(q);
+                cv.push(Sample::new(t, f(l.saturating_add(r))));
+            }
+            if wants(Aggregate::Last) {
+                lv.push(Sample::new(t, f(l)));
+            }
+            if mn {
+                mnv.push(Sample::new(t, f(mnk)));
+            }
+            if mx {
+                mxv.push(Sample::new(t, f(mxk)));
+            }
             prev_last = l;
+            if c && k + 1 == n && f(l).to_bits() != f(l.saturating_add(r)).to_bits() {
+                out.raw_last = Some(f(l));
+            }
         }
-        (last, min, max, sum, counter) = (lv, mnv, mxv, smv, cv);
+        (out.last, out.min, out.max, out.sum) = (lv, mnv, mxv, smv);
+        if c {
+            out.counter = lead;
+            out.counter.extend(cv);
+        }
     } else {
-        last = values("last")?;
-        min = values("min")?;
-        max = if flags & FLAG_MAX_IS_LAST != 0 {
-            last.clone()
-        } else {
-            values("max")?
-        };
-        sum = values("sum")?;
-        counter = if flags & FLAG_COUNTER_IS_LAST != 0 {
-            last.clone()
-        } else {
-            values("counter")?
-        };
+        let max_is_last = flags & FLAG_MAX_IS_LAST != 0;
+        let counter_is_last = flags & FLAG_COUNTER_IS_LAST != 0;
+        let c = wants(Aggregate::Counter);
+        let last = values(
+            "last",
+            wants(Aggregate::Last) || c || (max_is_last && wants(Aggregate::Max)),
+        )?;
+        out.min = values("min", wants(Aggregate::Min))?;
+        if wants(Aggregate::Max) {
+            out.max = if max_is_last {
+                last.clone()
+            } else {
+                values("max", true)?
+            };
+        } else if !max_is_last {
+            values("max", false)?;
+        }
+        out.sum = values("sum", wants(Aggregate::Sum))?;
+        if c {
+            out.counter = lead;
+            if counter_is_last {
+                out.counter.extend_from_slice(&last);
+            } else {
+                out.counter.extend(values("counter", true)?);
+            }
+            out.raw_last = match (last.last(), out.counter.last()) {
+                (Some(l), Some(cl)) if l.v.to_bits() != cl.v.to_bits() => Some(l.v),
+                _ => None,
+            };
+        }
+        if wants(Aggregate::Last) {
+            out.last = last;
+        }
     }
-    let at = |v: Vec<f64>| -> Vec<Sample> {
-        out.count
-            .iter()
-            .zip(v)
-            .map(|(c, v)| Sample::new(c.t, v))
-            .collect()
-    };
-    let (last, min, max, sum) = (at(last), at(min), at(max), at(sum));
-    let mut c = lead;
-    c.extend(at(counter));
-    out.raw_last = match (last.last(), c.last()) {
-        (Some(l), Some(cl)) if l.v.to_bits() != cl.v.to_bits() => Some(l.v),
-        _ => None,
-    };
-    (out.last, out.min, out.max, out.sum, out.counter) = (last, min, max, sum, c);
+    if wants(Aggregate::Count) {
+        out.count = count;
+    }
     Ok(out)
 }
 
-/// Reads the aggregates of series `entry` of downsampled block `b` (all its chunks, in order).
-pub fn read_aggr_series(b: &Block, entry: &SeriesEntry) -> Result<AggrSeries> {
-    let mut out = AggrSeries::default();
-    for c in &entry.chunks {
-        let data = b.chunk_data(c)?;
-        let a = decode_aggr_chunk(data).map_err(|what| BlockError::Meta {
-            path: b.dir().join(crate::block::CHUNKS_DIR),
-            what: format!("series {}: chunk {:#x}: {what}", entry.labels, c.chunk_ref),
-        })?;
-        if out.count.is_empty() {
-            out = a;
-        } else {
-            // Several chunks per series are not written today; concatenate if found.
-            out.count.extend(a.count);
-            out.sum.extend(a.sum);
-            out.min.extend(a.min);
-            out.max.extend(a.max);
-            out.last.extend(a.last);
-            out.counter.extend(a.counter);
-            out.raw_last = a.raw_last;
-        }
+/// The shared timestamp chunks of block `b`, by ref.
+fn block_timestamps<'b>(
+    b: &'b Block,
+) -> impl Fn(u64) -> std::result::Result<&'b [u8], String> + 'b {
+    move |r| {
+        let c = ChunkMeta {
+            min_time: 0,
+            max_time: 0,
+            chunk_ref: r,
+        };
+        b.chunk_data(&c).map_err(|e| e.to_string())
     }
+}
+
+/// Stores the shared timestamp chunk `chunk` in the block `w` writes, once per distinct
+/// content (`refs`: the ones stored so far).
+fn put_timestamps(
+    w: &mut BlockWriter,
+    refs: &mut HashMap<Vec<u8>, u64>,
+    chunk: &[u8],
+) -> Result<u64> {
+    if let Some(&r) = refs.get(chunk) {
+        return Ok(r);
+    }
+    let r = w.add_shared_chunk(chunk)?;
+    refs.insert(chunk.to_vec(), r);
+    Ok(r)
+}
+
+/// An aggregate chunk ready for a block: `(min_time, max_time, bytes)`.
+pub type EncodedAggrChunk = (i64, i64, Vec<u8>);
+
+/// Chunk `c` of series `labels` of downsampled block `src`, for the block `w` writes (see
+/// [`relink_aggr_chunk`]): `((min_time, max_time, bytes), windows)`.
+pub(crate) fn copy_aggr_chunk(
+    src: &Block,
+    labels: &Labels,
+    c: &ChunkMeta,
+    w: &mut BlockWriter,
+    refs: &mut HashMap<Vec<u8>, u64>,
+) -> Result<(EncodedAggrChunk, u64)> {
+    let data = src.chunk_data(c)?;
+    let windows = decode_aggr_chunk_only(data, &block_timestamps(src), &[Aggregate::Count])
+        .map_err(|what| BlockError::Meta {
+            path: src.dir().join(crate::block::CHUNKS_DIR),
+            what: format!("series {labels}: chunk {:#x}: {what}", c.chunk_ref),
+        })?
+        .count
+        .len() as u64;
+    let data = relink_aggr_chunk(data, src, w, refs)?;
+    Ok(((c.min_time, c.max_time, data), windows))
+}
+
+/// An aggregate chunk of block `src` made ready for the block `w` writes (merges, rewrites):
+/// a version 4 chunk gets its timestamp chunk copied over (once per distinct content) and the
+/// new ref; a version 3 chunk is copied as it is.
+pub(crate) fn relink_aggr_chunk(
+    data: &[u8],
+    src: &Block,
+    w: &mut BlockWriter,
+    refs: &mut HashMap<Vec<u8>, u64>,
+) -> Result<Vec<u8>> {
+    let bad = |what: String| BlockError::Meta {
+        path: src.dir().join(crate::block::CHUNKS_DIR),
+        what,
+    };
+    let (Some(&version), Some(&flags)) = (data.first(), data.get(1)) else {
+        return Err(bad("aggregate chunk: expected version and flags".into()));
+    };
+    if version == AGGR_CHUNK_V3 {
+        return Ok(data.to_vec());
+    }
+    if version != AGGR_CHUNK_VERSION {
+        return Err(bad(format!(
+            "aggregate chunk version: expected {AGGR_CHUNK_V3} or {AGGR_CHUNK_VERSION}, found {version}"
+        )));
+    }
+    let at = if flags & FLAG_DECIMAL != 0 { 5 } else { 2 };
+    let mut pos = at;
+    let r = get_uvarint(data, &mut pos).ok_or_else(|| {
+        bad(format!(
+            "aggregate chunk: bad timestamp chunk ref at byte {at}"
+        ))
+    })?;
+    let ts = block_timestamps(src)(r).map_err(bad)?;
+    let nr = put_timestamps(w, refs, ts)?;
+    let mut out = Vec::with_capacity(data.len() + 4);
+    out.extend_from_slice(&data[..at]);
+    put_uvarint(&mut out, nr);
+    out.extend_from_slice(&data[pos..]);
     Ok(out)
+}
+
+/// Reads the aggregates `want` (see [`decode_aggr_chunk_only`]) of series `entry` of
+/// downsampled block `b`: one [`AggrSeries`] per chunk, in time order. A merged block holds
+/// one chunk per block merged into it, each with its own counter start: join them with
+/// [`stitch`].
+pub fn read_aggr_chunks(
+    b: &Block,
+    entry: &SeriesEntry,
+    want: &[Aggregate],
+) -> Result<Vec<AggrSeries>> {
+    let ts = block_timestamps(b);
+    entry
+        .chunks
+        .iter()
+        .map(|c| {
+            let data = b.chunk_data(c)?;
+            decode_aggr_chunk_only(data, &ts, want).map_err(|what| BlockError::Meta {
+                path: b.dir().join(crate::block::CHUNKS_DIR),
+                what: format!("series {}: chunk {:#x}: {what}", entry.labels, c.chunk_ref),
+            })
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -870,25 +1101,33 @@ pub fn downsample_block(data_dir: &Path, src: &Block, resolution: i64) -> Result
     w.set_compaction(m.level, m.sources.clone(), vec![m.id.clone()]);
     w.set_resolution(resolution);
     let mut samples: Vec<Sample> = Vec::new();
+    let mut ts_refs = HashMap::new();
     for id in 0..src.index().num_series() {
         let entry = src.index().series(id)?;
-        let aggr = if from_raw {
+        let aggrs = if from_raw {
             samples.clear();
             src.read_series_samples(&entry, &mut samples)?;
             if samples.windows(2).any(|p| p[1].t <= p[0].t) {
                 samples.sort_by_key(|s| s.t);
                 samples.dedup_by_key(|s| s.t);
             }
-            aggregate_raw(&samples, resolution)
+            vec![aggregate_raw(&samples, resolution)]
         } else {
-            aggregate_aggr(&read_aggr_series(src, &entry)?, resolution)
+            // A merged block's chunks joined: one coarser chunk for the whole block.
+            let parts = read_aggr_chunks(src, &entry, &Aggregate::ALL)?;
+            vec![aggregate_aggr(&concat_parts(parts), resolution)]
         };
-        if aggr.count.is_empty() {
-            continue;
+        let mut chunks = Vec::with_capacity(aggrs.len());
+        let mut windows = 0u64;
+        for a in aggrs.iter().filter(|a| !a.count.is_empty()) {
+            windows += a.count.len() as u64;
+            chunks.push(encode_aggr_chunk(a, &mut |c| {
+                put_timestamps(&mut w, &mut ts_refs, c)
+            })?);
         }
-        let windows = aggr.count.len() as u64;
-        let c = encode_aggr_chunk(&aggr)?;
-        w.add_series_opaque(&entry.labels, &[c], windows)?;
+        if !chunks.is_empty() {
+            w.add_series_opaque(&entry.labels, &chunks, windows)?;
+        }
     }
     let meta = w.finish()?;
     tracing::info!(block = %meta.id, source = %m.id, resolution, series = meta.stats.num_series,
@@ -965,19 +1204,187 @@ pub fn obsoleted_by(new: &BlockMeta, metas: &[BlockMeta]) -> Vec<String> {
         .collect()
 }
 
+// ---------------------------------------------------------------------------------------------
+// Merging downsampled blocks
+
+const HOUR: i64 = 3_600_000;
+
+/// Width of the aligned windows inside which downsampled blocks of `resolution` are merged
+/// into one block ([`plan_merge`]): 162 h (nine 18 h blocks) for 5 m, 486 h (27) for 1 h.
+pub fn merge_range(resolution: i64) -> Option<i64> {
+    match resolution {
+        RES_5M => Some(162 * HOUR),
+        RES_1H => Some(486 * HOUR),
+        _ => None,
+    }
+}
+
+/// Groups of downsampled blocks to merge, each as ids in time order. Per resolution, the
+/// blocks that lie inside one aligned window of [`merge_range`] are merged when there are at
+/// least two and together they span the whole window or lie entirely before the newest block
+/// of that resolution (the rule of `compact::plan` for raw blocks).
+pub fn plan_merge(metas: &[BlockMeta]) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for res in [RES_5M, RES_1H] {
+        let Some(r) = merge_range(res) else { continue };
+        let mut ms: Vec<&BlockMeta> = metas.iter().filter(|m| m.resolution == res).collect();
+        ms.sort_by(|a, b| (a.min_time, &a.id).cmp(&(b.min_time, &b.id)));
+        let Some(newest_min) = ms.iter().map(|m| m.min_time).max() else {
+            continue;
+        };
+        let mut windows: BTreeMap<i64, Vec<&BlockMeta>> = BTreeMap::new();
+        for m in ms {
+            let w = m.min_time.div_euclid(r);
+            if m.max_time <= (w + 1).saturating_mul(r) {
+                windows.entry(w).or_default().push(m);
+            }
+        }
+        for group in windows.values().filter(|g| g.len() > 1) {
+            let mint = group.iter().map(|m| m.min_time).min().unwrap_or(0);
+            let maxt = group.iter().map(|m| m.max_time).max().unwrap_or(0);
+            if maxt - mint == r || maxt <= newest_min {
+                out.push(group.iter().map(|m| m.id.clone()).collect());
+            }
+        }
+    }
+    out
+}
+
+/// Merges downsampled blocks of one resolution into one new block (temp dir, fsync, rename;
+/// the sources are left alone: delete them once it is durable). Per series (in label order,
+/// a k-way merge over the blocks' indexes: memory is one series at a time plus one cursor per
+/// block), the aggregate chunks of every block are copied as they are, in time order: each
+/// stays a part of its own with its own counter start, read exactly as the separate blocks
+/// were. Where blocks overlap in time (a block downsampled again after its raw block took a
+/// backfill, merged with an older block that holds the previous version), a chunk is dropped
+/// when it overlaps the range of a newer block (a larger id) of the group. The new block's
+/// range is the union, `sources` the union, `parents` the merged ids, `level` the highest.
+pub fn merge_blocks(data_dir: &Path, blocks: &[Block]) -> Result<BlockMeta> {
+    let Some(first) = blocks.first() else {
+        return Err(BlockError::Invalid("merging no downsampled blocks".into()));
+    };
+    let res = first.meta().resolution;
+    if res == RES_RAW || blocks.iter().any(|b| b.meta().resolution != res) {
+        return Err(BlockError::Invalid(format!(
+            "merging downsampled blocks: expected blocks of one downsampled resolution, found {:?}",
+            blocks
+                .iter()
+                .map(|b| b.meta().resolution)
+                .collect::<Vec<_>>()
+        )));
+    }
+    let mint = blocks.iter().map(|b| b.meta().min_time).min().unwrap_or(0);
+    let maxt = blocks.iter().map(|b| b.meta().max_time).max().unwrap_or(0);
+    let mut sources: Vec<String> = blocks
+        .iter()
+        .flat_map(|b| b.meta().sources.iter().cloned())
+        .collect();
+    sources.sort();
+    sources.dedup();
+    let level = blocks.iter().map(|b| b.meta().level).max().unwrap_or(1);
+    let mut w = BlockWriter::new(data_dir, mint, maxt)?;
+    w.set_compaction(
+        level,
+        sources,
+        blocks.iter().map(|b| b.id().to_string()).collect(),
+    );
+    w.set_resolution(res);
+    // For each block, the ranges of the newer blocks of the group that overlap it.
+    let newer: Vec<Vec<(i64, i64)>> = blocks
+        .iter()
+        .map(|b| {
+            blocks
+                .iter()
+                .filter(|o| o.id() > b.id())
+                .map(|o| (o.meta().min_time, o.meta().max_time))
+                .filter(|&(lo, hi)| lo < b.meta().max_time && b.meta().min_time < hi)
+                .collect()
+        })
+        .collect();
+    let mut ts_refs = HashMap::new();
+    // k-way merge by labels: each block's series ids are in label order.
+    let mut cursors: Vec<(u64, Option<SeriesEntry>)> = Vec::with_capacity(blocks.len());
+    for b in blocks {
+        let e = if b.index().num_series() > 0 {
+            Some(b.index().series(0)?)
+        } else {
+            None
+        };
+        cursors.push((0, e));
+    }
+    while let Some(labels) = cursors
+        .iter()
+        .filter_map(|(_, e)| e.as_ref().map(|e| &e.labels))
+        .min()
+        .cloned()
+    {
+        let mut chunks: Vec<(i64, i64, Vec<u8>)> = Vec::new();
+        let mut windows = 0u64;
+        for (i, (id, cur)) in cursors.iter_mut().enumerate() {
+            let Some(e) = cur.as_ref().filter(|e| e.labels == labels) else {
+                continue;
+            };
+            let b = &blocks[i];
+            for c in &e.chunks {
+                if newer[i]
+                    .iter()
+                    .any(|&(lo, hi)| c.min_time < hi && lo <= c.max_time)
+                {
+                    continue;
+                }
+                let (chunk, n) = copy_aggr_chunk(b, &e.labels, c, &mut w, &mut ts_refs)?;
+                windows += n;
+                chunks.push(chunk);
+            }
+            *id += 1;
+            *cur = if *id < b.index().num_series() {
+                Some(b.index().series(*id)?)
+            } else {
+                None
+            };
+        }
+        chunks.sort_by_key(|c| (c.0, c.1));
+        w.add_series_opaque(&labels, &chunks, windows)?;
+    }
+    let meta = w.finish()?;
+    tracing::info!(block = %meta.id, resolution = res, merged = blocks.len(),
+        series = meta.stats.num_series, bytes = meta.stats.num_bytes, "merged downsampled blocks");
+    Ok(meta)
+}
+
 /// Plans and writes every due downsampled block of `data_dir` (blocks opened from disk, as
 /// [`crate::compact::run`] does), deleting the downsampled blocks each new one makes obsolete
-/// once it is durable. `newest` is the newest time of the data (the head's, if any). Returns
-/// the metas written. Safe to re-run after a crash at any point: a block is complete or
+/// once it is durable, and merges the downsampled blocks that are due ([`plan_merge`]).
+/// `newest` is the newest time of the data (the head's, if any). Returns the metas of the
+/// downsampled blocks written (not those of merged blocks). Safe to re-run after a crash at any point: a block is complete or
 /// absent, a finished one is never written twice, and an obsolete one left behind is deleted
 /// by [`crate::block::open_blocks`].
 pub fn run(data_dir: &Path, newest: i64, opts: &DownsampleOptions) -> Result<Vec<BlockMeta>> {
     let mut written = Vec::new();
-    for _pass in 0..3 {
+    // A pass merges what is due, then downsamples what is due: raw → 5 m, merge 5 m, 5 m → 1 h,
+    // merge 1 h take four.
+    for _pass in 0..5 {
         let (blocks, _problems) = crate::block::open_blocks(data_dir)?;
+        let merges = plan_merge(&blocks.iter().map(|b| b.meta().clone()).collect::<Vec<_>>());
+        for group in &merges {
+            let members: Vec<Block> = blocks
+                .iter()
+                .filter(|b| group.iter().any(|id| id == b.id()))
+                .cloned()
+                .collect();
+            merge_blocks(data_dir, &members)?;
+            for id in group {
+                crate::block::delete_block(data_dir, id)?;
+            }
+        }
+        let blocks = if merges.is_empty() {
+            blocks
+        } else {
+            crate::block::open_blocks(data_dir)?.0
+        };
         let mut metas: Vec<BlockMeta> = blocks.iter().map(|b| b.meta().clone()).collect();
         let plans = plan(&metas, newest, opts);
-        if plans.is_empty() {
+        if plans.is_empty() && merges.is_empty() {
             break;
         }
         for (id, res) in plans {
@@ -998,6 +1405,45 @@ pub fn run(data_dir: &Path, newest: i64, opts: &DownsampleOptions) -> Result<Vec
 
 // ---------------------------------------------------------------------------------------------
 // Reading
+
+/// Joins the chunks of one series (time order, as [`read_aggr_chunks`] gives them) into one
+/// [`AggrSeries`]: windows concatenated, the counter of each later chunk shifted to continue the
+/// running total as [`stitch`] does — in exact decimal units when every value involved is a
+/// decimal (see [`DecSum`]), so the result is what aggregating their raw samples at once gives.
+pub fn concat_parts(parts: Vec<AggrSeries>) -> AggrSeries {
+    let mut out = AggrSeries::default();
+    for p in parts {
+        let (Some(total), Some(raw), Some(first)) = (
+            out.counter.last().map(|s| s.v),
+            out.last_raw(),
+            p.counter.first().map(|s| s.v),
+        ) else {
+            if out.count.is_empty() {
+                out = p;
+            }
+            continue;
+        };
+        let mut base = DecSum::ZERO;
+        base.add(total);
+        if first >= raw {
+            // No reset at the boundary: the part continues from the previous raw last value.
+            base.add(-raw);
+        }
+        let raw_last = p.last_raw();
+        out.count.extend(p.count);
+        out.sum.extend(p.sum);
+        out.min.extend(p.min);
+        out.max.extend(p.max);
+        out.last.extend(p.last);
+        out.counter
+            .extend(p.counter.iter().map(|s| Sample::new(s.t, base.plus(s.v))));
+        out.raw_last = match (raw_last, out.counter.last()) {
+            (Some(r), Some(c)) if r.to_bits() != c.v.to_bits() => Some(r),
+            _ => None,
+        };
+    }
+    out
+}
 
 /// Joins the parts (blocks, oldest first) of one series' aggregate into one stream. Counter:
 /// each part starts at its raw first value; the next part continues from the previous one's
@@ -1062,19 +1508,18 @@ impl DownsampledQuerier {
         }
     }
 
+    /// The labels of the series matching `matchers` in any block.
     fn collect(
         &self,
         matchers: &[Matcher],
-    ) -> tidemark_storage::Result<BTreeMap<Labels, Vec<AggrSeries>>> {
-        let mut by_series: BTreeMap<Labels, Vec<AggrSeries>> = BTreeMap::new();
+    ) -> tidemark_storage::Result<std::collections::BTreeSet<Labels>> {
+        let mut out = std::collections::BTreeSet::new();
         for b in &self.blocks {
             for id in postings_for_matchers(b.index(), matchers)?.into_vec() {
-                let entry = b.index().series(id)?;
-                let a = read_aggr_series(b, &entry)?;
-                by_series.entry(entry.labels).or_default().push(a);
+                out.insert(b.index().series(id)?.labels);
             }
         }
-        Ok(by_series)
+        Ok(out)
     }
 }
 
@@ -1127,7 +1572,7 @@ impl Querier for DownsampledQuerier {
         limit: usize,
     ) -> tidemark_storage::Result<Vec<String>> {
         let mut set = std::collections::BTreeSet::new();
-        for (labels, _) in self.collect(matchers)? {
+        for labels in self.collect(matchers)? {
             if let Some(v) = labels.get(name) {
                 set.insert(v.to_string());
             }
@@ -1145,7 +1590,7 @@ impl Querier for DownsampledQuerier {
         limit: usize,
     ) -> tidemark_storage::Result<Vec<String>> {
         let mut set = std::collections::BTreeSet::new();
-        for (labels, _) in self.collect(matchers)? {
+        for labels in self.collect(matchers)? {
             for l in labels.iter() {
                 set.insert(l.name.to_string());
             }
@@ -1174,7 +1619,7 @@ impl LazyAggrSeries {
     fn samples(&self) -> Result<Vec<Sample>> {
         let mut decoded = Vec::with_capacity(self.parts.len());
         for (b, entry) in &self.parts {
-            decoded.push(read_aggr_series(b, entry)?);
+            decoded.extend(read_aggr_chunks(b, entry, &[self.aggr])?);
         }
         let refs: Vec<&AggrSeries> = decoded.iter().collect();
         let mut samples = stitch(&refs, self.aggr);
@@ -1258,8 +1703,18 @@ mod tests {
         Sample::new(t, v)
     }
 
+    /// Encodes `a` with its timestamp chunk in `ts`.
+    fn enc(a: &AggrSeries, ts: &mut TimestampChunks) -> (i64, i64, Vec<u8>) {
+        encode_aggr_chunk(a, &mut |c| Ok(ts.put(c))).unwrap()
+    }
+
+    fn dec(bytes: &[u8], ts: &TimestampChunks) -> std::result::Result<AggrSeries, String> {
+        decode_aggr_chunk(bytes, &|r| ts.get(r))
+    }
+
     #[test]
     fn counter_with_resets_and_marker() {
+        let mut ts = TimestampChunks::default();
         // Window 0: 10, 20, 5 (reset) → 25 + leading 10; window 1: 7, 1 (reset) → 20+7+1 = 28.
         let raw = [s(0, 10.0), s(1, 20.0), s(2, 5.0), s(10, 7.0), s(11, 1.0)];
         let a = aggregate_raw(&raw, 10);
@@ -1270,9 +1725,9 @@ mod tests {
         assert_eq!(a.max, vec![s(2, 20.0), s(11, 7.0)]);
         assert_eq!(a.sum, vec![s(2, 35.0), s(11, 8.0)]);
         assert_eq!(a.last, vec![s(2, 5.0), s(11, 1.0)]);
-        let (mint, maxt, bytes) = encode_aggr_chunk(&a).unwrap();
+        let (mint, maxt, bytes) = enc(&a, &mut ts);
         assert_eq!((mint, maxt), (0, 11));
-        assert_eq!(decode_aggr_chunk(&bytes).unwrap(), a);
+        assert_eq!(dec(&bytes, &ts).unwrap(), a);
         // Next block: starts at 3 (above raw last 1: no reset): +2.
         let b = aggregate_raw(&[s(20, 3.0)], 10);
         assert_eq!(b.raw_last, None);
@@ -1288,15 +1743,16 @@ mod tests {
 
     #[test]
     fn decimal_form_round_trips() {
+        let mut ts = TimestampChunks::default();
         let raw: Vec<Sample> = (0..50).map(|i| s(i * 3, (i * i) as f64)).collect();
         let a = aggregate_raw(&raw, 10);
         assert_eq!(a.counter.len(), a.max.len() + 1, "leading sample");
-        let (_, _, bytes) = encode_aggr_chunk(&a).unwrap();
+        let (_, _, bytes) = enc(&a, &mut ts);
         assert_eq!(bytes[1], FLAG_DECIMAL);
-        assert_eq!(decode_aggr_chunk(&bytes).unwrap(), a);
+        assert_eq!(dec(&bytes, &ts).unwrap(), a);
         let single = aggregate_raw(&[s(5, 1.0), s(15, 2.0)], 10);
-        let (_, _, bytes) = encode_aggr_chunk(&single).unwrap();
-        assert_eq!(decode_aggr_chunk(&bytes).unwrap(), single);
+        let (_, _, bytes) = enc(&single, &mut ts);
+        assert_eq!(dec(&bytes, &ts).unwrap(), single);
     }
 
     #[test]
@@ -1319,36 +1775,95 @@ mod tests {
 
     #[test]
     fn plain_form_for_other_floats() {
+        let mut ts = TimestampChunks::default();
         let raw: Vec<Sample> = (0..60)
             .map(|i| s(i * 2, (i as f64 * 0.7).sin() * std::f64::consts::PI))
             .collect();
         let a = aggregate_raw(&raw, 10);
-        let (_, _, bytes) = encode_aggr_chunk(&a).unwrap();
+        let (_, _, bytes) = enc(&a, &mut ts);
         assert_eq!(bytes[1] & FLAG_DECIMAL, 0);
-        assert_eq!(decode_aggr_chunk(&bytes).unwrap(), a);
+        assert_eq!(dec(&bytes, &ts).unwrap(), a);
         // A monotone float series: max and counter equal last and are not stored.
         let raw: Vec<Sample> = (0..60).map(|i| s(i * 2, (i as f64).sqrt())).collect();
         let a = aggregate_raw(&raw, 10);
-        let (_, _, bytes) = encode_aggr_chunk(&a).unwrap();
+        let (_, _, bytes) = enc(&a, &mut ts);
         assert_eq!(bytes[1], FLAG_MAX_IS_LAST | FLAG_COUNTER_IS_LAST);
-        assert_eq!(decode_aggr_chunk(&bytes).unwrap(), a);
+        assert_eq!(dec(&bytes, &ts).unwrap(), a);
     }
 
     #[test]
     fn decode_rejects_garbage() {
-        assert!(decode_aggr_chunk(&[]).is_err());
-        assert!(decode_aggr_chunk(&[9, 0]).is_err());
-        assert!(decode_aggr_chunk(&[1, 0]).is_err(), "version 1 is not read");
-        assert!(decode_aggr_chunk(&[2, 0]).is_err(), "version 2 is not read");
-        assert!(decode_aggr_chunk(&[3, 1, 0]).is_err());
-        assert!(decode_aggr_chunk(&[3, 1, 16, 0, 0]).is_err(), "exponent");
-        assert!(decode_aggr_chunk(&[3, 0, 200]).is_err());
-        assert!(decode_aggr_chunk(&[3, 64]).is_err(), "flags");
+        let mut ts = TimestampChunks::default();
+        assert!(dec(&[], &ts).is_err());
+        assert!(dec(&[9, 0], &ts).is_err());
+        assert!(dec(&[1, 0], &ts).is_err(), "version 1 is not read");
+        assert!(dec(&[2, 0], &ts).is_err(), "version 2 is not read");
+        assert!(dec(&[3, 1, 0], &ts).is_err());
+        assert!(dec(&[3, 1, 16, 0, 0], &ts).is_err(), "exponent");
+        assert!(dec(&[3, 0, 200], &ts).is_err());
+        assert!(dec(&[3, 64], &ts).is_err(), "flags");
         // Every truncation of a valid chunk is an error, never a panic.
         let raw: Vec<Sample> = (0..50).map(|i| s(i * 3, (i % 7) as f64)).collect();
-        let (_, _, bytes) = encode_aggr_chunk(&aggregate_raw(&raw, 10)).unwrap();
+        let (_, _, bytes) = enc(&aggregate_raw(&raw, 10), &mut ts);
         for n in 0..bytes.len() {
-            assert!(decode_aggr_chunk(&bytes[..n]).is_err(), "truncated at {n}");
+            assert!(dec(&bytes[..n], &ts).is_err(), "truncated at {n}");
+        }
+    }
+
+    /// Version 3 (the count chunk with its own timestamps, no timestamp chunk) is still read.
+    #[test]
+    fn version_3_is_read() {
+        let mut ts = TimestampChunks::default();
+        for raw in [
+            (0..50)
+                .map(|i| s(i * 3, (i * i) as f64))
+                .collect::<Vec<_>>(),
+            (0..60).map(|i| s(i * 2, (i as f64 * 0.7).sin())).collect(),
+        ] {
+            let a = aggregate_raw(&raw, 10);
+            let (_, _, v4) = enc(&a, &mut ts);
+            // v3 = v4 without the ref, with the whole count chunk as the count part.
+            let at = if v4[1] & FLAG_DECIMAL != 0 { 5 } else { 2 };
+            let mut pos = at;
+            let r = get_uvarint(&v4, &mut pos).unwrap();
+            let count_len = get_uvarint(&v4, &mut pos).unwrap() as usize;
+            let count_values = &v4[pos..pos + count_len];
+            let ts_chunk = ts.get(r).unwrap();
+            let prefix = ts_prefix_len(ts_chunk).unwrap();
+            let mut count = ts_chunk[..prefix].to_vec();
+            count.extend_from_slice(count_values);
+            let mut v3 = vec![AGGR_CHUNK_V3];
+            v3.extend_from_slice(&v4[1..at]);
+            put_uvarint(&mut v3, count.len() as u64);
+            v3.extend_from_slice(&count);
+            v3.extend_from_slice(&v4[pos + count_len..]);
+            let none = |r: u64| -> std::result::Result<&[u8], String> { Err(format!("no {r}")) };
+            assert_eq!(decode_aggr_chunk(&v3, &none).unwrap(), a);
+            // Only some aggregates: the same values, the others empty.
+            let only = decode_aggr_chunk_only(&v3, &none, &[Aggregate::Counter]).unwrap();
+            assert_eq!(
+                (only.counter, only.raw_last),
+                (a.counter.clone(), a.raw_last)
+            );
+            assert!(only.sum.is_empty() && only.count.is_empty());
+        }
+    }
+
+    /// Decoding a subset gives the same samples as decoding everything.
+    #[test]
+    fn decoding_one_aggregate_matches_all() {
+        let mut ts = TimestampChunks::default();
+        let raw: Vec<Sample> = (0..300)
+            .map(|i| s(i * 7, f64::from((i * 37 % 101) as u32) * 0.5))
+            .collect();
+        let a = aggregate_raw(&raw, 60);
+        let (_, _, bytes) = enc(&a, &mut ts);
+        for g in Aggregate::ALL {
+            let one = decode_aggr_chunk_only(&bytes, &|r| ts.get(r), &[g]).unwrap();
+            assert_eq!(one.get(g), a.get(g), "{}", g.name());
+            if g == Aggregate::Counter {
+                assert_eq!(one.raw_last, a.raw_last);
+            }
         }
     }
 }

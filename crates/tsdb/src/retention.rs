@@ -297,6 +297,7 @@ fn rewrite_without_series(
         crate::compact::COMPACTED_SAMPLES_PER_CHUNK
     });
     let mut samples: Vec<Sample> = Vec::new();
+    let mut ts_refs = std::collections::HashMap::new();
     for id in 0..block.index().num_series() {
         if drop.binary_search(&id).is_ok() {
             continue;
@@ -310,14 +311,10 @@ fn rewrite_without_series(
             let mut chunks = Vec::with_capacity(e.chunks.len());
             let mut windows = 0;
             for c in &e.chunks {
-                let data = block.chunk_data(c)?;
-                windows += crate::downsample::decode_aggr_chunk(data)
-                    .map_err(|what| {
-                        BlockError::Invalid(format!("block {}: series {}: {what}", m.id, e.labels))
-                    })?
-                    .count
-                    .len() as u64;
-                chunks.push((c.min_time, c.max_time, data.to_vec()));
+                let (chunk, n) =
+                    crate::downsample::copy_aggr_chunk(block, &e.labels, c, &mut w, &mut ts_refs)?;
+                windows += n;
+                chunks.push(chunk);
             }
             w.add_series_opaque(&e.labels, &chunks, windows)?;
         }

@@ -9,6 +9,12 @@
 //!   inside the first and the last window of the range).
 //! - `aggregate_chunks_round_trip` (proptest): aggregate chunks of any values (decimals, byte
 //!   counts, arbitrary floats, huge values, -0.0) decode bit for bit to what was encoded.
+//! - `merged_blocks_match_raw` (proptest): the same checks over weeks of 18 h raw blocks, whose
+//!   5 m and 1 h blocks are merged (162 h and 486 h windows, incomplete ones too).
+//! - `backfill_into_a_merged_window_replaces_its_part`: a raw block downsampled again after a
+//!   backfill replaces its range in the merged 5 m block; every aggregate matches the raw data.
+//! - `aggregate_chunk_garbage_never_panics` (proptest): garbage and damaged chunks are errors,
+//!   never panics; decoding one aggregate gives what a full decode gives.
 //! - `leftover_and_obsolete_blocks_after_a_crash`: a temp dir left by a crash, a re-run, and a
 //!   superseded downsampled block left behind leave exactly one downsampled block per source.
 //! - `downsampling_survives_sigkill`: a child process downsampling a directory is SIGKILLed at
@@ -281,8 +287,17 @@ proptest! {
         write_raw_blocks(dir.path(), &data, 2 * H);
         let opts = DownsampleOptions { to_5m_after_ms: 0, to_1h_after_ms: 0 };
         let written = downsample::run(dir.path(), i64::MAX / 2, &opts).unwrap();
-        let raw_blocks = blocks_of(dir.path(), 0).len();
-        prop_assert_eq!(written.len(), 2 * raw_blocks);
+        let raw_blocks = blocks_of(dir.path(), 0);
+        prop_assert_eq!(written.iter().filter(|m| m.resolution == RES_5M).count(), raw_blocks.len());
+        // Every raw block has a 5 m and a 1 h version (merged blocks hold several).
+        let metas: Vec<BlockMeta> = std::fs::read_dir(dir.path()).unwrap()
+            .filter_map(|e| Block::open(&e.unwrap().path()).ok())
+            .map(|b| b.meta().clone())
+            .collect();
+        for b in &raw_blocks {
+            prop_assert!(downsample::covered(b.meta(), RES_5M, &metas));
+            prop_assert!(downsample::covered(b.meta(), RES_1H, &metas));
+        }
         check_resolution(dir.path(), &data, RES_5M)?;
         check_resolution(dir.path(), &data, RES_1H)?;
         // Re-running writes nothing.
@@ -318,6 +333,35 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4, ..ProptestConfig::default() })]
+
+    /// Downsampled blocks merged into 162 h (5 m) and 486 h (1 h) blocks read exactly as the
+    /// raw data gives: the same checks as `aggregates_match_raw_per_window`, over weeks of data
+    /// in 18 h raw blocks, with some blocks missing (gaps) so that merges of incomplete
+    /// windows happen too.
+    #[test]
+    fn merged_blocks_match_raw(
+        series in prop::collection::vec(arb_series(), 1..3),
+        stretch in 20i64..60,
+        start in -30 * DAY..30 * DAY,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let series: Vec<GenSeries> = series
+            .into_iter()
+            .map(|(c, steps)| (c, steps.into_iter().map(|(g, x, r)| (g * stretch, x, r)).collect()))
+            .collect();
+        let data = build(&series, start);
+        write_raw_blocks(dir.path(), &data, 18 * H);
+        let opts = DownsampleOptions { to_5m_after_ms: 0, to_1h_after_ms: 0 };
+        downsample::run(dir.path(), NEWEST, &opts).unwrap();
+        check_resolution(dir.path(), &data, RES_5M)?;
+        check_resolution(dir.path(), &data, RES_1H)?;
+        prop_assert!(downsample::run(dir.path(), NEWEST, &opts).unwrap().is_empty());
+        prop_assert!(downsample::plan_merge(&open_blocks(dir.path()).unwrap().0.iter().map(|b| b.meta().clone()).collect::<Vec<_>>()).is_empty());
+    }
+}
+
 fn arb_value() -> impl Strategy<Value = f64> {
     prop_oneof![
         (0i64..1000).prop_map(|x| x as f64),
@@ -350,8 +394,9 @@ proptest! {
         let m5 = downsample::aggregate_raw(&raw, RES_5M);
         let h1 = downsample::aggregate_aggr(&m5, RES_1H);
         for a in [&m5, &h1] {
-            let (_, _, bytes) = downsample::encode_aggr_chunk(a).unwrap();
-            let d = downsample::decode_aggr_chunk(&bytes).unwrap();
+            let mut ts = downsample::TimestampChunks::default();
+            let (_, _, bytes) = downsample::encode_aggr_chunk(a, &mut |c| Ok(ts.put(c))).unwrap();
+            let d = downsample::decode_aggr_chunk(&bytes, &|r| ts.get(r)).unwrap();
             for g in Aggregate::ALL {
                 let bits = |s: &[Sample]| s.iter().map(|x| (x.t, x.v.to_bits())).collect::<Vec<_>>();
                 prop_assert_eq!(bits(d.get(g)), bits(a.get(g)), "{:?}", g);
@@ -359,6 +404,88 @@ proptest! {
             prop_assert_eq!(d.raw_last.map(f64::to_bits), a.raw_last.map(f64::to_bits));
         }
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+    /// Arbitrary bytes after a valid version byte (and a valid chunk with bytes flipped) decode
+    /// to an error or a series, never a panic; decoding one aggregate gives what decoding all
+    /// gives for it.
+    #[test]
+    fn aggregate_chunk_garbage_never_panics(
+        version in 3u8..5,
+        body in prop::collection::vec(any::<u8>(), 0..200),
+        flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+    ) {
+        let mut ts = downsample::TimestampChunks::default();
+        let raw: Vec<Sample> = (0..80).map(|i| Sample::new(i * 4000, f64::from((i * 7 % 13) as u32))).collect();
+        let a = downsample::aggregate_raw(&raw, 60_000);
+        let (_, _, mut valid) = downsample::encode_aggr_chunk(&a, &mut |c| Ok(ts.put(c))).unwrap();
+        for (i, b) in &flips {
+            let n = valid.len();
+            valid[i.index(n)] ^= b;
+        }
+        let mut garbage = vec![version];
+        garbage.extend_from_slice(&body);
+        for data in [valid, garbage] {
+            let get = |r: u64| ts.get(r);
+            let all = downsample::decode_aggr_chunk(&data, &get);
+            for g in Aggregate::ALL {
+                let one = downsample::decode_aggr_chunk_only(&data, &get, &[g]);
+                if let (Ok(all), Ok(one)) = (&all, &one) {
+                    let bits = |s: &[Sample]| s.iter().map(|x| (x.t, x.v.to_bits())).collect::<Vec<_>>();
+                    prop_assert_eq!(bits(all.get(g)), bits(one.get(g)));
+                }
+            }
+        }
+    }
+}
+
+/// A raw block that takes a backfill after its 5 m version was merged is downsampled again,
+/// and the next merge keeps the new version of its range (the merged block's chunks there are
+/// dropped): every aggregate then matches the raw data with the backfill.
+#[test]
+fn backfill_into_a_merged_window_replaces_its_part() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut data = sample_data(2, 8, 60_000);
+    write_raw_blocks(dir.path(), &data, 18 * H);
+    let opts = DownsampleOptions {
+        to_5m_after_ms: 0,
+        to_1h_after_ms: 0,
+    };
+    downsample::run(dir.path(), NEWEST, &opts).unwrap();
+    let merged = |dir: &Path| {
+        blocks_of(dir, RES_5M)
+            .iter()
+            .any(|b| b.meta().min_time == 0 && b.meta().max_time == 162 * H)
+    };
+    assert!(merged(dir.path()), "the first 162 h are one 5 m block");
+    // Backfill 30 s after every sample of [36 h, 54 h) (the third raw block).
+    let mut extra = RawData::new();
+    for (l, ss) in &data {
+        let add: Vec<Sample> = ss
+            .iter()
+            .filter(|s| s.t >= 36 * H && s.t < 54 * H)
+            .map(|s| Sample::new(s.t + 30_000, s.v))
+            .collect();
+        extra.insert(l.clone(), add);
+    }
+    write_raw_blocks(dir.path(), &extra, 18 * H);
+    tidemark_tsdb::compact::run(
+        dir.path(),
+        &tidemark_tsdb::compact::CompactOptions::default(),
+    )
+    .unwrap();
+    downsample::run(dir.path(), NEWEST, &opts).unwrap();
+    for (l, add) in extra {
+        let ss = data.get_mut(&l).unwrap();
+        ss.extend(add);
+        ss.sort_by_key(|s| s.t);
+    }
+    assert!(merged(dir.path()));
+    check_resolution(dir.path(), &data, RES_5M).unwrap();
+    check_resolution(dir.path(), &data, RES_1H).unwrap();
 }
 
 fn sample_data(n_series: usize, days: i64, step: i64) -> RawData {
@@ -659,7 +786,9 @@ fn db_downsamples_and_keeps_raw_queries_raw() {
     let opts = DbOptions {
         background_maintenance: false,
         downsample_5m_after_ms: 40 * H,
-        downsample_1h_after_ms: 10 * DAY,
+        // Below the default 10 d so that 13 days of data reach 1 h: the 5 m blocks of the first
+        // 162 h are merged into one, due for 1 h once that one is 5 d old.
+        downsample_1h_after_ms: 5 * DAY,
         retention_time_ms: 15 * DAY,
         log_sync: tidemark_tsdb::log::SyncPolicy::Never,
         ..DbOptions::default()
@@ -702,7 +831,7 @@ fn db_downsamples_and_keeps_raw_queries_raw() {
                         m.id
                     )
                 }
-                RES_5M if m.max_time <= newest - 10 * DAY - 2 * H => {
+                RES_5M if m.max_time <= newest - 5 * DAY - 2 * H => {
                     assert!(
                         downsample::covered(m, RES_1H, &metas),
                         "5m {} not downsampled",
