@@ -742,6 +742,7 @@ impl TsdbAdmin for ClusterAdmin {
             "num_shards": node.num_shards(),
             "shards": shards,
         });
+        std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("snapshot.json"), manifest.to_string())?;
         info!(name = %name, shards = node.hosted().len(), "snapshot of the local replicas written");
         Ok(name)
