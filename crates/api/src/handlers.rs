@@ -395,7 +395,10 @@ pub(crate) async fn metadata(State(state): State<AppState>, p: Params) -> ApiRes
     let limit = signed_param(&p, "limit")?;
     let per_metric = signed_param(&p, "limit_per_metric")?;
     let metric = p.get_nonempty("metric").map(str::to_string);
-    let mut all: Vec<(String, Metadata)> = state.metadata.all();
+    let mut all: Vec<(String, Metadata)> = match state.stored_extras.clone() {
+        Some(s) => blocking(move || Ok(s.metadata()?)).await?,
+        None => state.metadata.all(),
+    };
     if let Some(t) = &state.targets {
         all.extend(t.metadata());
     }
@@ -431,7 +434,10 @@ pub(crate) async fn query_exemplars(
         ));
     }
     let sets = extract_selectors(p.get("query").unwrap_or_default())?;
-    let found = state.exemplars.query(&sets, start, end);
+    let found = match state.stored_extras.clone() {
+        Some(s) => blocking(move || Ok(s.exemplars(&sets, start, end)?)).await?,
+        None => state.exemplars.query(&sets, start, end),
+    };
     let mut out = String::from("[");
     for (i, (series, exemplars)) in found.iter().enumerate() {
         if i > 0 {

@@ -56,7 +56,7 @@ pub use json::format_float;
 pub use metrics::Metrics;
 pub use providers::{
     BuildInfo, ExpositionParser, ImportEntry, MetricsSource, Reloader, RulesProvider, RulesQuery,
-    TargetsProvider, TsdbAdmin, TsdbStatus,
+    StoredExtras, TargetsProvider, TsdbAdmin, TsdbStatus,
 };
 pub use server::{ServeError, ServeOptions, serve, serve_with};
 pub use state::{Api, ApiOptions};

@@ -161,6 +161,22 @@ pub enum ImportEntry {
     Metadata { metric: String, metadata: Metadata },
 }
 
+/// Metadata and exemplars the storage keeps itself (a cluster replicates them with the samples
+/// of their series, so every node answers for the whole cluster). With one, `/api/v1/metadata`
+/// and `/api/v1/query_exemplars` answer from it instead of this process' in-memory stores.
+pub trait StoredExtras: Send + Sync {
+    /// Metadata per metric family (a family may appear once per target).
+    fn metadata(&self) -> Result<Vec<(String, Metadata)>, tidemark_storage::Error>;
+    /// Exemplars of series matching any matcher set with a time in `[start, end]`, grouped by
+    /// series (series in label order, exemplars in time order).
+    fn exemplars(
+        &self,
+        sets: &[Vec<Matcher>],
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<(Labels, Vec<Exemplar>)>, tidemark_storage::Error>;
+}
+
 /// Parses Prometheus text / OpenMetrics bodies (implemented over tidemark-scrape's parser).
 pub trait ExpositionParser: Send + Sync {
     /// Parses `body` sent with `content_type`; the error says which line is wrong and why.

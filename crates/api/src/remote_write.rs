@@ -658,12 +658,15 @@ pub(crate) fn apply_cached(
     body: &[u8],
 ) -> Outcome {
     let mut out = Outcome::default();
+    let mut app = api.appendable.appender();
     for (name, m) in &batch.metadata {
         if !name.is_empty() && api.metadata.set(name, m.clone()) {
             api.metrics.metadata_written.fetch_add(1, Ordering::Relaxed);
+            // Per-family metadata (remote write 1.0), for storages that keep metadata.
+            let family = Labels::from_pairs([("__name__", name.as_str())]);
+            let _ = app.update_metadata(SeriesRef(0), &family, m);
         }
     }
-    let mut app = api.appendable.appender();
     for s in batch.series {
         let labels = match s.labels {
             Ok(l) => l,

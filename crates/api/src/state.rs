@@ -103,6 +103,7 @@ pub struct Api {
     pub(crate) opts: ApiOptions,
     pub(crate) admin: Option<Arc<dyn TsdbAdmin>>,
     pub(crate) targets: Option<Arc<dyn TargetsProvider>>,
+    pub(crate) stored_extras: Option<Arc<dyn crate::StoredExtras>>,
     pub(crate) rules: Option<Arc<dyn RulesProvider>>,
     pub(crate) reloader: Option<Arc<dyn Reloader>>,
     pub(crate) parser: Option<Arc<dyn ExpositionParser>>,
@@ -153,6 +154,7 @@ impl Api {
             opts,
             admin: None,
             targets: None,
+            stored_extras: None,
             rules: None,
             reloader: None,
             parser: Some(Arc::new(import::ScrapeParser)),
@@ -174,6 +176,11 @@ impl Api {
     /// Scrape targets and scraped metadata.
     pub fn with_targets(mut self, targets: Arc<dyn TargetsProvider>) -> Api {
         self.targets = Some(targets);
+        self
+    }
+    /// Metadata and exemplars kept by the storage (a cluster node: those of every node).
+    pub fn with_stored_extras(mut self, s: Arc<dyn crate::StoredExtras>) -> Api {
+        self.stored_extras = Some(s);
         self
     }
     /// Rules and alerts.

@@ -14,12 +14,151 @@
 //! ```text
 //! command := 2:u8 json(Command)
 //! ```
+//!
+//! Or what a write carries besides samples, for series of the entry's shard: metric metadata
+//! (HELP/TYPE/UNIT, from scrapes and remote write) and exemplars. Every replica keeps them
+//! (`extras.rs`), so that every node answers the metadata and exemplar APIs:
+//!
+//! ```text
+//! extras   := 3:u8 nmeta:uvarint meta* nexemplars:uvarint exemplar*
+//! meta     := labels_len:uvarint labels type:u8 help_len:uvarint help unit_len:uvarint unit
+//! exemplar := labels_len:uvarint labels ex_labels_len:uvarint ex_labels value_bits:u64le
+//!             has_ts:u8 (ts:zigzag-varint, present when has_ts = 1)
+//! ```
+//! `labels` are the series' (canonical encoding); `type` is the index in [`METRIC_TYPES`].
 
-use tidemark_model::{Labels, MatchType, Matcher};
+use tidemark_model::{Exemplar, Labels, MatchType, Matcher, Metadata, MetricType};
 
 const VERSION: u8 = 1;
 /// First byte of a command entry.
 const COMMAND: u8 = 2;
+/// First byte of an extras entry.
+const EXTRAS: u8 = 3;
+
+/// Metric types by their number in an extras entry.
+pub const METRIC_TYPES: [MetricType; 8] = [
+    MetricType::Unknown,
+    MetricType::Counter,
+    MetricType::Gauge,
+    MetricType::Histogram,
+    MetricType::GaugeHistogram,
+    MetricType::Summary,
+    MetricType::Info,
+    MetricType::StateSet,
+];
+
+/// Metadata and exemplars of series of one shard (see the module documentation).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Extras {
+    /// Metadata with the labels of the series it came with (remote write's per-family metadata
+    /// comes with `{__name__="<family>"}`).
+    pub metadata: Vec<(Labels, Metadata)>,
+    /// Exemplars with the labels of their series.
+    pub exemplars: Vec<(Labels, Exemplar)>,
+}
+
+impl Extras {
+    pub fn is_empty(&self) -> bool {
+        self.metadata.is_empty() && self.exemplars.is_empty()
+    }
+
+    /// The entry payload.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = vec![EXTRAS];
+        put_uvarint(&mut b, self.metadata.len() as u64);
+        for (l, m) in &self.metadata {
+            put_str(&mut b, l.encoded());
+            let t = METRIC_TYPES.iter().position(|x| *x == m.kind).unwrap_or(0);
+            b.push(t as u8);
+            put_str(&mut b, m.help.as_bytes());
+            put_str(&mut b, m.unit.as_bytes());
+        }
+        put_uvarint(&mut b, self.exemplars.len() as u64);
+        for (l, e) in &self.exemplars {
+            put_str(&mut b, l.encoded());
+            put_str(&mut b, e.labels.encoded());
+            b.extend_from_slice(&e.value.to_bits().to_le_bytes());
+            match e.ts {
+                Some(t) => {
+                    b.push(1);
+                    put_varint(&mut b, t);
+                }
+                None => b.push(0),
+            }
+        }
+        b
+    }
+}
+
+/// The extras in an entry payload (`None`: the payload is something else).
+pub fn decode_extras(data: &[u8]) -> Option<Result<Extras, BatchError>> {
+    match data.first() {
+        Some(&EXTRAS) => Some(decode_extras_body(data)),
+        _ => None,
+    }
+}
+
+fn decode_extras_body(data: &[u8]) -> Result<Extras, BatchError> {
+    let mut r = Reader { data, pos: 1 };
+    let labels = |r: &mut Reader<'_>| -> Result<Labels, BatchError> {
+        let n = r.len()?;
+        let at = r.pos;
+        Labels::from_encoded(r.bytes(n)?).map_err(|e| BatchError::Labels {
+            at,
+            reason: e.to_string(),
+        })
+    };
+    let string = |r: &mut Reader<'_>| -> Result<String, BatchError> {
+        let n = r.len()?;
+        let at = r.pos;
+        String::from_utf8(r.bytes(n)?.to_vec()).map_err(|_| BatchError::Labels {
+            at,
+            reason: "invalid UTF-8".into(),
+        })
+    };
+    let mut out = Extras::default();
+    let n = r.len()?;
+    for _ in 0..n {
+        let l = labels(&mut r)?;
+        let t = r.u8()?;
+        let kind = *METRIC_TYPES
+            .get(t as usize)
+            .ok_or_else(|| BatchError::Command(format!("unknown metric type {t}")))?;
+        let help = string(&mut r)?;
+        let unit = string(&mut r)?;
+        out.metadata.push((l, Metadata { kind, help, unit }));
+    }
+    let n = r.len()?;
+    for _ in 0..n {
+        let l = labels(&mut r)?;
+        let el = labels(&mut r)?;
+        let b = r.bytes(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        let value = f64::from_bits(u64::from_le_bytes(a));
+        let ts = match r.u8()? {
+            0 => None,
+            _ => Some(r.varint()?),
+        };
+        out.exemplars.push((
+            l,
+            Exemplar {
+                labels: el,
+                value,
+                ts,
+            },
+        ));
+    }
+    if r.pos != data.len() {
+        return Err(BatchError::Trailing(data.len() - r.pos));
+    }
+    Ok(out)
+}
+
+fn put_str(buf: &mut Vec<u8>, b: &[u8]) {
+    put_uvarint(buf, b.len() as u64);
+    buf.extend_from_slice(b);
+}
 
 /// An admin operation replicated through a shard's log.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -100,6 +239,9 @@ pub fn decode_command(data: &[u8]) -> Option<Result<Command, BatchError>> {
 
 /// Checks an entry payload from the network: a write batch or a command.
 pub fn validate(data: &[u8]) -> Result<(), BatchError> {
+    if let Some(e) = decode_extras(data) {
+        return e.map(|_| ());
+    }
     match decode_command(data) {
         Some(c) => c.map(|_| ()),
         None => for_each_raw(data, |_, _, _| {}),
@@ -366,7 +508,64 @@ mod tests {
         assert_eq!(decode(&long), Err(BatchError::Trailing(1)));
     }
 
+    #[test]
+    fn extras_round_trip_and_truncations_are_errors() {
+        let e = Extras {
+            metadata: vec![
+                (
+                    labels(1),
+                    Metadata {
+                        kind: MetricType::Counter,
+                        help: "Requests.".into(),
+                        unit: "seconds".into(),
+                    },
+                ),
+                (labels(2), Metadata::default()),
+            ],
+            exemplars: vec![
+                (
+                    labels(1),
+                    Exemplar {
+                        labels: Labels::from_pairs([("trace_id", "abc")]),
+                        value: f64::from_bits(0x7ff0_0000_0000_0002),
+                        ts: Some(-5),
+                    },
+                ),
+                (
+                    labels(3),
+                    Exemplar {
+                        labels: Labels::default(),
+                        value: 1.5,
+                        ts: None,
+                    },
+                ),
+            ],
+        };
+        let enc = e.encode();
+        assert_eq!(validate(&enc), Ok(()));
+        let dec = decode_extras(&enc).unwrap().unwrap();
+        assert_eq!(dec.metadata, e.metadata);
+        assert_eq!(dec.exemplars.len(), 2);
+        assert_eq!(dec.exemplars[0].1.value.to_bits(), 0x7ff0_0000_0000_0002);
+        assert_eq!(dec.exemplars[0].1.ts, Some(-5));
+        assert_eq!(dec.exemplars[1], e.exemplars[1]);
+        for n in 1..enc.len() {
+            assert!(
+                decode_extras(&enc[..n]).unwrap().is_err(),
+                "prefix of {n} bytes decoded"
+            );
+        }
+        assert!(decode_command(&enc).is_none());
+    }
+
     proptest! {
+        #[test]
+        fn arbitrary_extras_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let mut d = vec![EXTRAS];
+            d.extend(data);
+            let _ = validate(&d);
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = decode(&data);

@@ -5,6 +5,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod batch;
+pub mod extras;
 pub mod log_store;
 pub mod network;
 pub mod node;

@@ -46,6 +46,17 @@ const REMOVED_MARKER: &str = "REMOVED";
 /// Samples per chunk in select replies.
 const CHUNK_SAMPLES: usize = 240;
 
+/// Leader balance: no handover within this long of the last one from the same node...
+const BALANCE_PAUSE: Duration = Duration::from_secs(3);
+/// ...nor of the same shard within this long...
+const BALANCE_SHARD_PAUSE: Duration = Duration::from_secs(10);
+/// ...nor of a shard this node has led for less than this (longer than openraft's leader
+/// lease, the maximum election timeout, so that this node grants the new leader its vote).
+const BALANCE_LED_FOR: Duration = Duration::from_secs(5);
+/// Leader balance: log entries a voter may lag behind and still be chosen (it must catch up
+/// fully before it campaigns).
+const BALANCE_MAX_LAG: u64 = 256;
+
 /// Options of a cluster node.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
@@ -196,6 +207,14 @@ pub struct Node {
     raft_config: Arc<Config>,
     /// Shards whose replicas this node (their leader) is moving.
     moving: Mutex<BTreeSet<u32>>,
+    /// Leader balance: the leadership this node is handing over (shard -> new leader). While
+    /// present, this node proposes no writes to the shard and serves no lease reads of it.
+    transfers: Mutex<HashMap<u32, NodeId>>,
+    /// Leader balance: when each shard's leadership was last handed over from here, and when
+    /// this node last handed over any.
+    transferred: Mutex<(HashMap<u32, Instant>, Option<Instant>)>,
+    /// Since when this node leads each shard it leads (term, first seen), by reconciliation.
+    leader_since: Mutex<HashMap<u32, (u64, Instant)>>,
     /// The last status each peer answered a probe with, and when.
     peer_status: Mutex<HashMap<NodeId, (Instant, pb::StatusReply)>>,
     clients: Clients,
@@ -297,6 +316,9 @@ impl Node {
             book,
             raft_config: config,
             moving: Mutex::new(BTreeSet::new()),
+            transfers: Mutex::new(HashMap::new()),
+            transferred: Mutex::new((HashMap::new(), None)),
+            leader_since: Mutex::new(HashMap::new()),
             peer_status: Mutex::new(HashMap::new()),
             clients,
             leader_hint: Mutex::new(HashMap::new()),
@@ -725,6 +747,11 @@ impl Node {
                 format!("shard {s} is not hosted on node {}", self.opts.node_id),
             ));
         };
+        if let Some(to) = self.transfers.lock().get(&s) {
+            // Leader balance: nothing new goes into this leader's log until the handover
+            // ends, so the new leader's log has all of it when it campaigns.
+            return Err((Some(*to), format!("leadership is moving to node {to}")));
+        }
         match sh.raft.client_write(Batch(batch)).await {
             Ok(r) => Ok(r.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
@@ -818,6 +845,10 @@ impl Node {
     /// The applied index when this node leads `sh` under a valid lease with its whole log
     /// applied; `None` otherwise.
     fn leased_applied(&self, sh: &Shard) -> Option<u64> {
+        if self.transfers.lock().contains_key(&sh.id) {
+            // Handing leadership over: the new leader may win at any moment.
+            return None;
+        }
         let lease_ms = self.opts.election_timeout_ms.0 / 2;
         let m = sh.raft.metrics();
         let m = m.borrow();
@@ -1051,6 +1082,108 @@ impl Node {
         .await
     }
 
+    /// Metadata (`exemplars` false) or exemplars of shard `s` as this node's replica keeps
+    /// them, or as a replica that hosts it answers (the leader first). Best effort, like on a
+    /// single node: a replica that is catching up may miss the newest.
+    async fn shard_extras(
+        &self,
+        s: u32,
+        exemplars: Option<(&[Vec<Matcher>], i64, i64)>,
+    ) -> Result<crate::batch::Extras, ClusterError> {
+        use crate::batch::Extras;
+        if let Some(sh) = self.shard(s) {
+            return Ok(match exemplars {
+                Some((sets, start, end)) => Extras {
+                    exemplars: sh.data.extras.exemplars(sets, start, end),
+                    ..Default::default()
+                },
+                None => Extras {
+                    metadata: metadata_as_series(sh.data.extras.metadata()),
+                    ..Default::default()
+                },
+            });
+        }
+        let req = pb::ExtrasRequest {
+            shard: s,
+            exemplars: exemplars.is_some(),
+            sets: exemplars
+                .map(|(sets, _, _)| {
+                    sets.iter()
+                        .map(|set| pb::MatcherSet {
+                            matchers: set.iter().map(to_pb_matcher).collect(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            start: exemplars.map_or(0, |x| x.1),
+            end: exemplars.map_or(0, |x| x.2),
+        };
+        let mut candidates: Vec<NodeId> = self.leader_of(s).into_iter().collect();
+        candidates.extend(self.replicas(s));
+        let mut last_err = String::from("no replica known");
+        for id in candidates {
+            let Ok(mut c) = self.clients.get(id, &self.addr_of(id)) else {
+                continue;
+            };
+            let mut r = Request::new(req.clone());
+            r.set_timeout(self.opts.read_timeout.min(Duration::from_secs(5)));
+            match c.extras(r).await {
+                Ok(rep) => {
+                    let rep = rep.into_inner();
+                    if !rep.error.is_empty() {
+                        last_err = format!("node {id}: {}", rep.error);
+                        continue;
+                    }
+                    return match crate::batch::decode_extras(&rep.extras) {
+                        Some(Ok(e)) => Ok(e),
+                        Some(Err(e)) => Err(ClusterError::Other(format!("node {id}: {e}"))),
+                        None => Err(ClusterError::Other(format!(
+                            "node {id}: not an extras payload"
+                        ))),
+                    };
+                }
+                Err(st) => last_err = format!("node {id}: {}", st.message()),
+            }
+        }
+        Err(ClusterError::Unavailable {
+            shard: s,
+            reason: last_err,
+        })
+    }
+
+    /// Exemplars of series matching any matcher set within `[start, end]`, from every shard.
+    pub async fn exemplars(
+        &self,
+        sets: &[Vec<Matcher>],
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<(Labels, tidemark_model::Exemplar)>, ClusterError> {
+        let futs =
+            (0..self.opts.num_shards).map(|s| self.shard_extras(s, Some((sets, start, end))));
+        let mut out = Vec::new();
+        for r in futures::future::join_all(futs).await {
+            out.extend(r?.exemplars);
+        }
+        Ok(out)
+    }
+
+    /// Metadata from every shard: (metric family, target labels, metadata).
+    pub async fn metadata(
+        &self,
+    ) -> Result<Vec<(String, Labels, tidemark_model::Metadata)>, ClusterError> {
+        let futs = (0..self.opts.num_shards).map(|s| self.shard_extras(s, None));
+        let mut out = Vec::new();
+        for r in futures::future::join_all(futs).await {
+            for (l, m) in r?.metadata {
+                let Some(name) = l.metric_name() else {
+                    continue;
+                };
+                out.push((name.to_string(), crate::extras::target_of(&l), m));
+            }
+        }
+        Ok(out)
+    }
+
     /// This node's view of the cluster.
     pub fn status(&self) -> pb::StatusReply {
         let live: BTreeSet<NodeId> = self.live_nodes().into_iter().collect();
@@ -1142,6 +1275,17 @@ impl Node {
                 continue;
             };
             let m = sh.raft.metrics().borrow().clone();
+            {
+                let mut since = self.leader_since.lock();
+                if m.current_leader == Some(me) {
+                    let e = since.entry(s).or_insert((m.current_term, Instant::now()));
+                    if e.0 != m.current_term {
+                        *e = (m.current_term, Instant::now());
+                    }
+                } else {
+                    since.remove(&s);
+                }
+            }
             let mem = m.membership_config.membership();
             let voters: BTreeSet<NodeId> = mem.voter_ids().collect();
             if m.current_leader == Some(me) && voters != target && !voters.is_empty() {
@@ -1151,6 +1295,233 @@ impl Node {
                 self.maybe_drop(sh).await;
             }
         }
+        if !removed {
+            self.balance_leaders(&ids);
+        }
+    }
+
+    /// Leader balance (docs/cluster.md "Leader balance"): when every node is up and this node
+    /// leads the most shards (ties: the lowest id leads the way) and more than its fair share
+    /// (`ceil(shards / nodes)`), it hands one shard to a caught-up voter that leads fewer than
+    /// the fair share. Rate-limited: one handover at a time, none within 3 s of the last one
+    /// from this node, none of the same shard within 10 s, and only of a shard this node has led
+    /// for 5 s.
+    fn balance_leaders(self: &Arc<Self>, ids: &[NodeId]) {
+        let me = self.opts.node_id;
+        let now = Instant::now();
+        if !self.transfers.lock().is_empty()
+            || !self.moving.lock().is_empty()
+            || self
+                .transferred
+                .lock()
+                .1
+                .is_some_and(|t| now.duration_since(t) < BALANCE_PAUSE)
+            || ids.len() < 2
+        {
+            return;
+        }
+        // Every node up, and a self-reported leader for every shard.
+        let live: BTreeSet<NodeId> = self.live_nodes().into_iter().collect();
+        if ids.iter().any(|id| !live.contains(id)) {
+            return;
+        }
+        let mut leader: BTreeMap<u32, NodeId> = BTreeMap::new();
+        for sh in self.hosted() {
+            if sh.raft.metrics().borrow().current_leader == Some(me) {
+                leader.insert(sh.id, me);
+            }
+        }
+        let statuses = self.fresh_peer_statuses();
+        for id in ids.iter().filter(|id| **id != me) {
+            let Some(st) = statuses.iter().find(|st| st.node_id == *id) else {
+                return;
+            };
+            for x in st.shards.iter().filter(|x| x.leader == *id) {
+                leader.insert(x.shard, *id);
+            }
+        }
+        if leader.len() != self.opts.num_shards as usize {
+            return;
+        }
+        let mut count: BTreeMap<NodeId, usize> = ids.iter().map(|id| (*id, 0)).collect();
+        for l in leader.values() {
+            *count.entry(*l).or_default() += 1;
+        }
+        let fair = (self.opts.num_shards as usize).div_ceil(ids.len());
+        // The node that leads the most moves first: only one node moves at a time.
+        let busiest = count
+            .iter()
+            .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+            .map(|(id, _)| *id);
+        let mine = count.get(&me).copied().unwrap_or(0);
+        if busiest != Some(me) || mine <= fair {
+            return;
+        }
+        let recent = self.transferred.lock().0.clone();
+        let since = self.leader_since.lock().clone();
+        let mut best: Option<((bool, usize, NodeId), Shard, NodeId)> = None;
+        for (s, _) in leader.iter().filter(|(_, l)| **l == me) {
+            let Some(sh) = self.shard(*s) else { continue };
+            if recent
+                .get(s)
+                .is_some_and(|t| now.duration_since(*t) < BALANCE_SHARD_PAUSE)
+                || since
+                    .get(s)
+                    .is_none_or(|(_, t)| now.duration_since(*t) < BALANCE_LED_FOR)
+            {
+                continue;
+            }
+            let m = sh.raft.metrics().borrow().clone();
+            let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+            // With more than three voters the other followers' leases would refuse the vote.
+            if voters.len() > 3 || m.membership_config.membership().get_joint_config().len() > 1 {
+                continue;
+            }
+            let last = m.last_log_index.unwrap_or(0);
+            let preferred = self.replicas(*s).first().copied();
+            for t in voters.into_iter().filter(|t| *t != me) {
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&t).copied().flatten())
+                    .map_or(0, |l| l.index);
+                let n = count.get(&t).copied().unwrap_or(0);
+                if n >= fair || matched + BALANCE_MAX_LAG < last {
+                    continue;
+                }
+                // Prefer the shard's preferred leader, then the node that leads the fewest.
+                let key = (preferred != Some(t), n, t);
+                if best.as_ref().is_none_or(|b| key < b.0) {
+                    best = Some((key, sh.clone(), t));
+                }
+            }
+        }
+        if let Some((_, sh, to)) = best {
+            self.start_transfer(sh, to);
+        }
+    }
+
+    /// Hands the leadership of `sh` to `to` in the background: this node stops proposing
+    /// writes to the shard, waits until everything in its log is applied here and replicated to
+    /// `to`, then asks `to` to campaign (`TransferLeader`). `to` wins with this node's vote (a
+    /// leader grants a higher-term vote to a candidate whose log is as long as its own, and
+    /// steps down); the shard's other voters still follow this node's lease, so nobody else
+    /// campaigns. Writes refused meanwhile are retried by their senders on the new leader.
+    fn start_transfer(self: &Arc<Self>, sh: Shard, to: NodeId) {
+        let s = sh.id;
+        {
+            let mut t = self.transfers.lock();
+            if !t.is_empty() {
+                return;
+            }
+            t.insert(s, to);
+        }
+        let node = self.clone();
+        tokio::spawn(async move {
+            let me = node.opts.node_id;
+            let term = sh.raft.metrics().borrow().current_term;
+            tracing::info!(shard = s, to, "leader balance: handing the leadership over");
+            let res: Result<(), String> = async {
+                let deadline = Instant::now() + Duration::from_secs(2);
+                let last = loop {
+                    let m = sh.raft.metrics().borrow().clone();
+                    if m.current_leader != Some(me) || m.current_term != term {
+                        return Err("no longer the leader".to_string());
+                    }
+                    let last = m.last_log_index.unwrap_or(0);
+                    let matched = m
+                        .replication
+                        .as_ref()
+                        .and_then(|r| r.get(&to).copied().flatten())
+                        .map_or(0, |l| l.index);
+                    if m.last_applied.map(|l| l.index) == m.last_log_index && matched >= last {
+                        break last;
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(format!("node {to} did not catch up in 2 s"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                };
+                let mut c = node
+                    .clients
+                    .get(to, &node.addr_of(to))
+                    .map_err(|e| e.to_string())?;
+                let mut r = Request::new(pb::TransferLeaderRequest {
+                    shard: s,
+                    last_log_index: last,
+                });
+                r.set_timeout(Duration::from_secs(2));
+                let rep = c
+                    .transfer_leader(r)
+                    .await
+                    .map_err(|e| format!("node {to}: {}", e.message()))?
+                    .into_inner();
+                if !rep.error.is_empty() {
+                    return Err(format!("node {to}: {}", rep.error));
+                }
+                // Wait for the vote to take the leadership away from here.
+                let mut rx = sh.raft.metrics();
+                let gone = tokio::time::timeout(Duration::from_secs(3), async {
+                    loop {
+                        {
+                            let m = rx.borrow_and_update();
+                            if m.current_leader != Some(me) || m.current_term != term {
+                                return;
+                            }
+                        }
+                        if rx.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                })
+                .await;
+                gone.map_err(|_| format!("node {to} did not take over within 3 s"))
+            }
+            .await;
+            match res {
+                Ok(()) => tracing::info!(shard = s, to, "leader balance: leadership handed over"),
+                Err(e) => {
+                    tracing::warn!(shard = s, to, error = %e, "leader balance: handover failed")
+                }
+            }
+            let now = Instant::now();
+            {
+                let mut t = node.transferred.lock();
+                t.0.insert(s, now);
+                t.1 = Some(now);
+            }
+            node.transfers.lock().remove(&s);
+        });
+    }
+
+    /// `TransferLeader` on the receiving side: campaign for `s` once this replica's log reaches
+    /// `last_log_index` (at most 1 s).
+    async fn take_leadership(&self, s: u32, last_log_index: u64) -> Result<(), String> {
+        let sh = self
+            .shard(s)
+            .ok_or_else(|| format!("shard {s} is not hosted here"))?;
+        let is_voter = sh
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == self.opts.node_id);
+        if !is_voter {
+            return Err(format!("not a voter of shard {s}"));
+        }
+        sh.raft
+            .wait(Some(Duration::from_secs(1)))
+            .log_index_at_least(Some(last_log_index), "leader balance")
+            .await
+            .map_err(|e| format!("log did not reach {last_log_index}: {e}"))?;
+        sh.raft.trigger().elect().await.map_err(|e| e.to_string())?;
+        tracing::info!(
+            shard = s,
+            "leader balance: campaigning to take the leadership over"
+        );
+        Ok(())
     }
 
     /// As leader of `sh`, moves its replicas to `target` in the background: each new replica
@@ -1474,6 +1845,22 @@ fn group_status(sh: &Shard, target: Vec<NodeId>) -> pb::ShardStatus {
         target,
         membership_index: m.membership_config.log_id().map_or(-1, |l| l.index as i64),
     }
+}
+
+/// (family, target, metadata) as series labels: the target's labels plus `__name__`.
+fn metadata_as_series(
+    v: Vec<(String, Labels, tidemark_model::Metadata)>,
+) -> Vec<(Labels, tidemark_model::Metadata)> {
+    v.into_iter()
+        .map(|(name, target, m)| {
+            let mut pairs: Vec<(String, String)> = target
+                .iter()
+                .map(|l| (l.name.to_string(), l.value.to_string()))
+                .collect();
+            pairs.push(("__name__".to_string(), name));
+            (Labels::from_pairs(pairs), m)
+        })
+        .collect()
 }
 
 /// xxh3-64 over every series and sample of a Db, in label order; and the number of samples.
@@ -1828,6 +2215,54 @@ impl pb::cluster_server::Cluster for Service {
                 error: e.to_string(),
                 nodes: Vec::new(),
             },
+        }))
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderReply>, Status> {
+        let node = self.node()?;
+        let req = req.into_inner();
+        let error = match node.take_leadership(req.shard, req.last_log_index).await {
+            Ok(()) => String::new(),
+            Err(e) => e,
+        };
+        Ok(Response::new(pb::TransferLeaderReply { error }))
+    }
+
+    async fn extras(
+        &self,
+        req: Request<pb::ExtrasRequest>,
+    ) -> Result<Response<pb::ExtrasReply>, Status> {
+        let node = self.node()?;
+        let req = req.into_inner();
+        let Some(sh) = node.shard(req.shard) else {
+            return Ok(Response::new(pb::ExtrasReply {
+                error: format!("shard {} is not hosted here", req.shard),
+                ..Default::default()
+            }));
+        };
+        let e = if req.exemplars {
+            let sets = req
+                .sets
+                .iter()
+                .map(|set| set.matchers.iter().map(from_pb_matcher).collect())
+                .collect::<Result<Vec<Vec<Matcher>>, String>>()
+                .map_err(Status::invalid_argument)?;
+            crate::batch::Extras {
+                exemplars: sh.data.extras.exemplars(&sets, req.start, req.end),
+                ..Default::default()
+            }
+        } else {
+            crate::batch::Extras {
+                metadata: metadata_as_series(sh.data.extras.metadata()),
+                ..Default::default()
+            }
+        };
+        Ok(Response::new(pb::ExtrasReply {
+            extras: e.encode(),
+            error: String::new(),
         }))
     }
 

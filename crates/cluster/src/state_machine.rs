@@ -76,6 +76,8 @@ pub struct ShardData {
     snap: tokio::sync::Mutex<()>,
     /// Samples rejected by apply since start.
     rejected: std::sync::atomic::AtomicU64,
+    /// Metadata and exemplars of the shard's series (in memory, from extras entries).
+    pub extras: crate::extras::ExtrasStore,
 }
 
 impl ShardData {
@@ -100,6 +102,86 @@ impl ShardData {
 
     fn snap_dir(&self) -> PathBuf {
         self.dir.join("snapshot")
+    }
+
+    /// Writes a copy of this replica's data to `target` (created; the admin snapshot of a
+    /// cluster node): hard links of its blocks and, unless `skip_head`, its head written as
+    /// blocks, without touching the replica (cutting its head would make it differ from the
+    /// other replicas). `target` is then a data directory a single node opens.
+    pub fn export(&self, target: &Path, skip_head: bool) -> std::io::Result<()> {
+        let db = self
+            .db()
+            .ok_or_else(|| std::io::Error::other("shard data is being replaced"))?;
+        // Blocks are immutable; compaction may delete one while we link it: then start over,
+        // so the copy never holds a block and the block compacted from it.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            if target.exists() {
+                std::fs::remove_dir_all(target)?;
+            }
+            std::fs::create_dir_all(target)?;
+            let mut failed = None;
+            for b in db.blocks() {
+                if let Err(e) = link_dir(&db.dir().join(&b.id), &target.join(&b.id)) {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            match failed {
+                None => break,
+                Some(e) if attempt >= 3 => return Err(e),
+                Some(_) => {}
+            }
+        }
+        if skip_head || db.head().min_time() == i64::MAX {
+            return Ok(());
+        }
+        // The head, through a scratch Db: appended window by window in time order (as a
+        // snapshot install does), then cut into blocks that join the linked ones.
+        let mut dumps = Vec::new();
+        {
+            let q = db.head().querier(i64::MIN, i64::MAX);
+            let all =
+                Matcher::new(MatchType::Regex, "__name__", ".+").map_err(std::io::Error::other)?;
+            let mut b = BatchBuilder::new();
+            let mut samples = Vec::new();
+            for s in tidemark_storage::Querier::select(&q, false, None, &[all]) {
+                let s = s.map_err(std::io::Error::other)?;
+                samples.clear();
+                let mut it = s.iter();
+                while it.next() {
+                    let x = it.at();
+                    samples.push((x.t, x.v));
+                }
+                if let Some(e) = it.err() {
+                    return Err(std::io::Error::other(e.to_string()));
+                }
+                b.add(s.labels(), &samples);
+                if b.num_series() as usize >= DUMP_SERIES_PER_BATCH {
+                    dumps.push(std::mem::take(&mut b).finish());
+                }
+            }
+            if !b.is_empty() {
+                dumps.push(b.finish());
+            }
+        }
+        let scratch = target.join("head.tmp");
+        let mut opts = self.db_opts.clone();
+        opts.wal = false;
+        let hdb = Db::open(&scratch, opts).map_err(std::io::Error::other)?;
+        let res = append_head_dump(&hdb, &dumps)
+            .and_then(|()| hdb.flush_head().map_err(std::io::Error::other));
+        hdb.close().map_err(std::io::Error::other)?;
+        res?;
+        for e in std::fs::read_dir(&scratch)? {
+            let e = e?;
+            if e.path().join("meta.json").is_file() {
+                std::fs::rename(e.path(), target.join(e.file_name()))?;
+            }
+        }
+        std::fs::remove_dir_all(&scratch)?;
+        std::fs::File::open(target)?.sync_all()
     }
 
     /// Closes the Db (shutdown).
@@ -136,6 +218,7 @@ impl StateMachine {
             cache: Mutex::new(SeriesCache::default()),
             rejected: std::sync::atomic::AtomicU64::new(0),
             snap: tokio::sync::Mutex::new(()),
+            extras: crate::extras::ExtrasStore::default(),
         });
         if snap_dir.join(REBUILD_MARKER).exists() {
             tracing::warn!(dir = %dir.display(), "finishing an interrupted snapshot install");
@@ -280,6 +363,15 @@ fn apply_entry(
     index: u64,
     batch: &[u8],
 ) -> Result<ApplyResult, StorageError> {
+    if let Some(extras) = batch::decode_extras(batch) {
+        let mut res = ApplyResult::default();
+        match extras {
+            Ok(e) => data.extras.apply(e),
+            // Rejected alike on every replica (validated before it was proposed).
+            Err(e) => res.first_error = Some(e.to_string()),
+        }
+        return Ok(res);
+    }
     if let Some(cmd) = batch::decode_command(batch) {
         let mut res = ApplyResult::default();
         match cmd {
@@ -704,6 +796,21 @@ fn append_bytes<W: Write>(ar: &mut tar::Builder<W>, name: &str, b: &[u8]) -> std
     h.set_mode(0o644);
     h.set_cksum();
     ar.append_data(&mut h, name, b)
+}
+
+/// Hard links (or, across file systems, copies) the files of `src` into `dst`.
+fn link_dir(src: &Path, dst: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dst)?;
+    for e in std::fs::read_dir(src)? {
+        let e = e?;
+        let (s, d) = (e.path(), dst.join(e.file_name()));
+        if s.is_dir() {
+            link_dir(&s, &d)?;
+        } else if std::fs::hard_link(&s, &d).is_err() {
+            std::fs::copy(&s, &d)?;
+        }
+    }
+    Ok(())
 }
 
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tidemark_model::{Labels, Matcher};
+use tidemark_model::{Exemplar, Labels, Matcher, Metadata};
 use tidemark_storage::{
     Appendable, Appender, DownsampleAggregate, ListSeries, Querier, Queryable, ResolutionQueryable,
     ResolutionRange, SelectHints, Series, SeriesRef, SeriesSet, merge_resolution_ranges,
@@ -15,7 +15,8 @@ use tidemark_storage::{
 };
 use tokio::runtime::Handle;
 
-use crate::batch::BatchBuilder;
+use crate::batch::{BatchBuilder, Extras};
+use crate::extras::target_of;
 use crate::node::{Node, ReadSource, ShardRead, shard_of};
 
 /// Largest encoded batch in one Raft entry; bigger commits are split.
@@ -69,6 +70,8 @@ impl Appendable for ClusterStorage {
             index: HashMap::new(),
             series: Vec::new(),
             last: None,
+            metadata: HashMap::new(),
+            exemplars: Vec::new(),
         })
     }
 }
@@ -83,6 +86,10 @@ struct ClusterAppender {
     series: Vec<(Labels, Vec<(i64, f64)>)>,
     /// The series of the previous append (callers append a series' samples together).
     last: Option<usize>,
+    /// Metadata to replicate with the commit, latest per (metric family, target).
+    metadata: HashMap<(String, Labels), (Labels, Metadata)>,
+    /// Exemplars to replicate with the commit.
+    exemplars: Vec<(Labels, Exemplar)>,
 }
 
 impl Appender for ClusterAppender {
@@ -120,6 +127,33 @@ impl Appender for ClusterAppender {
         Ok(SeriesRef(labels.stable_hash()))
     }
 
+    fn append_exemplar(
+        &mut self,
+        _series: SeriesRef,
+        labels: &Labels,
+        e: &Exemplar,
+    ) -> tidemark_storage::Result<()> {
+        if !labels.is_empty() {
+            self.exemplars.push((labels.clone(), e.clone()));
+        }
+        Ok(())
+    }
+
+    fn update_metadata(
+        &mut self,
+        _series: SeriesRef,
+        labels: &Labels,
+        m: &Metadata,
+    ) -> tidemark_storage::Result<()> {
+        if let Some(name) = labels.metric_name() {
+            self.metadata.insert(
+                (name.to_string(), target_of(labels)),
+                (labels.clone(), m.clone()),
+            );
+        }
+        Ok(())
+    }
+
     fn commit(&mut self) -> tidemark_storage::Result<()> {
         let n = self.storage.node.num_shards();
         let mut per_shard: HashMap<u32, Vec<BatchBuilder>> = HashMap::new();
@@ -137,9 +171,26 @@ impl Appender for ClusterAppender {
         }
         self.index.clear();
         self.last = None;
+        // Metadata and exemplars go to their series' shard, as an entry of their own.
+        let mut extras: HashMap<u32, Extras> = HashMap::new();
+        for (_, (labels, m)) in self.metadata.drain() {
+            extras
+                .entry(shard_of(&labels, n))
+                .or_default()
+                .metadata
+                .push((labels, m));
+        }
+        for (labels, e) in self.exemplars.drain(..) {
+            extras
+                .entry(shard_of(&labels, n))
+                .or_default()
+                .exemplars
+                .push((labels, e));
+        }
         let batches: Vec<(u32, Vec<u8>)> = per_shard
             .into_iter()
             .flat_map(|(s, bs)| bs.into_iter().map(move |b| (s, b.finish())))
+            .chain(extras.into_iter().map(|(s, e)| (s, e.encode())))
             .collect();
         if batches.is_empty() {
             return Ok(());
@@ -158,11 +209,33 @@ impl Appender for ClusterAppender {
         self.series.clear();
         self.index.clear();
         self.last = None;
+        self.metadata.clear();
+        self.exemplars.clear();
         Ok(())
     }
 }
 
 impl ClusterStorage {
+    /// Exemplars of series matching any matcher set within `[start, end]`, from every shard
+    /// ([`Node::exemplars`]), grouped by series.
+    pub fn exemplars(
+        &self,
+        sets: &[Vec<Matcher>],
+        start: i64,
+        end: i64,
+    ) -> tidemark_storage::Result<Vec<(Labels, Vec<Exemplar>)>> {
+        let node = self.node.clone();
+        let sets = sets.to_vec();
+        let all = self.wait(async move { node.exemplars(&sets, start, end).await })??;
+        Ok(crate::extras::group_exemplars(all))
+    }
+
+    /// Metadata from every shard ([`Node::metadata`]): (metric family, target, metadata).
+    pub fn metadata(&self) -> tidemark_storage::Result<Vec<(String, Labels, Metadata)>> {
+        let node = self.node.clone();
+        Ok(self.wait(async move { node.metadata().await })??)
+    }
+
     /// Runs an admin command on every shard ([`Node::run_command`]), waiting for it.
     pub fn run_command(&self, cmd: crate::batch::Command) -> tidemark_storage::Result<()> {
         let node = self.node.clone();

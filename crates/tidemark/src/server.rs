@@ -1,7 +1,7 @@
 //! `tidemark server`: opens the engine, starts scraping, serves the HTTP API, and handles
 //! SIGHUP (reload), SIGINT/SIGTERM (flush and exit).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +12,7 @@ use tidemark_api::{
     Api, ApiOptions, MetricsSource, Reloader, RulesProvider, RulesQuery, TargetsProvider, TsdbAdmin,
 };
 use tidemark_model::time::parse_duration_millis;
-use tidemark_model::{Matcher, Metadata};
+use tidemark_model::{Labels, Matcher, Metadata};
 use tidemark_promql::{Engine, EngineOptions};
 use tidemark_scrape::{ScrapeManager, ScrapeOptions};
 use tidemark_storage::{Appendable, Queryable};
@@ -130,7 +130,10 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
         let backend = Backend {
             appendable: Arc::new(storage.clone()),
             queryable: Arc::new(storage.clone()),
-            admin: Arc::new(ClusterAdmin { storage }),
+            admin: Arc::new(ClusterAdmin {
+                storage: storage.clone(),
+            }),
+            cluster: Some(storage),
             metrics: Arc::new(ClusterMetrics { node: node.clone() }),
             // With a configuration file, targets are spread over the live nodes; the embedded
             // default (each node scrapes itself) is per node.
@@ -188,6 +191,7 @@ pub(crate) fn run(args: ServerArgs) -> anyhow::Result<()> {
         owns_target: None,
         live_nodes: None,
         rule_owner: None,
+        cluster: None,
     };
     let result = rt.block_on(serve(
         args,
@@ -217,6 +221,8 @@ struct Backend {
     live_nodes: Option<LiveNodes>,
     /// Which rule groups this node evaluates (cluster); all when `None`.
     rule_owner: Option<tidemark_rules::GroupOwner>,
+    /// The cluster storage (metadata and exemplars of every node come from it).
+    cluster: Option<tidemark_cluster::storage::ClusterStorage>,
 }
 
 type LiveNodes = Arc<dyn Fn() -> Vec<u64> + Send + Sync>;
@@ -400,10 +406,15 @@ async fn serve(
         external_url,
     });
     let cfg_for_text = cfg.clone();
-    let api = Api::new(queryable, appendable, engine, opts)
+    let mut api = Api::new(queryable, appendable, engine, opts);
+    if let Some(c) = &backend.cluster {
+        api = api.with_stored_extras(Arc::new(ClusterExtras { storage: c.clone() }));
+    }
+    let api = api
         .with_admin(backend.admin.clone())
         .with_targets(Arc::new(ScrapeTargets {
             scrape: scrape.clone(),
+            cluster: backend.cluster.clone(),
         }))
         .with_config_text(move || cfg_for_text.lock().prometheus.to_yaml())
         .with_flags(flags)
@@ -500,6 +511,33 @@ impl Reloader for ConfigReloader {
 
 struct ScrapeTargets {
     scrape: ScrapeManager,
+    /// On a cluster node: the metadata other nodes' targets sent through the cluster.
+    cluster: Option<tidemark_cluster::storage::ClusterStorage>,
+}
+
+/// Metadata and exemplars replicated with the shards' samples (docs/cluster.md).
+struct ClusterExtras {
+    storage: tidemark_cluster::storage::ClusterStorage,
+}
+
+impl tidemark_api::StoredExtras for ClusterExtras {
+    fn metadata(&self) -> Result<Vec<(String, Metadata)>, tidemark_storage::Error> {
+        Ok(self
+            .storage
+            .metadata()?
+            .into_iter()
+            .map(|(name, _, m)| (name, m))
+            .collect())
+    }
+
+    fn exemplars(
+        &self,
+        sets: &[Vec<Matcher>],
+        start: i64,
+        end: i64,
+    ) -> Result<Vec<(Labels, Vec<tidemark_model::Exemplar>)>, tidemark_storage::Error> {
+        self.storage.exemplars(sets, start, end)
+    }
 }
 
 impl TargetsProvider for ScrapeTargets {
@@ -537,7 +575,63 @@ impl TargetsProvider for ScrapeTargets {
                 break;
             }
         }
-        serde_json::to_value(&out).unwrap_or(serde_json::Value::Null)
+        let mut out: Vec<serde_json::Value> = out
+            .iter()
+            .filter_map(|m| serde_json::to_value(m).ok())
+            .collect();
+        // On a cluster node, also the metadata of targets other nodes scrape (their target is
+        // known by its `job` and `instance` labels).
+        if let Some(c) = &self.cluster
+            && (limit == 0 || out.len() < limit)
+        {
+            let here: BTreeSet<(String, String, String)> = self
+                .scrape
+                .metadata()
+                .iter()
+                .map(|m| {
+                    (
+                        m.target.get_or_empty("job").to_string(),
+                        m.target.get_or_empty("instance").to_string(),
+                        m.metric.clone(),
+                    )
+                })
+                .collect();
+            let mut more = match c.metadata() {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the cluster's target metadata");
+                    Vec::new()
+                }
+            };
+            more.sort_by(|a, b| (&a.1, &a.0).cmp(&(&b.1, &b.0)));
+            for (name, target, m) in more {
+                let key = (
+                    target.get_or_empty("job").to_string(),
+                    target.get_or_empty("instance").to_string(),
+                    name.clone(),
+                );
+                if target.is_empty()
+                    || here.contains(&key)
+                    || metric.is_some_and(|x| x != name)
+                    || !matchers
+                        .iter()
+                        .all(|x| x.matches(target.get_or_empty(&x.name)))
+                {
+                    continue;
+                }
+                out.push(serde_json::json!({
+                    "target": target,
+                    "metric": name,
+                    "type": m.kind.as_str(),
+                    "help": m.help,
+                    "unit": m.unit,
+                }));
+                if limit > 0 && out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        serde_json::Value::Array(out)
     }
 
     fn metadata(&self) -> Vec<(String, Metadata)> {
@@ -625,10 +719,33 @@ impl TsdbAdmin for ClusterAdmin {
             .run_command(tidemark_cluster::batch::Command::CleanTombstones)
     }
 
-    fn snapshot(&self, _skip_head: bool) -> Result<String, tidemark_storage::Error> {
-        Err(tidemark_storage::Error::Other(
-            "snapshots are not available on a cluster node yet (each shard takes Raft snapshots itself; back up each node's data directory)".into(),
-        ))
+    /// Every replica hosted here, each in `snapshots/<name>/shard-<n>/` (a data directory of
+    /// its own: hard-linked blocks plus its head written as blocks; docs/cluster.md).
+    fn snapshot(&self, skip_head: bool) -> Result<String, tidemark_storage::Error> {
+        let node = self.storage.node();
+        let name = crate::status::snapshot_name();
+        let dir = node.options().data_dir.join("snapshots").join(&name);
+        let mut shards = Vec::new();
+        for sh in node.hosted() {
+            sh.data
+                .export(&dir.join(format!("shard-{}", sh.id)), skip_head)
+                .map_err(|e| {
+                    tidemark_storage::Error::Other(format!("snapshot of shard {}: {e}", sh.id))
+                })?;
+            shards.push(serde_json::json!({
+                "shard": sh.id,
+                "last_applied": sh.data.last_applied().map(|l| l.index),
+            }));
+        }
+        let manifest = serde_json::json!({
+            "node": node.id(),
+            "num_shards": node.num_shards(),
+            "shards": shards,
+        });
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("snapshot.json"), manifest.to_string())?;
+        info!(name = %name, shards = node.hosted().len(), "snapshot of the local replicas written");
+        Ok(name)
     }
 }
 

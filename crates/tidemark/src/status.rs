@@ -124,7 +124,7 @@ pub(crate) fn snapshot(db: &Db, dir: &Path, skip_head: bool) -> Result<String, E
         db.flush_head()
             .map_err(|e| Error::Other(format!("flushing the head: {e}")))?;
     }
-    let name = format!("{}-{:016x}", chrono_like_now(), rand_u64());
+    let name = snapshot_name();
     let target = dir.join("snapshots").join(&name);
     std::fs::create_dir_all(&target)?;
     for e in std::fs::read_dir(dir)? {
@@ -149,6 +149,11 @@ fn link_dir(src: &Path, dst: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A new snapshot's directory name: seconds since the epoch and a random suffix.
+pub(crate) fn snapshot_name() -> String {
+    format!("{}-{:016x}", chrono_like_now(), rand_u64())
 }
 
 fn chrono_like_now() -> String {

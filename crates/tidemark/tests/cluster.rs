@@ -352,7 +352,11 @@ impl Writer {
 
 /// Every series' samples in the window, through `node`: series -> set of values.
 fn stored(node: &ClusterNode, at_s: f64) -> BTreeMap<String, BTreeSet<u64>> {
-    let v = node.query("tm_cluster_test[30m]", at_s);
+    stored_in(&node.query("tm_cluster_test[30m]", at_s))
+}
+
+/// Series -> set of values of a `tm_cluster_test[30m]` query answer.
+fn stored_in(v: &serde_json::Value) -> BTreeMap<String, BTreeSet<u64>> {
     assert_eq!(v["status"], "success", "{v}");
     let mut out = BTreeMap::new();
     for s in v["data"]["result"].as_array().unwrap() {
@@ -456,6 +460,112 @@ fn leader_sigkill_loses_no_acknowledged_write_and_restart_catches_up() {
     assert_all_acked_present(&c.nodes[victim], &acked, at);
     assert_eq!(stored(&c.nodes[victim], at), answers[0]);
     wait_replicas_converged(&c, shards);
+}
+
+/// Shard -> leader as every running node reports it, once they all agree (at most 10 s).
+fn agreed_leaders(c: &Cluster, shards: u32) -> BTreeMap<u64, u64> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let views: Vec<BTreeMap<u64, u64>> = c
+            .nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .filter_map(|n| n.status())
+            .map(|st| {
+                st["shards"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| (s["shard"].as_u64().unwrap(), s["leader"].as_u64().unwrap()))
+                    .collect()
+            })
+            .collect();
+        if let Some(v) = views.first()
+            && v.len() == shards as usize
+            && !v.values().any(|l| *l == 0)
+            && views.iter().all(|x| x == v)
+        {
+            return v.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nodes disagree on the leaders: {views:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Leader balance: three nodes, three shards, each node leads one. SIGKILL of node 1 moves its
+/// shard to a survivor (which then leads two); once node 1 is back and caught up, leader
+/// balance hands a shard to it, so that every node leads exactly one again, under continuous
+/// writes, with no failed write, and the leadership then stays put (no flapping).
+#[test]
+fn leaders_are_spread_again_after_a_node_restarts() {
+    let shards = 3;
+    let mut c = start_cluster(3, shards, &[]);
+    let ports: Vec<u16> = c.nodes.iter().map(|n| n.http).collect();
+    let w = start_writer(ports, now_ms() - 120_000, 0);
+    std::thread::sleep(Duration::from_secs(2));
+    let victim = 0usize;
+    w.dead.lock().unwrap().insert(victim);
+    c.nodes[victim].kill9();
+    let during = c.wait_leaders(shards, Duration::from_secs(30));
+    let mut per_node: BTreeMap<u64, usize> = BTreeMap::new();
+    for l in during.values() {
+        *per_node.entry(*l).or_default() += 1;
+    }
+    assert!(
+        per_node.values().any(|n| *n >= 2),
+        "a survivor should lead two shards: {during:?}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    c.nodes[victim].start();
+    w_ready(&c.nodes[victim]);
+    let failed_before = w.failed.load(Ordering::SeqCst);
+    w.dead.lock().unwrap().remove(&victim);
+    let restarted = Instant::now();
+    let deadline = restarted + Duration::from_secs(40);
+    let balanced = loop {
+        let leaders = agreed_leaders(&c, shards);
+        let led: BTreeSet<u64> = leaders.values().copied().collect();
+        if led.len() == 3 {
+            break leaders;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "leaders not spread 40 s after the restart: {leaders:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let handovers: usize = c
+        .nodes
+        .iter()
+        .map(|n| {
+            std::fs::read_to_string(n.dir.join(format!("node{}.log", n.id)))
+                .unwrap_or_default()
+                .matches("leadership handed over")
+                .count()
+        })
+        .sum();
+    eprintln!(
+        "every node leads one shard {:?} after the restart ({handovers} handovers): {balanced:?}",
+        restarted.elapsed()
+    );
+    // No flapping: the leadership stays where balance put it.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(agreed_leaders(&c, shards), balanced, "leaders moved again");
+    let (acked, failed) = w.finish();
+    assert_eq!(
+        failed - failed_before,
+        0,
+        "writes failed while the leadership moved"
+    );
+    assert!(
+        acked
+            .iter()
+            .any(|a| a.1 > restarted + Duration::from_secs(2))
+    );
+    assert_converged_with_every_ack(&c, shards, &acked);
 }
 
 fn w_ready(n: &ClusterNode) {
@@ -1219,4 +1329,180 @@ fn admin_delete_and_tsdb_status_cover_every_shard_and_replica() {
     assert_eq!(st, 204);
     wait_replicas_converged(&c, shards);
     assert_replicas_identical(&c, shards);
+}
+
+/// A remote_write 1.0 request: one counter series with a sample and an exemplar, and the
+/// family's metadata (written by hand from the spec).
+fn remote_write_with_extras(t: i64) -> Vec<u8> {
+    let mut ts = Vec::new();
+    for (n, v) in [
+        ("__name__", "tm_requests_total"),
+        ("instance", "h:1"),
+        ("job", "api"),
+    ] {
+        let mut l = Vec::new();
+        put_bytes(&mut l, 1, n.as_bytes());
+        put_bytes(&mut l, 2, v.as_bytes());
+        put_bytes(&mut ts, 1, &l);
+    }
+    let mut sample = vec![9]; // field 1, fixed64
+    sample.extend_from_slice(&5.0f64.to_bits().to_le_bytes());
+    put_varint(&mut sample, 2 << 3);
+    put_varint(&mut sample, t as u64);
+    put_bytes(&mut ts, 2, &sample);
+    let mut ex = Vec::new();
+    let mut l = Vec::new();
+    put_bytes(&mut l, 1, b"trace_id");
+    put_bytes(&mut l, 2, b"abc123");
+    put_bytes(&mut ex, 1, &l);
+    ex.push(2 << 3 | 1); // field 2, fixed64
+    ex.extend_from_slice(&0.25f64.to_bits().to_le_bytes());
+    put_varint(&mut ex, 3 << 3);
+    put_varint(&mut ex, t as u64);
+    put_bytes(&mut ts, 3, &ex);
+    let mut req = Vec::new();
+    put_bytes(&mut req, 1, &ts);
+    let mut md = Vec::new();
+    put_varint(&mut md, 1 << 3);
+    put_varint(&mut md, 1); // COUNTER
+    put_bytes(&mut md, 2, b"tm_requests_total");
+    put_bytes(&mut md, 4, b"Requests served.");
+    put_bytes(&mut md, 5, b"requests");
+    put_bytes(&mut req, 3, &md);
+    snap::raw::Encoder::new().compress_vec(&req).unwrap()
+}
+
+fn get_json(n: &ClusterNode, path: &str) -> serde_json::Value {
+    let (st, body) = n.http("GET", path, "text/plain", b"").unwrap();
+    assert_eq!(st, 200, "{path}: {}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// Metadata and exemplars travel with the writes: remote-written into node 1 (and scraped by
+/// whichever node owns the target), they are returned through every node by
+/// `/api/v1/metadata`, `/api/v1/query_exemplars` and `/api/v1/targets/metadata`.
+#[test]
+fn metadata_and_exemplars_written_to_one_node_are_read_through_every_node() {
+    let target = fake_targets(1)[0];
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: fake\n    static_configs:\n      - targets: ['127.0.0.1:{target}']\n"
+        ),
+    )
+    .unwrap();
+    let cfg_arg = format!("--config.file={}", cfg.display());
+    let c = start_cluster(3, 3, &[&cfg_arg]);
+    let t = now_ms();
+    let (st, body) = c.nodes[0]
+        .http(
+            "POST",
+            "/api/v1/write",
+            "application/x-protobuf",
+            &remote_write_with_extras(t),
+        )
+        .unwrap();
+    assert_eq!(st, 204, "{}", String::from_utf8_lossy(&body));
+    let instance = format!("127.0.0.1:{target}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for n in &c.nodes {
+        loop {
+            let md = get_json(n, "/api/v1/metadata");
+            let ex = get_json(
+                n,
+                &format!(
+                    "/api/v1/query_exemplars?query=tm_requests_total&start={}&end={}",
+                    t / 1000 - 60,
+                    t / 1000 + 60
+                ),
+            );
+            let tmd = get_json(n, "/api/v1/targets/metadata?metric=fake_metric");
+            let ok = md["data"]["tm_requests_total"][0]
+                == serde_json::json!({"type": "counter", "help": "Requests served.", "unit": "requests"})
+                && md["data"]["fake_metric"][0]["type"] == "gauge"
+                && ex["data"][0]["seriesLabels"]["job"] == "api"
+                && ex["data"][0]["exemplars"][0]["labels"]["trace_id"] == "abc123"
+                && ex["data"][0]["exemplars"][0]["value"] == "0.25"
+                && tmd["data"].as_array().is_some_and(|a| {
+                    a.len() == 1
+                        && a[0]["target"]["instance"] == instance.as_str()
+                        && a[0]["type"] == "gauge"
+                });
+            if ok {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {}: metadata {md}\nexemplars {ex}\ntarget metadata {tmd}",
+                n.id
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
+/// Links (or copies) every file under `src` into `dst`.
+fn link_tree(src: &std::path::Path, dst: &std::path::Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let (s, d) = (e.path(), dst.join(e.file_name()));
+        if s.is_dir() {
+            link_tree(&s, &d);
+        } else if std::fs::hard_link(&s, &d).is_err() {
+            std::fs::copy(&s, &d).unwrap();
+        }
+    }
+}
+
+/// The admin snapshot of a cluster node holds every shard it hosts, one data directory each;
+/// merged into one directory they are the data of a single node that answers every
+/// acknowledged sample.
+#[test]
+fn admin_snapshot_holds_every_shard_and_restores_on_a_single_node() {
+    let shards = 3;
+    let c = start_cluster(3, shards, &["--web.enable-admin-api"]);
+    let w = start_writer(
+        c.nodes.iter().map(|n| n.http).collect(),
+        now_ms() - 120_000,
+        0,
+    );
+    let started = Instant::now();
+    while w.acked.lock().unwrap().len() < 20 && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (acked, _) = w.finish();
+    assert!(
+        acked.len() >= 20,
+        "only {} writes acknowledged",
+        acked.len()
+    );
+    let (st, body) = c.nodes[1]
+        .http("POST", "/api/v1/admin/tsdb/snapshot", "text/plain", b"")
+        .unwrap();
+    assert_eq!(st, 200, "{}", String::from_utf8_lossy(&body));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let name = v["data"]["name"].as_str().unwrap();
+    let snap = c.nodes[1].dir.join("n2").join("snapshots").join(name);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(snap.join("snapshot.json")).unwrap()).unwrap();
+    assert_eq!(
+        manifest["shards"].as_array().unwrap().len(),
+        shards as usize
+    );
+    let merged = tempfile::tempdir().unwrap();
+    for s in 0..shards {
+        let d = snap.join(format!("shard-{s}"));
+        assert!(d.is_dir(), "no directory for shard {s}");
+        link_tree(&d, merged.path());
+    }
+    let single = server::Server::start(merged.path(), &[]);
+    let got = stored_in(&single.query("tm_cluster_test[30m]"));
+    assert_eq!(got.len(), SERIES, "series in the restored data: {got:?}");
+    for (name, vals) in &got {
+        let missing = acked.iter().filter(|a| !vals.contains(&a.0)).count();
+        assert_eq!(missing, 0, "{name} lacks {missing} acknowledged samples");
+    }
 }
