@@ -8,6 +8,7 @@ pub mod batch;
 pub mod log_store;
 pub mod network;
 pub mod node;
+pub mod read_index;
 pub mod state_machine;
 pub mod storage;
 pub mod types;
