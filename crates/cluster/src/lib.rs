@@ -9,6 +9,7 @@ pub mod extras;
 pub mod log_store;
 pub mod network;
 pub mod node;
+pub mod read_index;
 pub mod state_machine;
 pub mod storage;
 pub mod types;

@@ -33,6 +33,7 @@ use crate::log_store::LogStore;
 use crate::network::{AddressBook, Clients, MAX_MESSAGE_BYTES, NetworkFactory};
 use crate::pb;
 use crate::pb::cluster_client::ClusterClient;
+use crate::read_index::ReadIndexClients;
 use crate::state_machine::{ShardData, StateMachine};
 use crate::types::{ApplyResult, Batch, NodeId, Raft, decode, encode};
 use tonic::transport::Channel;
@@ -177,14 +178,6 @@ pub struct ShardSeries {
 /// Which data a select reads: raw (`None`) or one aggregate of one downsampled resolution.
 pub type ReadSource = Option<(i64, DownsampleAggregate)>;
 
-/// Where a read of one shard is served: this node's replica (read it lazily, in place), or
-/// the series another node sent.
-#[derive(Debug)]
-pub enum ShardRead {
-    Local(Db),
-    Remote(Vec<ShardSeries>),
-}
-
 /// Write figures (exposed in /metrics).
 #[derive(Debug, Default)]
 pub struct WriteStats {
@@ -218,6 +211,8 @@ pub struct Node {
     /// The last status each peer answered a probe with, and when.
     peer_status: Mutex<HashMap<NodeId, (Instant, pb::StatusReply)>>,
     clients: Clients,
+    /// Connections to the other nodes' read-index service (not gRPC: see `read_index.rs`).
+    read_clients: ReadIndexClients,
     /// Leader per shard as last learned (for shards not hosted here, and as a hint).
     leader_hint: Mutex<HashMap<u32, NodeId>>,
     /// Last successful contact with each peer.
@@ -321,6 +316,7 @@ impl Node {
             leader_since: Mutex::new(HashMap::new()),
             peer_status: Mutex::new(HashMap::new()),
             clients,
+            read_clients: ReadIndexClients::new(),
             leader_hint: Mutex::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
             started: Instant::now(),
@@ -391,7 +387,7 @@ impl Node {
         shard_replicas(&ids, s, self.opts.replication_factor)
     }
 
-    fn addr_of(&self, id: NodeId) -> String {
+    pub(crate) fn addr_of(&self, id: NodeId) -> String {
         self.book.read().get(&id).cloned().unwrap_or_default()
     }
 
@@ -432,7 +428,7 @@ impl Node {
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let mut rx = self.shutdown.subscribe();
-        let incoming = tokio_stream_from(listener);
+        let incoming = sniff_connections(listener, Arc::downgrade(self), self.shutdown.subscribe());
         tokio::spawn(async move {
             let res = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
@@ -631,7 +627,7 @@ impl Node {
         })
     }
 
-    fn set_hint(&self, s: u32, leader: Option<NodeId>) {
+    pub(crate) fn set_hint(&self, s: u32, leader: Option<NodeId>) {
         let mut g = self.leader_hint.lock();
         match leader {
             Some(l) if l != 0 => {
@@ -864,35 +860,81 @@ impl Node {
         }
     }
 
-    /// This node's replica of shard `s`, when it may serve a read that sees every acknowledged
-    /// write: as the leader ([`Node::ensure_readable`]), or as a follower once it has applied
-    /// the leader's read index (one small RPC instead of shipping the data). `None`: read on
-    /// the leader instead.
-    async fn readable_here(&self, s: u32) -> Option<Db> {
-        let sh = self.shard(s)?;
-        let leader = self.leader_of(s)?;
-        if leader == self.opts.node_id {
-            return self.ensure_readable(&sh).await.ok();
-        }
-        let mut c = self.clients.get(leader, &self.addr_of(leader)).ok()?;
-        let mut r = Request::new(pb::ReadIndexRequest { shard: s });
-        r.set_timeout(Duration::from_secs(1));
-        let rep = c.read_index(r).await.ok()?.into_inner();
-        if rep.index < 0 {
-            if rep.leader != 0 {
-                self.set_hint(s, Some(rep.leader));
+    /// The shards hosted here by who leads them as this node knows it: the ones it leads, and
+    /// the ones it follows grouped by leader (one read-index request per leader node). Shards
+    /// without a known leader are in neither.
+    pub(crate) fn read_plan(&self) -> (Vec<Shard>, BTreeMap<NodeId, Vec<Shard>>) {
+        let mut led = Vec::new();
+        let mut followed: BTreeMap<NodeId, Vec<Shard>> = BTreeMap::new();
+        for sh in self.hosted() {
+            match self.leader_of(sh.id) {
+                Some(l) if l == self.opts.node_id => led.push(sh),
+                Some(l) => followed.entry(l).or_default().push(sh),
+                None => {}
             }
-            return None;
         }
-        let waited = sh
-            .raft
-            .wait(Some(Duration::from_millis(500)))
-            .applied_index_at_least(Some(rep.index as u64), "follower read")
-            .await;
-        if waited.is_err() {
-            return None;
+        (led, followed)
+    }
+
+    /// This leader's replica of `sh` when its lease lets it serve a linearizable read right
+    /// away (no waiting; see [`Node::ensure_readable`]).
+    pub(crate) fn leased_db(&self, sh: &Shard) -> Option<Db> {
+        self.leased_applied(sh)?;
+        sh.data.db()
+    }
+
+    /// This leader's replica of `sh` once it may serve a linearizable read (lease, or a
+    /// read-index round); `None` when it cannot.
+    pub(crate) async fn leader_db(&self, sh: &Shard) -> Option<Db> {
+        self.ensure_readable(sh).await.ok()
+    }
+
+    /// This follower's replica of `sh` when it has applied `index` (the leader's read index);
+    /// waits at most 500 ms for it.
+    pub(crate) async fn follower_db(&self, sh: &Shard, index: u64) -> Option<Db> {
+        if !applied_at_least(sh, index) {
+            sh.raft
+                .wait(Some(Duration::from_millis(500)))
+                .applied_index_at_least(Some(index), "follower read")
+                .await
+                .ok()?;
         }
         sh.data.db()
+    }
+
+    /// Connections to the other nodes' read-index service.
+    pub(crate) fn read_clients(&self) -> &ReadIndexClients {
+        &self.read_clients
+    }
+
+    /// The read indexes this node hands out for `shards` as their leader (Raft's ReadIndex),
+    /// in order; a shard it does not lead or host gets -1 and the leader it knows.
+    pub(crate) async fn read_indexes(&self, shards: Vec<u32>) -> pb::ReadIndexReply {
+        let shards = futures::future::join_all(shards.into_iter().map(|s| async move {
+            let Some(sh) = self.shard(s) else {
+                return pb::ShardReadIndex {
+                    shard: s,
+                    index: -1,
+                    leader: self.leader_hint.lock().get(&s).copied().unwrap_or(0),
+                    error: format!("shard {s} is not hosted on node {}", self.opts.node_id),
+                };
+            };
+            match self.read_index(&sh).await {
+                Ok(i) => pb::ShardReadIndex {
+                    shard: s,
+                    index: i64::try_from(i).unwrap_or(i64::MAX),
+                    ..Default::default()
+                },
+                Err((leader, e)) => pb::ShardReadIndex {
+                    shard: s,
+                    index: -1,
+                    leader: leader.unwrap_or(0),
+                    error: e,
+                },
+            }
+        }))
+        .await;
+        pb::ReadIndexReply { shards }
     }
 
     /// Runs a read of shard `s` on its leader: `local` with this replica's Db when this node
@@ -960,27 +1002,6 @@ impl Node {
         }
     }
 
-    /// Where to read shard `s` from: this replica when it may serve the read (always, with
-    /// `allow_stale`), else the series its leader sends.
-    pub async fn select_shard_read(
-        &self,
-        s: u32,
-        matchers: &[Matcher],
-        (mint, maxt): (i64, i64),
-        source: ReadSource,
-        allow_stale: bool,
-    ) -> Result<ShardRead, ClusterError> {
-        if allow_stale && let Some(db) = self.shard(s).and_then(|sh| sh.data.db()) {
-            return Ok(ShardRead::Local(db));
-        }
-        if let Some(db) = self.readable_here(s).await {
-            return Ok(ShardRead::Local(db));
-        }
-        self.select_shard(s, matchers, (mint, maxt), source, false)
-            .await
-            .map(ShardRead::Remote)
-    }
-
     /// Reads shard `s` from its leader (or from this replica when `allow_stale`).
     pub async fn select_shard(
         &self,
@@ -1020,7 +1041,7 @@ impl Node {
         .await
     }
 
-    /// Label names (`name` empty) or values of label `name` in shard `s`.
+    /// Label names (`name` empty) or values of label `name` in shard `s`, read on its leader.
     pub async fn labels_shard(
         &self,
         s: u32,
@@ -1030,17 +1051,6 @@ impl Node {
         maxt: i64,
         limit: usize,
     ) -> Result<Vec<String>, ClusterError> {
-        if let Some(db) = self.readable_here(s).await {
-            return local_labels(
-                db,
-                name.map(str::to_string),
-                matchers.to_vec(),
-                mint,
-                maxt,
-                limit,
-            )
-            .await;
-        }
         let pb_matchers: Vec<pb::LabelMatcher> = matchers.iter().map(to_pb_matcher).collect();
         self.read_on_leader(
             s,
@@ -1883,16 +1893,64 @@ fn data_checksum(db: &Db) -> Result<(u64, u64), String> {
     Ok((h.digest(), n))
 }
 
-fn tokio_stream_from(
+/// Whether this replica of `sh` has applied log index `index`.
+pub(crate) fn applied_at_least(sh: &Shard, index: u64) -> bool {
+    sh.raft
+        .metrics()
+        .borrow()
+        .last_applied
+        .is_some_and(|l| l.index >= index)
+}
+
+/// Accepts connections to the cluster port until shutdown: a read-index connection (it opens
+/// with [`crate::read_index::MAGIC`]) is served by its own task; every other one is handed to
+/// the gRPC server through the returned stream.
+fn sniff_connections(
     listener: tokio::net::TcpListener,
+    node: std::sync::Weak<Node>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures::stream::unfold(listener, |l| async move {
-        let r = l.accept().await.map(|(s, _)| {
+    let (tx, rx) = tokio::sync::mpsc::channel::<tokio::net::TcpStream>(64);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                r = listener.accept() => r,
+                _ = shutdown.wait_for(|v| *v) => return,
+            };
+            let Ok((s, _)) = accepted else {
+                // Out of descriptors and the like: do not spin.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
             let _ = s.set_nodelay(true);
-            s
-        });
-        Some((r, l))
-    })
+            let (tx, node) = (tx.clone(), node.clone());
+            tokio::spawn(async move {
+                let mut first = [0u8; 1];
+                // A peer that sends nothing for 10 s is dropped.
+                match tokio::time::timeout(Duration::from_secs(10), s.peek(&mut first)).await {
+                    Ok(Ok(1)) if first[0] == crate::read_index::MAGIC[0] => {
+                        let mut s = s;
+                        let mut magic = [0u8; 4];
+                        if tokio::io::AsyncReadExt::read_exact(&mut s, &mut magic)
+                            .await
+                            .is_ok()
+                            && magic == crate::read_index::MAGIC
+                        {
+                            crate::read_index::serve(node, s).await;
+                        }
+                    }
+                    Ok(Ok(n)) if n > 0 => {
+                        let _ = tx.send(s).await;
+                    }
+                    _ => {}
+                }
+            });
+        }
+    });
+    futures::stream::unfold(
+        rx,
+        |mut rx| async move { rx.recv().await.map(|s| (Ok(s), rx)) },
+    )
 }
 
 fn to_pb_matcher(m: &Matcher) -> pb::LabelMatcher {
@@ -2170,25 +2228,6 @@ impl pb::cluster_server::Cluster for Service {
         req: Request<pb::LabelsRequest>,
     ) -> Result<Response<pb::LabelsReply>, Status> {
         self.labels(req.into_inner(), true).await
-    }
-
-    async fn read_index(
-        &self,
-        req: Request<pb::ReadIndexRequest>,
-    ) -> Result<Response<pb::ReadIndexReply>, Status> {
-        let node = self.node()?;
-        let sh = self.shard(&node, req.into_inner().shard)?;
-        Ok(Response::new(match node.read_index(&sh).await {
-            Ok(i) => pb::ReadIndexReply {
-                index: i64::try_from(i).unwrap_or(i64::MAX),
-                ..Default::default()
-            },
-            Err((leader, e)) => pb::ReadIndexReply {
-                index: -1,
-                leader: leader.unwrap_or(0),
-                error: e,
-            },
-        }))
     }
 
     async fn change_nodes(

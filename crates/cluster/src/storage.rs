@@ -17,7 +17,21 @@ use tokio::runtime::Handle;
 
 use crate::batch::{BatchBuilder, Extras};
 use crate::extras::target_of;
-use crate::node::{Node, ReadSource, ShardRead, shard_of};
+use crate::node::{Node, ReadSource, Shard, ShardSeries, applied_at_least, shard_of};
+use crate::read_index::Ask;
+use tidemark_tsdb::Db;
+
+/// Runs blocking `f` on this thread; on a runtime worker (a caller that should have used
+/// spawn_blocking) the runtime first hands the worker's other tasks to another thread.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// How long a follower waits for a leader's read index before reading on the leader.
+const READ_INDEX_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Largest encoded batch in one Raft entry; bigger commits are split.
 const MAX_BATCH_BYTES: usize = 4 << 20;
@@ -38,28 +52,107 @@ impl ClusterStorage {
         &self.node
     }
 
-    /// Runs `fut` on the runtime and waits for it from this (non-async) thread.
+    /// Runs `fut` on the node's runtime and waits for it from this (non-async) thread.
     fn wait<T: Send + 'static>(
         &self,
         fut: impl std::future::Future<Output = T> + Send + 'static,
     ) -> tidemark_storage::Result<T> {
+        use tokio::runtime::RuntimeFlavor;
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            // A plain thread (a blocking-pool thread, a rayon worker, a test's thread): poll
+            // the future here, woken directly by the runtime's I/O and timers — no hand-off to
+            // a runtime worker and back.
+            Err(_) => return Ok(self.rt.block_on(fut)),
+            // A runtime worker (a caller that should have used spawn_blocking): hand its other
+            // tasks to another thread first, then the same.
+            Ok(RuntimeFlavor::MultiThread) => {
+                return Ok(tokio::task::block_in_place(|| self.rt.block_on(fut)));
+            }
+            Ok(_) => {}
+        }
+        // Inside a current-thread runtime: only a spawned task can make progress.
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.rt.spawn(async move {
             let _ = tx.send(fut.await);
         });
-        // Called from a runtime worker (a caller that should have used spawn_blocking), the
-        // wait would take that worker away from the very tasks it waits for: tell the runtime
-        // to hand its other tasks to another thread first.
-        let on_worker = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        let got = if on_worker {
-            tokio::task::block_in_place(|| rx.recv())
-        } else {
-            rx.recv()
-        };
-        got.map_err(|_| {
+        rx.recv().map_err(|_| {
             tidemark_storage::Error::Unavailable("the cluster node is shutting down".into())
         })
+    }
+}
+
+impl ClusterStorage {
+    /// This node's replicas that may serve a read seeing every write acknowledged before this
+    /// call, by shard: the shards it leads (under its lease at once, else after a read-index
+    /// round), and the shards it follows once they have applied their leader's read index.
+    /// The read indexes are asked of every leader node at once (one request each, covering
+    /// all its shards; `read_index.rs`), from this thread, while the lease of the shards led
+    /// here is checked. A shard missing from the answer is read on its leader instead.
+    fn readable_replicas(&self) -> tidemark_storage::Result<HashMap<u32, Db>> {
+        let node = &self.node;
+        let (led, followed) = node.read_plan();
+        let asks: Vec<Ask> = followed
+            .iter()
+            .map(|(&l, shards)| Ask {
+                node: l,
+                addr: node.addr_of(l),
+                shards: shards.iter().map(|sh| sh.id).collect(),
+            })
+            .collect();
+        let replies = blocking(|| node.read_clients().ask(&asks, READ_INDEX_TIMEOUT));
+        let mut out = HashMap::new();
+        // Replicas that must wait (to apply the read index, or to confirm leadership).
+        let mut behind: Vec<(Shard, u64)> = Vec::new();
+        let mut unleased: Vec<Shard> = Vec::new();
+        for sh in led {
+            match node.leased_db(&sh) {
+                Some(db) => {
+                    out.insert(sh.id, db);
+                }
+                None => unleased.push(sh),
+            }
+        }
+        for ((_, shards), rep) in followed.into_iter().zip(replies) {
+            let Some(rep) = rep else { continue };
+            for (sh, ri) in shards.into_iter().zip(rep.shards) {
+                if ri.shard != sh.id {
+                    continue;
+                }
+                let Ok(index) = u64::try_from(ri.index) else {
+                    if ri.leader != 0 {
+                        node.set_hint(sh.id, Some(ri.leader));
+                    }
+                    continue;
+                };
+                if applied_at_least(&sh, index) {
+                    if let Some(db) = sh.data.db() {
+                        out.insert(sh.id, db);
+                    }
+                } else {
+                    behind.push((sh, index));
+                }
+            }
+        }
+        if behind.is_empty() && unleased.is_empty() {
+            return Ok(out);
+        }
+        let node = node.clone();
+        let more = self.wait(async move {
+            let led = futures::future::join_all(
+                unleased
+                    .iter()
+                    .map(|sh| async { node.leader_db(sh).await.map(|db| (sh.id, db)) }),
+            );
+            let followed = futures::future::join_all(
+                behind
+                    .iter()
+                    .map(|(sh, i)| async { node.follower_db(sh, *i).await.map(|db| (sh.id, db)) }),
+            );
+            let (a, b) = futures::future::join(led, followed).await;
+            a.into_iter().chain(b).flatten().collect::<Vec<_>>()
+        })?;
+        out.extend(more);
+        Ok(out)
     }
 }
 
@@ -308,48 +401,60 @@ impl Querier for ClusterQuerier {
         hints: Option<&SelectHints>,
         matchers: &[Matcher],
     ) -> SeriesSet {
-        let node = self.storage.node.clone();
         let (mint, maxt, source) = (self.mint, self.maxt, self.source);
-        let m = matchers.to_vec();
-        let res = self.storage.wait(async move {
-            let futs = (0..node.num_shards()).map(|s| {
-                let node = node.clone();
-                let m = m.clone();
-                async move {
-                    node.select_shard_read(s, &m, (mint, maxt), source, false)
-                        .await
-                }
-            });
-            futures::future::join_all(futs).await
-        });
-        let results = match res {
-            Ok(r) => r,
+        // The shards this node may read in place; the others are read on their leaders.
+        let mut local = match self.storage.readable_replicas() {
+            Ok(l) => l,
             Err(e) => return Box::new(std::iter::once(Err(e))),
         };
-        let mut sets = Vec::with_capacity(results.len());
-        for r in results {
-            match r {
-                // This node's replica, read in place (lazily, as on a single node).
-                Ok(ShardRead::Local(db)) => {
-                    let q = match source {
-                        None => db.querier(mint, maxt),
-                        Some((r, a)) => {
-                            ResolutionQueryable::querier_resolution(&db, mint, maxt, r, a)
+        let n = self.storage.node.num_shards();
+        let remote: Vec<u32> = (0..n).filter(|s| !local.contains_key(s)).collect();
+        let mut fetched: HashMap<u32, Vec<ShardSeries>> = HashMap::new();
+        if !remote.is_empty() {
+            let node = self.storage.node.clone();
+            let m = matchers.to_vec();
+            let res = self.storage.wait(async move {
+                let futs = remote.into_iter().map(|s| {
+                    let (node, m) = (node.clone(), m.clone());
+                    async move {
+                        let r = node.select_shard(s, &m, (mint, maxt), source, false).await;
+                        (s, r)
+                    }
+                });
+                futures::future::join_all(futs).await
+            });
+            match res {
+                Ok(r) => {
+                    for (s, r) in r {
+                        match r {
+                            Ok(series) => {
+                                fetched.insert(s, series);
+                            }
+                            Err(e) => return Box::new(std::iter::once(Err(e.into()))),
                         }
-                    };
-                    match q {
-                        Ok(q) => sets.push(q.select(true, hints, matchers)),
-                        Err(e) => return Box::new(std::iter::once(Err(e))),
                     }
                 }
-                Ok(ShardRead::Remote(series)) => {
-                    let v: Vec<Arc<dyn Series>> = series
-                        .into_iter()
-                        .map(|s| Arc::new(ListSeries::new(s.labels, s.samples)) as Arc<dyn Series>)
-                        .collect();
-                    sets.push(series_set_from_vec(v));
+                Err(e) => return Box::new(std::iter::once(Err(e))),
+            }
+        }
+        let mut sets = Vec::with_capacity(n as usize);
+        for s in 0..n {
+            if let Some(db) = local.remove(&s) {
+                // This node's replica, read in place (lazily, as on a single node).
+                let q = match source {
+                    None => db.querier(mint, maxt),
+                    Some((r, a)) => ResolutionQueryable::querier_resolution(&db, mint, maxt, r, a),
+                };
+                match q {
+                    Ok(q) => sets.push(q.select(true, hints, matchers)),
+                    Err(e) => return Box::new(std::iter::once(Err(e))),
                 }
-                Err(e) => return Box::new(std::iter::once(Err(e.into()))),
+            } else if let Some(series) = fetched.remove(&s) {
+                let v: Vec<Arc<dyn Series>> = series
+                    .into_iter()
+                    .map(|s| Arc::new(ListSeries::new(s.labels, s.samples)) as Arc<dyn Series>)
+                    .collect();
+                sets.push(series_set_from_vec(v));
             }
         }
         merge_series_sets(sets)
@@ -361,7 +466,7 @@ impl Querier for ClusterQuerier {
         matchers: &[Matcher],
         limit: usize,
     ) -> tidemark_storage::Result<Vec<String>> {
-        self.labels(Some(name.to_string()), matchers, limit)
+        self.labels(Some(name), matchers, limit)
     }
 
     fn label_names(
@@ -374,30 +479,44 @@ impl Querier for ClusterQuerier {
 }
 
 impl ClusterQuerier {
+    /// Label names (`name` empty) or the values of label `name`, over every shard.
     fn labels(
         &self,
-        name: Option<String>,
+        name: Option<&str>,
         matchers: &[Matcher],
         limit: usize,
     ) -> tidemark_storage::Result<Vec<String>> {
-        let node = self.storage.node.clone();
         let (mint, maxt) = (self.mint, self.maxt);
-        let matchers = matchers.to_vec();
-        let results = self.storage.wait(async move {
-            let futs = (0..node.num_shards()).map(|s| {
-                let node = node.clone();
-                let m = matchers.clone();
-                let name = name.clone();
-                async move {
-                    node.labels_shard(s, name.as_deref(), &m, mint, maxt, limit)
-                        .await
-                }
-            });
-            futures::future::join_all(futs).await
-        })?;
+        let local = self.storage.readable_replicas()?;
         let mut all = std::collections::BTreeSet::new();
-        for r in results {
-            all.extend(r?);
+        // The replicas read in place, on this thread.
+        for db in local.values() {
+            let q = db.querier(mint, maxt)?;
+            all.extend(match name {
+                Some(n) => q.label_values(n, matchers, limit)?,
+                None => q.label_names(matchers, limit)?,
+            });
+        }
+        let remote: Vec<u32> = (0..self.storage.node.num_shards())
+            .filter(|s| !local.contains_key(s))
+            .collect();
+        if !remote.is_empty() {
+            let node = self.storage.node.clone();
+            let m = matchers.to_vec();
+            let name = name.map(str::to_string);
+            let results = self.storage.wait(async move {
+                let futs = remote.into_iter().map(|s| {
+                    let (node, m, name) = (node.clone(), m.clone(), name.clone());
+                    async move {
+                        node.labels_shard(s, name.as_deref(), &m, mint, maxt, limit)
+                            .await
+                    }
+                });
+                futures::future::join_all(futs).await
+            })?;
+            for r in results {
+                all.extend(r?);
+            }
         }
         let mut v: Vec<String> = all.into_iter().collect();
         if limit > 0 {
