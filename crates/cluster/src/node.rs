@@ -1608,6 +1608,22 @@ impl Node {
         add: Option<(NodeId, String)>,
         remove: Option<NodeId>,
     ) -> Result<BTreeMap<NodeId, String>, ClusterError> {
+        // Bad input is refused before anything else, whatever the state of the cluster.
+        if let Some((id, addr)) = &add {
+            if *id == 0 || addr.is_empty() {
+                return Err(ClusterError::Invalid(
+                    "add-node needs a node id > 0 and an address".into(),
+                ));
+            }
+            let port_ok = addr
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !port_ok || addr.contains(char::is_whitespace) || addr.contains('/') {
+                return Err(ClusterError::Invalid(format!(
+                    "add-node: {addr:?} is not HOST:PORT"
+                )));
+            }
+        }
         let me = self.opts.node_id;
         let leader = self.meta.raft.metrics().borrow().current_leader;
         match leader {
@@ -1623,19 +1639,6 @@ impl Node {
         let raft = &self.meta.raft;
         let err = |e: String| ClusterError::Other(e);
         if let Some((id, addr)) = add {
-            if id == 0 || addr.is_empty() {
-                return Err(ClusterError::Invalid(
-                    "add-node needs a node id > 0 and an address".into(),
-                ));
-            }
-            let port_ok = addr
-                .rsplit_once(':')
-                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-            if !port_ok || addr.contains(char::is_whitespace) || addr.contains('/') {
-                return Err(ClusterError::Invalid(format!(
-                    "add-node: {addr:?} is not HOST:PORT"
-                )));
-            }
             if let Some(old) = group_nodes(&self.meta).get(&id)
                 && !old.starts_with("node-")
                 && *old != addr
