@@ -798,8 +798,9 @@ fn append_bytes<W: Write>(ar: &mut tar::Builder<W>, name: &str, b: &[u8]) -> std
     ar.append_data(&mut h, name, b)
 }
 
-/// Hard links (or, across file systems, copies) the files of `src` into `dst`.
-fn link_dir(src: &Path, dst: &Path) -> std::io::Result<()> {
+/// Hard links (or, across file systems, copies) the files of `src` into `dst`. Also the
+/// single-node snapshot endpoint's.
+pub fn link_dir(src: &Path, dst: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dst)?;
     for e in std::fs::read_dir(src)? {
         let e = e?;

@@ -131,24 +131,10 @@ pub(crate) fn snapshot(db: &Db, dir: &Path, skip_head: bool) -> Result<String, E
         let e = e?;
         let p = e.path();
         if p.is_dir() && p.join("meta.json").is_file() {
-            link_dir(&p, &target.join(e.file_name()))?;
+            tidemark_cluster::state_machine::link_dir(&p, &target.join(e.file_name()))?;
         }
     }
     Ok(name)
-}
-
-fn link_dir(src: &Path, dst: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dst)?;
-    for e in std::fs::read_dir(src)? {
-        let e = e?;
-        let (s, d) = (e.path(), dst.join(e.file_name()));
-        if s.is_dir() {
-            link_dir(&s, &d)?;
-        } else if std::fs::hard_link(&s, &d).is_err() {
-            std::fs::copy(&s, &d)?;
-        }
-    }
-    Ok(())
 }
 
 /// A new snapshot's directory name: seconds since the epoch and a random suffix.

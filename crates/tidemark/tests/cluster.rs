@@ -340,6 +340,18 @@ fn start_writer(ports: Vec<u16>, base: i64, first: u64) -> Writer {
 }
 
 impl Writer {
+    /// Lets the writer run until `n` writes are acknowledged (at most 60 s: a loaded machine
+    /// acknowledges few per second), stops it and returns the acknowledged writes.
+    fn finish_after_acks(self, n: usize) -> Vec<(u64, Instant)> {
+        let started = Instant::now();
+        while self.acked.lock().unwrap().len() < n && started.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let (acked, _) = self.finish();
+        assert!(acked.len() >= n, "only {} writes acknowledged", acked.len());
+        acked
+    }
+
     fn finish(mut self) -> (Vec<(u64, Instant)>, usize) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(h) = self.handle.take() {
@@ -1258,16 +1270,7 @@ fn admin_delete_and_tsdb_status_cover_every_shard_and_replica() {
     let w = start_writer(c.nodes.iter().map(|n| n.http).collect(), base, 0);
     // Enough writes that half of them is a real prefix (a loaded machine acknowledges few
     // per second).
-    let started = Instant::now();
-    while w.acked.lock().unwrap().len() < 20 && started.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let (acked, _) = w.finish();
-    assert!(
-        acked.len() >= 20,
-        "only {} writes acknowledged",
-        acked.len()
-    );
+    let acked = w.finish_after_acks(20);
     let at = (now_ms() as f64) / 1000.0;
     assert_eq!(stored(&c.nodes[0], at).len(), SERIES);
 
@@ -1469,16 +1472,7 @@ fn admin_snapshot_holds_every_shard_and_restores_on_a_single_node() {
         now_ms() - 120_000,
         0,
     );
-    let started = Instant::now();
-    while w.acked.lock().unwrap().len() < 20 && started.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let (acked, _) = w.finish();
-    assert!(
-        acked.len() >= 20,
-        "only {} writes acknowledged",
-        acked.len()
-    );
+    let acked = w.finish_after_acks(20);
     let (st, body) = c.nodes[1]
         .http("POST", "/api/v1/admin/tsdb/snapshot", "text/plain", b"")
         .unwrap();
