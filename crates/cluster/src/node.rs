@@ -1301,7 +1301,9 @@ impl Node {
             if m.current_leader == Some(me) && voters != target && !voters.is_empty() {
                 self.start_move(sh.clone(), target.clone());
             }
-            if (removed || !target.contains(&me)) && m.current_leader != Some(me) {
+            // By state, not by `current_leader`: a leader that removed itself from the group
+            // steps down to learner but keeps naming itself as the leader it last knew.
+            if (removed || !target.contains(&me)) && m.state != openraft::ServerState::Leader {
                 self.maybe_drop(sh).await;
             }
         }
