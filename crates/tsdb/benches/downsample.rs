@@ -2,7 +2,7 @@
 //! `cargo test`):
 //!
 //! ```text
-//! CARGO_TARGET_DIR=target cargo bench -p tidemark-tsdb --bench downsample -- [targets] [days]
+//! CARGO_TARGET_DIR=target cargo bench -p tidemark-tsdb --bench downsample -- [targets] [days] [restart]
 //! ```
 //!
 //! Defaults: 13 node_exporter-like targets (~10k series) × 30 days at 15 s. For each target
@@ -13,7 +13,10 @@
 //! 5 m blocks merged into 162 h blocks and downsampled to 1 h, the 1 h blocks merged into 486 h
 //! blocks; the newest window of each resolution, incomplete, stays unmerged), adds up the bytes
 //! on disk of each resolution, and deletes the blocks (so the disk holds one target at a time).
-//! Counters restart in each window (the generator starts fresh), which is immaterial to sizes.
+//! Each target's 30 days are generated as one continuous scrape history (counters keep
+//! counting across blocks; ~2 GB of samples in memory per target) and cut into the 18 h
+//! blocks. A third argument `restart` generates each 18 h window afresh instead (counters and
+//! gauges restart at every block boundary: what this bench did before 2026-12-07).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: panics on failure by design
 
@@ -22,7 +25,24 @@ use std::time::Instant;
 use tidemark_tsdb::block::{BlockWriter, delete_block, open_blocks};
 use tidemark_tsdb::compact::COMPACTED_SAMPLES_PER_CHUNK;
 use tidemark_tsdb::downsample::{self, DownsampleOptions, RES_1H, RES_5M};
-use tidemark_tsdb::testdata::node_exporter;
+use tidemark_tsdb::testdata::{TestSeries, node_exporter};
+
+/// The series of `target` from `n` scrapes starting at `start` (seed from the target and
+/// `w`), cut at `end`, in label order.
+fn target_data(target: usize, w: i64, n: usize, start: i64, end: i64) -> Vec<TestSeries> {
+    let mut data = node_exporter(1, n, 0x5eed ^ target as u64 ^ ((w as u64) << 20), start);
+    for s in &mut data {
+        // One target per call: give each its own instance label.
+        s.labels = s
+            .labels
+            .to_builder()
+            .set("instance", &format!("host-{target}:9100"))
+            .build();
+        s.samples.retain(|x| x.t < end);
+    }
+    data.sort_by(|a, b| a.labels.cmp(&b.labels));
+    data
+}
 
 fn main() {
     let args: Vec<String> = std::env::args()
@@ -31,6 +51,7 @@ fn main() {
         .collect();
     let targets: usize = args.first().and_then(|s| s.parse().ok()).unwrap_or(13);
     let days: i64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(30);
+    let restart = args.get(2).is_some_and(|a| a == "restart");
     let window: i64 = 18 * 3_600_000;
     let per_window = (window / 15_000) as usize;
     let windows = days * 24 / 18;
@@ -40,24 +61,37 @@ fn main() {
     let (mut n5, mut n1) = (0u64, 0u64);
     let (mut t_write, mut t_ds) = (0.0f64, 0.0f64);
     for target in 0..targets {
+        // Continuous mode: the target's whole range generated at once (one 30-day scrape
+        // history, ~2 GB of samples per target), then cut into the 18 h blocks.
+        let mut whole: Vec<TestSeries> = if restart {
+            Vec::new()
+        } else {
+            target_data(
+                target,
+                0,
+                per_window * windows as usize,
+                0,
+                windows * window,
+            )
+        };
         for w in 0..windows {
             let start = w * window;
-            let mut data = node_exporter(
-                1,
-                per_window,
-                0x5eed ^ target as u64 ^ ((w as u64) << 20),
-                start,
-            );
-            for s in &mut data {
-                // One target per call: give each its own instance label.
-                s.labels = s
-                    .labels
-                    .to_builder()
-                    .set("instance", &format!("host-{target}:9100"))
-                    .build();
-                s.samples.retain(|x| x.t < start + window);
-            }
-            data.sort_by(|a, b| a.labels.cmp(&b.labels));
+            let data = if restart {
+                target_data(target, w, per_window, start, start + window)
+            } else {
+                whole
+                    .iter()
+                    .map(|s| {
+                        let from = s.samples.partition_point(|x| x.t < start);
+                        let to = s.samples.partition_point(|x| x.t < start + window);
+                        TestSeries {
+                            labels: s.labels.clone(),
+                            kind: s.kind,
+                            samples: s.samples[from..to].to_vec(),
+                        }
+                    })
+                    .collect()
+            };
             let t0 = Instant::now();
             let mut bw = BlockWriter::new(dir.path(), start, start + window).unwrap();
             bw.set_samples_per_chunk(COMPACTED_SAMPLES_PER_CHUNK);
@@ -71,6 +105,7 @@ fn main() {
             }
             samples += meta.stats.num_samples;
         }
+        whole.clear();
         let t1 = Instant::now();
         let opts = DownsampleOptions {
             to_5m_after_ms: 0,

@@ -471,8 +471,8 @@ pub fn encode_aggr_chunk(
         ));
     }
     let range = (first.t.min(a.count[0].t), last.t);
-    let ts: Vec<Sample> = a.count.iter().map(|c| Sample::new(c.t, 0.0)).collect();
-    let ts_chunk = encode_stream(&ts)?;
+    // The shared chunk holds the counts too: the series of one target have the same ones.
+    let ts_chunk = encode_stream(&a.count)?;
     let ts_ref = put_ts(&ts_chunk)?;
     let get = |r: u64| {
         (r == ts_ref)
@@ -528,9 +528,8 @@ fn chunk_writer<'a>(
     w.out.push(flags);
     w.out.extend_from_slice(header);
     put_uvarint(&mut w.out, ts_ref);
-    let count = std::mem::take(&mut w.count);
-    w.part(&count[prefix..]);
-    w.count = count;
+    // The counts are in the shared timestamp chunk: an empty count part says so.
+    w.part(&[]);
     w.part(lead);
     Ok(w)
 }
@@ -787,8 +786,12 @@ pub fn decode_aggr_chunk_only<'d>(
         Some(r) => {
             chunk::decode_all(ts(r)?, &mut count)
                 .map_err(|e| format!("aggregate chunk: timestamp chunk {r:#x}: {e}"))?;
-            chunk::decode_value_stream(count_part, &mut count)
-                .map_err(|e| format!("aggregate chunk: count: {e}"))?;
+            // Empty: the counts are the shared chunk's values (written since 2026-12-07 06:00);
+            // else the shared chunk's values are 0 and the counts are here.
+            if !count_part.is_empty() {
+                chunk::decode_value_stream(count_part, &mut count)
+                    .map_err(|e| format!("aggregate chunk: count: {e}"))?;
+            }
         }
     }
     let lead_part = part("counter lead")?;
@@ -1253,12 +1256,13 @@ pub fn plan_merge(metas: &[BlockMeta]) -> Vec<Vec<String>> {
 /// Merges downsampled blocks of one resolution into one new block (temp dir, fsync, rename;
 /// the sources are left alone: delete them once it is durable). Per series (in label order,
 /// a k-way merge over the blocks' indexes: memory is one series at a time plus one cursor per
-/// block), the aggregate chunks of every block are copied as they are, in time order: each
-/// stays a part of its own with its own counter start, read exactly as the separate blocks
-/// were. Where blocks overlap in time (a block downsampled again after its raw block took a
-/// backfill, merged with an older block that holds the previous version), a chunk is dropped
-/// when it overlaps the range of a newer block (a larger id) of the group. The new block's
-/// range is the union, `sources` the union, `parents` the merged ids, `level` the highest.
+/// block), the aggregate chunks of every block are decoded and joined into **one** chunk
+/// ([`join_parts`]: the counter continues across them, in exact decimal units), which reads as
+/// aggregating the raw samples of the whole range at once. Where blocks overlap in time (a
+/// block downsampled again after its raw block took a backfill, merged with an older block
+/// that holds the previous version), the windows of a block that lie in the range of a newer
+/// block (a larger id) of the group are dropped ([`windows_outside`]). The new block's range
+/// is the union, `sources` the union, `parents` the merged ids, `level` the highest.
 pub fn merge_blocks(data_dir: &Path, blocks: &[Block]) -> Result<BlockMeta> {
     let Some(first) = blocks.first() else {
         return Err(BlockError::Invalid("merging no downsampled blocks".into()));
@@ -1318,23 +1322,32 @@ pub fn merge_blocks(data_dir: &Path, blocks: &[Block]) -> Result<BlockMeta> {
         .min()
         .cloned()
     {
-        let mut chunks: Vec<(i64, i64, Vec<u8>)> = Vec::new();
-        let mut windows = 0u64;
+        let mut parts: Vec<AggrSeries> = Vec::new();
+        // The chunks kept whole (block, chunk), their bytes, and whether copying them is an
+        // option (no chunk lost only part of its windows to a newer block).
+        let (mut keep, mut kept_bytes, mut copyable) = (Vec::new(), 0usize, true);
         for (i, (id, cur)) in cursors.iter_mut().enumerate() {
             let Some(e) = cur.as_ref().filter(|e| e.labels == labels) else {
                 continue;
             };
             let b = &blocks[i];
             for c in &e.chunks {
-                if newer[i]
-                    .iter()
-                    .any(|&(lo, hi)| c.min_time < hi && lo <= c.max_time)
-                {
-                    continue;
+                let data = b.chunk_data(c)?;
+                let a = decode_aggr_chunk(data, &block_timestamps(b)).map_err(|what| {
+                    BlockError::Meta {
+                        path: b.dir().join(crate::block::CHUNKS_DIR),
+                        what: format!("series {}: chunk {:#x}: {what}", e.labels, c.chunk_ref),
+                    }
+                })?;
+                let replaced = |t: i64| newer[i].iter().any(|&(lo, hi)| lo <= t && t < hi);
+                let gone = a.count.iter().filter(|w| replaced(w.t)).count();
+                if gone == 0 {
+                    keep.push((i, *c));
+                    kept_bytes += data.len();
+                } else if gone < a.count.len() {
+                    copyable = false;
                 }
-                let (chunk, n) = copy_aggr_chunk(b, &e.labels, c, &mut w, &mut ts_refs)?;
-                windows += n;
-                chunks.push(chunk);
+                parts.extend(windows_outside(&a, replaced));
             }
             *id += 1;
             *cur = if *id < b.index().num_series() {
@@ -1343,8 +1356,28 @@ pub fn merge_blocks(data_dir: &Path, blocks: &[Block]) -> Result<BlockMeta> {
                 None
             };
         }
-        chunks.sort_by_key(|c| (c.0, c.1));
-        w.add_series_opaque(&labels, &chunks, windows)?;
+        parts.sort_by_key(|p| p.count.first().map_or(i64::MIN, |s| s.t));
+        let joined = join_parts(parts);
+        if joined.count.is_empty() {
+            continue;
+        }
+        let windows = joined.count.len() as u64;
+        // One chunk for the whole range saves a chunk header, lead and record per block, but
+        // its exponent and stream modes must suit the whole range: the chunks are copied as
+        // they are when they are smaller (measured on node_exporter-like data, docs/benchmarks.md).
+        let one = encode_aggr_chunk(&joined, &mut |_| Ok(0))?;
+        if copyable && kept_bytes <= one.2.len() {
+            let mut chunks = Vec::with_capacity(keep.len());
+            for (i, c) in &keep {
+                chunks.push(copy_aggr_chunk(&blocks[*i], &labels, c, &mut w, &mut ts_refs)?.0);
+            }
+            chunks.sort_by_key(|c| (c.0, c.1));
+            w.add_series_opaque(&labels, &chunks, windows)?;
+        } else {
+            let chunk =
+                encode_aggr_chunk(&joined, &mut |c| put_timestamps(&mut w, &mut ts_refs, c))?;
+            w.add_series_opaque(&labels, &[chunk], windows)?;
+        }
     }
     let meta = w.finish()?;
     tracing::info!(block = %meta.id, resolution = res, merged = blocks.len(),
@@ -1441,6 +1474,80 @@ pub fn concat_parts(parts: Vec<AggrSeries>) -> AggrSeries {
             (Some(r), Some(c)) if r.to_bits() != c.v.to_bits() => Some(r),
             _ => None,
         };
+    }
+    out
+}
+
+/// Joins parts (time order, not overlapping) into one [`AggrSeries`] that one aggregate chunk
+/// holds: [`concat_parts`], then without the leading counter samples of the later parts (the
+/// running total at their window ends already counts from them), which is what aggregating
+/// their raw samples at once gives when the parts meet at window boundaries.
+fn join_parts(parts: Vec<AggrSeries>) -> AggrSeries {
+    let mut out = concat_parts(parts);
+    let AggrSeries { count, counter, .. } = &mut out;
+    let (mut j, mut i) = (0, 0);
+    counter.retain(|s| {
+        let keep = if count.get(j).is_some_and(|c| c.t == s.t) {
+            j += 1;
+            true
+        } else {
+            i == 0
+        };
+        i += 1;
+        keep
+    });
+    out
+}
+
+/// The runs of windows of `a` whose timestamps are not `replaced`, each as a part of its own
+/// (see [`merge_blocks`]). A run that starts after a dropped window has no leading counter
+/// sample, and its counter is shifted down by the resets counted before it (`counter − last`
+/// at its first window) so that, like any part, it starts at a raw value.
+fn windows_outside(a: &AggrSeries, replaced: impl Fn(i64) -> bool) -> Vec<AggrSeries> {
+    let n = a.count.len();
+    let lead = a.counter.len().wrapping_sub(n);
+    let aligned = [&a.sum, &a.min, &a.max, &a.last]
+        .iter()
+        .all(|s| s.len() == n)
+        && lead <= 1;
+    if !aligned || !a.count.iter().any(|c| replaced(c.t)) {
+        return vec![a.clone()];
+    }
+    let mut out = Vec::new();
+    let mut k = 0;
+    while k < n {
+        if replaced(a.count[k].t) {
+            k += 1;
+            continue;
+        }
+        let start = k;
+        while k < n && !replaced(a.count[k].t) {
+            k += 1;
+        }
+        let mut p = AggrSeries {
+            count: a.count[start..k].to_vec(),
+            sum: a.sum[start..k].to_vec(),
+            min: a.min[start..k].to_vec(),
+            max: a.max[start..k].to_vec(),
+            last: a.last[start..k].to_vec(),
+            ..AggrSeries::default()
+        };
+        p.counter = if start == 0 {
+            a.counter[..lead + k].to_vec()
+        } else {
+            let mut shift = DecSum::ZERO;
+            shift.add(a.last[start].v);
+            shift.add(-a.counter[lead + start].v);
+            a.counter[lead + start..lead + k]
+                .iter()
+                .map(|s| Sample::new(s.t, shift.plus(s.v)))
+                .collect()
+        };
+        p.raw_last = match (p.last.last(), p.counter.last()) {
+            (Some(l), Some(c)) if l.v.to_bits() != c.v.to_bits() => Some(l.v),
+            _ => None,
+        };
+        out.push(p);
     }
     out
 }

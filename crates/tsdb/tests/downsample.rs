@@ -19,6 +19,7 @@
 //!   superseded downsampled block left behind leave exactly one downsampled block per source.
 //! - `downsampling_survives_sigkill`: a child process downsampling a directory is SIGKILLed at
 //!   spread-out points; after each kill, reopening shows no partial or duplicate data.
+//! - `merging_survives_sigkill`: the same while the child merges 5 m blocks into a 162 h one.
 //! - `retention_per_resolution_matches_model` (proptest): blocks of each resolution; retention
 //!   deletes exactly the blocks outside their resolution's window, keeping raw/5 m blocks whose
 //!   coarser version does not exist yet.
@@ -666,6 +667,92 @@ fn downsampling_survives_sigkill() {
         let got = (
             read(&dir, RES_5M, Aggregate::Counter),
             read(&dir, RES_1H, Aggregate::Sum),
+        );
+        assert!(
+            got == want,
+            "round {round}: data differs; states {states:?}"
+        );
+    }
+}
+
+/// Each raw block appears in at most one downsampled block per resolution (after a crash,
+/// `open_blocks` has deleted whatever a finished merge or rewrite made obsolete).
+fn assert_sources_unique(dir: &Path, what: &str) {
+    let (blocks, _) = open_blocks(dir).unwrap();
+    for res in [RES_5M, RES_1H] {
+        let mut all: Vec<&String> = blocks
+            .iter()
+            .filter(|b| b.meta().resolution == res)
+            .flat_map(|b| b.meta().sources.iter())
+            .collect();
+        let n = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(
+            all.len(),
+            n,
+            "{what}: a raw block in two blocks of resolution {res}"
+        );
+    }
+}
+
+/// As `downsampling_survives_sigkill`, killing the child while it *merges*: the directory
+/// starts with a 5 m block for each of 8 days of 18 h raw blocks, so the run begins by merging
+/// the first 162 h into one block, then downsamples it to 1 h. After each kill no raw block is
+/// in two blocks of one resolution, and a final run gives what an uninterrupted one gives.
+#[test]
+fn merging_survives_sigkill() {
+    let data = sample_data(20, 8, 60_000);
+    let base = tempfile::tempdir().unwrap();
+    let pristine = base.path().join("pristine");
+    for m in write_raw_blocks(&pristine, &data, 18 * H) {
+        let b = Block::open(&pristine.join(&m.id)).unwrap();
+        downsample::downsample_block(&pristine, &b, RES_5M).unwrap();
+    }
+    let metas = |dir: &Path| -> Vec<BlockMeta> {
+        open_blocks(dir)
+            .unwrap()
+            .0
+            .iter()
+            .map(|b| b.meta().clone())
+            .collect()
+    };
+    assert_eq!(downsample::plan_merge(&metas(&pristine)).len(), 1);
+    let full = base.path().join("full");
+    copy_dir(&pristine, &full);
+    let t0 = std::time::Instant::now();
+    run_child(&full, None);
+    let full_time = t0.elapsed();
+    let merged = |dir: &Path| {
+        blocks_of(dir, RES_5M)
+            .iter()
+            .any(|b| b.meta().min_time == 0 && b.meta().max_time == 162 * H)
+    };
+    assert!(merged(&full));
+    let want = (
+        read(&full, RES_5M, Aggregate::Counter),
+        read(&full, RES_5M, Aggregate::Sum),
+        read(&full, RES_1H, Aggregate::Counter),
+    );
+    check_resolution(&full, &data, RES_5M).unwrap();
+    let mut states = Vec::new();
+    for round in 0..3u32 {
+        let dir = base.path().join(format!("r{round}"));
+        copy_dir(&pristine, &dir);
+        for k in 0..4u32 {
+            let at = full_time.mul_f64(f64::from(round * 4 + k + 1) / 13.0);
+            run_child(&dir, Some(at));
+            let (blocks, problems) = open_blocks(&dir).unwrap();
+            states.push((blocks.len(), problems.len()));
+            assert_sources_unique(&dir, &format!("round {round} kill {k}"));
+        }
+        run_child(&dir, None);
+        assert!(merged(&dir));
+        assert!(downsample::plan_merge(&metas(&dir)).is_empty());
+        let got = (
+            read(&dir, RES_5M, Aggregate::Counter),
+            read(&dir, RES_5M, Aggregate::Sum),
+            read(&dir, RES_1H, Aggregate::Counter),
         );
         assert!(
             got == want,
