@@ -1053,11 +1053,17 @@ pub(crate) fn relink_aggr_chunk(
     })?;
     let ts = block_timestamps(src)(r).map_err(bad)?;
     let nr = put_timestamps(w, refs, ts)?;
+    Ok(with_ts_ref(data, at, pos, nr))
+}
+
+/// `data` (a version 4 chunk whose timestamp chunk ref takes bytes `at..end`) naming `r`
+/// instead.
+fn with_ts_ref(data: &[u8], at: usize, end: usize, r: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + 4);
     out.extend_from_slice(&data[..at]);
-    put_uvarint(&mut out, nr);
-    out.extend_from_slice(&data[pos..]);
-    Ok(out)
+    put_uvarint(&mut out, r);
+    out.extend_from_slice(&data[end..]);
+    out
 }
 
 /// Reads the aggregates `want` (see [`decode_aggr_chunk_only`]) of series `entry` of
@@ -1365,7 +1371,13 @@ pub fn merge_blocks(data_dir: &Path, blocks: &[Block]) -> Result<BlockMeta> {
         // One chunk for the whole range saves a chunk header, lead and record per block, but
         // its exponent and stream modes must suit the whole range: the chunks are copied as
         // they are when they are smaller (measured on node_exporter-like data, docs/benchmarks.md).
-        let one = encode_aggr_chunk(&joined, &mut |_| Ok(0))?;
+        // Encoded once, with ref 0 for its timestamp chunk (one byte), which is stored and
+        // named only if the joined chunk wins.
+        let mut ts_chunk = Vec::new();
+        let one = encode_aggr_chunk(&joined, &mut |c| {
+            ts_chunk = c.to_vec();
+            Ok(0)
+        })?;
         if copyable && kept_bytes <= one.2.len() {
             let mut chunks = Vec::with_capacity(keep.len());
             for (i, c) in &keep {
@@ -1374,9 +1386,14 @@ pub fn merge_blocks(data_dir: &Path, blocks: &[Block]) -> Result<BlockMeta> {
             chunks.sort_by_key(|c| (c.0, c.1));
             w.add_series_opaque(&labels, &chunks, windows)?;
         } else {
-            let chunk =
-                encode_aggr_chunk(&joined, &mut |c| put_timestamps(&mut w, &mut ts_refs, c))?;
-            w.add_series_opaque(&labels, &[chunk], windows)?;
+            let r = put_timestamps(&mut w, &mut ts_refs, &ts_chunk)?;
+            let at = if one.2.get(1).is_some_and(|f| f & FLAG_DECIMAL != 0) {
+                5
+            } else {
+                2
+            };
+            let bytes = with_ts_ref(&one.2, at, at + 1, r);
+            w.add_series_opaque(&labels, &[(one.0, one.1, bytes)], windows)?;
         }
     }
     let meta = w.finish()?;
