@@ -201,3 +201,293 @@ pub async fn serve(node: Weak<Node>, mut s: tokio::net::TcpStream) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    //! The asking side against a real listener on 127.0.0.1 that plays the leader (one thread
+    //! per connection), and [`serve`] against a real socket. Every wait is bounded.
+    use super::*;
+    use std::net::TcpListener;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Instant;
+
+    /// How the fake leader answers a request.
+    #[derive(Debug, Clone, Copy)]
+    enum Reply {
+        /// Index `100 + shard` for every shard; the connection stays open.
+        Indexes,
+        /// As `Indexes`, then closes the connection.
+        OnceThenClose,
+        /// A frame length above [`MAX_FRAME`] (and nothing after it).
+        Oversized,
+        /// A frame whose body is not a `ReadIndexReply`.
+        Garbage,
+        /// A frame length of 100 followed by 3 bytes, then the connection is closed.
+        Truncated,
+        /// Nothing (the connection stays open).
+        Silent,
+    }
+
+    struct Fake {
+        addr: String,
+        /// Connections accepted so far.
+        accepted: Arc<AtomicUsize>,
+        /// Requests received so far (on any connection).
+        requests: Arc<AtomicUsize>,
+    }
+
+    /// A fake leader on a fresh port: connection `i` (from 0) answers with `replies[i]`, the
+    /// last entry for later connections.
+    fn fake(replies: Vec<Reply>) -> Fake {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (a, r) = (accepted.clone(), requests.clone());
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { return };
+                let i = a.fetch_add(1, Ordering::SeqCst);
+                let reply = replies[i.min(replies.len() - 1)];
+                let r = r.clone();
+                std::thread::spawn(move || {
+                    let mut magic = [0u8; 4];
+                    if s.read_exact(&mut magic).is_err() || magic != MAGIC {
+                        return;
+                    }
+                    loop {
+                        let mut len = [0u8; 4];
+                        if s.read_exact(&mut len).is_err() {
+                            return;
+                        }
+                        let mut b = vec![0u8; u32::from_le_bytes(len) as usize];
+                        if s.read_exact(&mut b).is_err() {
+                            return;
+                        }
+                        let req = pb::ReadIndexRequest::decode(b.as_slice()).unwrap();
+                        r.fetch_add(1, Ordering::SeqCst);
+                        let indexes = pb::ReadIndexReply {
+                            shards: req
+                                .shards
+                                .iter()
+                                .map(|&shard| pb::ShardReadIndex {
+                                    shard,
+                                    index: 100 + i64::from(shard),
+                                    ..Default::default()
+                                })
+                                .collect(),
+                        };
+                        let out = match reply {
+                            Reply::Indexes | Reply::OnceThenClose => frame(&indexes),
+                            Reply::Oversized => ((MAX_FRAME + 1) as u32).to_le_bytes().to_vec(),
+                            // Field 1 (length-delimited) claims 5 bytes, 1 follows.
+                            Reply::Garbage => vec![3, 0, 0, 0, 0x0a, 0x05, 0x01],
+                            Reply::Truncated => vec![100, 0, 0, 0, 1, 2, 3],
+                            Reply::Silent => Vec::new(),
+                        };
+                        if s.write_all(&out).is_err() {
+                            return;
+                        }
+                        match reply {
+                            Reply::OnceThenClose | Reply::Truncated => return,
+                            _ => {}
+                        }
+                    }
+                });
+            }
+        });
+        Fake {
+            addr,
+            accepted,
+            requests,
+        }
+    }
+
+    fn ask_one(
+        c: &ReadIndexClients,
+        f: &Fake,
+        shards: Vec<u32>,
+        timeout: Duration,
+    ) -> Option<pb::ReadIndexReply> {
+        let asks = [Ask {
+            node: 2,
+            addr: f.addr.clone(),
+            shards,
+        }];
+        let mut r = c.ask(&asks, timeout);
+        assert_eq!(r.len(), 1);
+        r.pop().unwrap()
+    }
+
+    fn indexes(r: &pb::ReadIndexReply) -> Vec<(u32, i64)> {
+        r.shards.iter().map(|s| (s.shard, s.index)).collect()
+    }
+
+    fn idle(c: &ReadIndexClients, node: NodeId) -> usize {
+        c.idle.lock().get(&node).map_or(0, |(_, v)| v.len())
+    }
+
+    /// Runs `f` on its own thread and fails the test if it takes longer than `limit` (a hang
+    /// must not hang the test run).
+    fn bounded<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(limit)
+            .unwrap_or_else(|_| panic!("no result within {limit:?}"))
+    }
+
+    #[test]
+    fn a_connection_is_reused_for_the_next_request() {
+        bounded(Duration::from_secs(10), || {
+            let f = fake(vec![Reply::Indexes]);
+            let c = ReadIndexClients::new();
+            let t = Duration::from_secs(2);
+            let r = ask_one(&c, &f, vec![0, 2], t).unwrap();
+            assert_eq!(indexes(&r), vec![(0, 100), (2, 102)]);
+            assert_eq!(idle(&c, 2), 1, "the connection went back to the pool");
+            let r = ask_one(&c, &f, vec![1], t).unwrap();
+            assert_eq!(indexes(&r), vec![(1, 101)]);
+            assert_eq!(
+                f.accepted.load(Ordering::SeqCst),
+                1,
+                "one connection for both"
+            );
+            assert_eq!(f.requests.load(Ordering::SeqCst), 2);
+            assert_eq!(idle(&c, 2), 1);
+        });
+    }
+
+    #[test]
+    fn a_closed_connection_is_dropped_and_the_next_request_reconnects() {
+        bounded(Duration::from_secs(10), || {
+            // Every connection answers once and is closed by the leader.
+            let f = fake(vec![Reply::OnceThenClose]);
+            let c = ReadIndexClients::new();
+            let t = Duration::from_secs(2);
+            for round in 1..=3 {
+                let r = ask_one(&c, &f, vec![round], t).unwrap();
+                assert_eq!(indexes(&r), vec![(round, 100 + i64::from(round))]);
+                // Each request after the first finds its pooled connection dead and makes a
+                // new one; the dead one is not pooled again.
+                assert_eq!(f.accepted.load(Ordering::SeqCst), round as usize);
+                assert_eq!(f.requests.load(Ordering::SeqCst), round as usize);
+                assert_eq!(idle(&c, 2), 1);
+            }
+        });
+    }
+
+    #[test]
+    fn a_node_that_is_gone_gives_none_and_leaves_no_connection() {
+        bounded(Duration::from_secs(10), || {
+            // A port nobody listens on (bound, then released).
+            let addr = {
+                let l = TcpListener::bind("127.0.0.1:0").unwrap();
+                l.local_addr().unwrap().to_string()
+            };
+            let c = ReadIndexClients::new();
+            let asks = [Ask {
+                node: 3,
+                addr,
+                shards: vec![0],
+            }];
+            assert_eq!(c.ask(&asks, Duration::from_secs(1)), vec![None]);
+            assert_eq!(idle(&c, 3), 0);
+        });
+    }
+
+    #[test]
+    fn bad_replies_are_errors_not_panics_or_hangs() {
+        for reply in [
+            Reply::Oversized,
+            Reply::Garbage,
+            Reply::Truncated,
+            Reply::Silent,
+        ] {
+            let took = bounded(Duration::from_secs(10), move || {
+                let f = fake(vec![reply]);
+                let c = ReadIndexClients::new();
+                let start = Instant::now();
+                assert!(
+                    ask_one(&c, &f, vec![0], Duration::from_millis(300)).is_none(),
+                    "{reply:?}"
+                );
+                assert_eq!(
+                    idle(&c, 2),
+                    0,
+                    "{reply:?}: a failed connection is not pooled"
+                );
+                start.elapsed()
+            });
+            // Only the silent leader costs the timeout.
+            assert!(took < Duration::from_secs(2), "{reply:?} took {took:?}");
+        }
+    }
+
+    #[test]
+    fn a_bad_reply_on_a_pooled_connection_is_retried_on_a_new_one() {
+        bounded(Duration::from_secs(10), || {
+            // The first connection answers once, then with garbage; later ones answer.
+            let f = fake(vec![Reply::Indexes, Reply::Indexes]);
+            let c = ReadIndexClients::new();
+            let t = Duration::from_secs(2);
+            assert!(ask_one(&c, &f, vec![0], t).is_some());
+            // Replace the pooled connection with one to a leader that answers garbage.
+            let g = fake(vec![Reply::Garbage]);
+            let bad = connect(&g.addr, t).unwrap();
+            c.idle.lock().insert(2, (f.addr.clone(), vec![bad]));
+            let r = ask_one(&c, &f, vec![4], t).unwrap();
+            assert_eq!(indexes(&r), vec![(4, 104)]);
+            assert_eq!(g.requests.load(Ordering::SeqCst), 1);
+            assert_eq!(
+                f.accepted.load(Ordering::SeqCst),
+                2,
+                "retried on a new connection"
+            );
+            assert_eq!(idle(&c, 2), 1);
+        });
+    }
+
+    /// The leader's side closes a connection that sends an oversized or undecodable frame,
+    /// without reading (or allocating) the announced length.
+    #[test]
+    fn serve_closes_on_oversized_or_malformed_requests() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let bad_frames: [Vec<u8>; 2] = [
+            (u32::MAX).to_le_bytes().to_vec(),
+            vec![3, 0, 0, 0, 0x0a, 0x05, 0x01],
+        ];
+        for bad in bad_frames {
+            rt.block_on(async {
+                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = l.local_addr().unwrap();
+                let server = tokio::spawn(async move {
+                    let (s, _) = l.accept().await.unwrap();
+                    let mut magic = [0u8; 4];
+                    let mut s = s;
+                    s.read_exact(&mut magic).await.unwrap();
+                    serve(Weak::new(), s).await;
+                });
+                let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+                c.write_all(&MAGIC).await.unwrap();
+                c.write_all(&bad).await.unwrap();
+                tokio::time::timeout(Duration::from_secs(5), server)
+                    .await
+                    .expect("serve returned")
+                    .unwrap();
+                // The connection is closed: the client reads end of stream.
+                let mut b = [0u8; 1];
+                let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut b))
+                    .await
+                    .expect("closed")
+                    .unwrap_or(0);
+                assert_eq!(n, 0);
+            });
+        }
+    }
+}
