@@ -797,8 +797,8 @@ fn build(data: &ShardData) -> Result<SnapshotMeta, StorageError> {
         }
     }
     // Metadata and exemplars (at least everything applied up to `last_log_id`; what came
-    // after is re-applied harmlessly: metadata is replaced, an exact repeat of an exemplar is
-    // ignored).
+    // after is re-applied harmlessly: metadata is replaced, an exact repeat of a series'
+    // latest exemplar is ignored).
     let extras = data.extras.to_extras();
     if !extras.is_empty() {
         append_bytes(&mut ar, EXTRAS_MEMBER, &extras.encode()).map_err(e)?;
