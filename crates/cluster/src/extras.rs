@@ -1,6 +1,8 @@
 //! What every replica of a shard keeps besides samples: metric metadata and exemplars of the
 //! shard's series, from the shard's extras entries (`batch.rs`). Kept in memory and bounded,
-//! like a single node keeps them (docs/cluster.md "Metadata and exemplars").
+//! like a single node keeps them (docs/cluster.md "Metadata and exemplars"), and written into
+//! the shard's snapshots as one extras payload ([`ExtrasStore::to_extras`]), from which an
+//! installed or restarted replica gets them back ([`ExtrasStore::replace`]).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -72,6 +74,35 @@ impl ExtrasStore {
         }
     }
 
+    /// Everything kept here as one extras payload: metadata with the labels of its target plus
+    /// `__name__`, exemplars oldest first. [`ExtrasStore::replace`] with it rebuilds this store.
+    pub fn to_extras(&self) -> Extras {
+        Extras {
+            metadata: metadata_as_series(self.metadata()),
+            exemplars: self.exemplars.read().iter().cloned().collect(),
+        }
+    }
+
+    /// Replaces everything kept here with what `e` carries (a snapshot's extras), within the
+    /// same bounds as [`ExtrasStore::apply`]. Exemplars are kept as they come (a snapshot holds
+    /// no repeats the store had not kept).
+    pub fn replace(&self, e: Extras) {
+        let mut metadata = HashMap::with_capacity(e.metadata.len().min(MAX_METADATA));
+        for (l, m) in e.metadata {
+            let Some(name) = l.metric_name() else {
+                continue;
+            };
+            let key = (name.to_string(), target_of(&l));
+            if metadata.len() < MAX_METADATA || metadata.contains_key(&key) {
+                metadata.insert(key, m);
+            }
+        }
+        let skip = e.exemplars.len().saturating_sub(MAX_EXEMPLARS);
+        let exemplars: VecDeque<(Labels, Exemplar)> = e.exemplars.into_iter().skip(skip).collect();
+        *self.metadata.write() = metadata;
+        *self.exemplars.write() = exemplars;
+    }
+
     /// Exemplars of series matching any matcher set, with a time in `[start, end]`.
     pub fn exemplars(
         &self,
@@ -102,6 +133,20 @@ impl ExtrasStore {
             .map(|((n, t), m)| (n.clone(), t.clone(), m.clone()))
             .collect()
     }
+}
+
+/// (family, target, metadata) as series labels: the target's labels plus `__name__`.
+pub fn metadata_as_series(v: Vec<(String, Labels, Metadata)>) -> Vec<(Labels, Metadata)> {
+    v.into_iter()
+        .map(|(name, target, m)| {
+            let mut pairs: Vec<(String, String)> = target
+                .iter()
+                .map(|l| (l.name.to_string(), l.value.to_string()))
+                .collect();
+            pairs.push(("__name__".to_string(), name));
+            (Labels::from_pairs(pairs), m)
+        })
+        .collect()
 }
 
 /// Groups exemplars by series (series in label order, exemplars in time order), dropping exact

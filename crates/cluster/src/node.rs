@@ -1108,7 +1108,7 @@ impl Node {
                     ..Default::default()
                 },
                 None => Extras {
-                    metadata: metadata_as_series(sh.data.extras.metadata()),
+                    metadata: crate::extras::metadata_as_series(sh.data.extras.metadata()),
                     ..Default::default()
                 },
             });
@@ -1862,22 +1862,6 @@ fn group_status(sh: &Shard, target: Vec<NodeId>) -> pb::ShardStatus {
     }
 }
 
-/// (family, target, metadata) as series labels: the target's labels plus `__name__`.
-fn metadata_as_series(
-    v: Vec<(String, Labels, tidemark_model::Metadata)>,
-) -> Vec<(Labels, tidemark_model::Metadata)> {
-    v.into_iter()
-        .map(|(name, target, m)| {
-            let mut pairs: Vec<(String, String)> = target
-                .iter()
-                .map(|l| (l.name.to_string(), l.value.to_string()))
-                .collect();
-            pairs.push(("__name__".to_string(), name));
-            (Labels::from_pairs(pairs), m)
-        })
-        .collect()
-}
-
 /// xxh3-64 over every series and sample of a Db, in label order; and the number of samples.
 fn data_checksum(db: &Db) -> Result<(u64, u64), String> {
     let q = db.querier(i64::MIN, i64::MAX).map_err(|e| e.to_string())?;
@@ -2300,7 +2284,7 @@ impl pb::cluster_server::Cluster for Service {
             }
         } else {
             crate::batch::Extras {
-                metadata: metadata_as_series(sh.data.extras.metadata()),
+                metadata: crate::extras::metadata_as_series(sh.data.extras.metadata()),
                 ..Default::default()
             }
         };

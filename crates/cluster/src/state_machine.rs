@@ -5,6 +5,7 @@
 //! shards/<n>/data/            the shard's Db (blocks and head; a cluster node runs it without
 //!                             a log of its own: the Raft log is the log)
 //! shards/<n>/snapshot/current.snap   the last snapshot: a tar of blocks/<id>/... + head-<i>.batch
+//!                                    (+ extras.batch)
 //! shards/<n>/snapshot/current.meta   its SnapshotMeta (MessagePack)
 //! shards/<n>/snapshot/REBUILD        present while data/ is rebuilt from current.snap
 //! ```
@@ -19,6 +20,12 @@
 //! A snapshot is the shard's block files (hard links) plus a dump of the head as write batches;
 //! installing one rebuilds `data/` from the blocks and appends the head dump window by window in
 //! time order, so the head accepts it as it accepted the original appends.
+//!
+//! The replica's metadata and exemplars (`extras.rs`, in memory) are in the snapshot too, as
+//! one extras payload (`batch.rs`) in the member `extras.batch` (absent when there are none,
+//! and in snapshots written before it existed): installing a snapshot replaces the replica's
+//! extras with it, and a restart starts from it before openraft re-applies the entries after
+//! the snapshot.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -41,6 +48,8 @@ use crate::types::{
 const SNAP_FILE: &str = "current.snap";
 const META_FILE: &str = "current.meta";
 const REBUILD_MARKER: &str = "REBUILD";
+/// The snapshot member holding the replica's metadata and exemplars.
+const EXTRAS_MEMBER: &str = "extras.batch";
 /// Series per head-dump batch in a snapshot.
 const DUMP_SERIES_PER_BATCH: usize = 2000;
 /// Width of the time windows in which an installed head dump is appended.
@@ -226,12 +235,14 @@ impl StateMachine {
         } else {
             let db = Db::open(&data.data_dir(), data.db_opts.clone())
                 .map_err(|e| sm_err(ErrorVerb::Read, e))?;
-            if !data.db_opts.wal && meta.is_some() {
+            if meta.is_some() {
                 // Without its own log the Db restarts with an empty head: restore the head as of
-                // the last snapshot; openraft re-applies the entries after it.
-                let dumps = read_head_dumps(&snap_dir.join(SNAP_FILE))
+                // the last snapshot; openraft re-applies the entries after it. The extras too
+                // (they are only in memory).
+                let parts = read_snapshot(&snap_dir.join(SNAP_FILE), !data.db_opts.wal, None)
                     .map_err(|e| snap_err(ErrorVerb::Read, e))?;
-                append_head_dump(&db, &dumps).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+                append_head_dump(&db, &parts.head).map_err(|e| snap_err(ErrorVerb::Read, e))?;
+                data.extras.replace(parts.extras);
             }
             *data.db.write() = Some(db);
         }
@@ -558,23 +569,7 @@ fn rebuild_from_snapshot(data: &ShardData) -> std::io::Result<()> {
     let staging = data.dir.join("restore.tmp");
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging)?;
-    let mut dumps = Vec::new();
-    {
-        let f = std::fs::File::open(snap_dir.join(SNAP_FILE))?;
-        let mut ar = tar::Archive::new(f);
-        for e in ar.entries()? {
-            let mut e = e?;
-            let path = e.path()?.into_owned();
-            let name = path.to_string_lossy().into_owned();
-            if name.starts_with("head-") {
-                let mut b = Vec::new();
-                e.read_to_end(&mut b)?;
-                dumps.push(b);
-            } else if name.starts_with("blocks/") && !name.contains("..") {
-                e.unpack_in(&staging)?;
-            }
-        }
-    }
+    let parts = read_snapshot(&snap_dir.join(SNAP_FILE), true, Some(&staging))?;
     std::fs::create_dir_all(&data_dir)?;
     if let Ok(rd) = std::fs::read_dir(staging.join("blocks")) {
         for b in rd {
@@ -585,8 +580,9 @@ fn rebuild_from_snapshot(data: &ShardData) -> std::io::Result<()> {
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::File::open(&data_dir)?.sync_all()?;
     let db = Db::open(&data_dir, data.db_opts.clone()).map_err(std::io::Error::other)?;
-    append_head_dump(&db, &dumps)?;
+    append_head_dump(&db, &parts.head)?;
     db.sync_log().map_err(std::io::Error::other)?;
+    data.extras.replace(parts.extras);
     *data.db.write() = Some(db);
     std::fs::remove_file(snap_dir.join(REBUILD_MARKER))?;
     std::fs::File::open(&snap_dir)?.sync_all()?;
@@ -637,21 +633,56 @@ fn append_head_dump(db: &Db, dumps: &[Vec<u8>]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The head-dump entries of a snapshot file.
-fn read_head_dumps(snap: &Path) -> std::io::Result<Vec<Vec<u8>>> {
-    let mut dumps = Vec::new();
+/// What a snapshot file holds besides its blocks.
+#[derive(Debug, Default)]
+struct SnapshotParts {
+    /// The head dump (write batches; empty unless asked for).
+    head: Vec<Vec<u8>>,
+    /// The replica's metadata and exemplars (empty in a snapshot without them).
+    extras: batch::Extras,
+}
+
+/// Reads a snapshot file: its head dump when `head`, its extras, and its block files unpacked
+/// into `blocks_into` (as `blocks/<id>/...`) when given. An extras member that does not decode
+/// is logged and skipped: metadata and exemplars are best effort (docs/cluster.md), and a
+/// replica must not refuse to start over them.
+fn read_snapshot(
+    snap: &Path,
+    head: bool,
+    blocks_into: Option<&Path>,
+) -> std::io::Result<SnapshotParts> {
+    let mut out = SnapshotParts::default();
     let f = std::fs::File::open(snap)?;
     let mut ar = tar::Archive::new(f);
     for e in ar.entries()? {
         let mut e = e?;
         let name = e.path()?.to_string_lossy().into_owned();
         if name.starts_with("head-") {
+            if head {
+                let mut b = Vec::new();
+                e.read_to_end(&mut b)?;
+                out.head.push(b);
+            }
+        } else if name == EXTRAS_MEMBER {
             let mut b = Vec::new();
             e.read_to_end(&mut b)?;
-            dumps.push(b);
+            match batch::decode_extras(&b) {
+                Some(Ok(x)) => out.extras = x,
+                Some(Err(err)) => {
+                    tracing::error!(snapshot = %snap.display(), error = %err, "snapshot extras do not decode; skipped");
+                }
+                None => {
+                    tracing::error!(snapshot = %snap.display(), "snapshot extras member is not an extras payload; skipped");
+                }
+            }
+        } else if let Some(dir) = blocks_into
+            && name.starts_with("blocks/")
+            && !name.contains("..")
+        {
+            e.unpack_in(dir)?;
         }
     }
-    Ok(dumps)
+    Ok(out)
 }
 
 /// Builds a snapshot of the shard (see the module documentation).
@@ -765,6 +796,13 @@ fn build(data: &ShardData) -> Result<SnapshotMeta, StorageError> {
             append_bytes(&mut ar, &format!("head-{n:06}.batch"), &b.finish()).map_err(e)?;
         }
     }
+    // Metadata and exemplars (at least everything applied up to `last_log_id`; what came
+    // after is re-applied harmlessly: metadata is replaced, an exact repeat of a series'
+    // latest exemplar is ignored).
+    let extras = data.extras.to_extras();
+    if !extras.is_empty() {
+        append_bytes(&mut ar, EXTRAS_MEMBER, &extras.encode()).map_err(e)?;
+    }
     let w = ar.into_inner().map_err(e)?;
     let f = w.into_inner().map_err(|x| e(x.into_error()))?;
     f.sync_all().map_err(e)?;
@@ -824,4 +862,272 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::batch::Extras;
+    use crate::types::Batch;
+    use openraft::CommittedLeaderId;
+    use tidemark_model::{Exemplar, Metadata, MetricType};
+
+    fn opts() -> DbOptions {
+        DbOptions {
+            background_maintenance: false,
+            ..DbOptions::default()
+        }
+    }
+
+    fn entry(index: u64, payload: Vec<u8>) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Batch(payload.into())),
+        }
+    }
+
+    fn series() -> Labels {
+        Labels::from_pairs([
+            ("__name__", "http_requests_total"),
+            ("job", "api"),
+            ("instance", "a:9090"),
+        ])
+    }
+
+    fn extras() -> Extras {
+        let ex = |t: i64, trace: &str| Exemplar {
+            labels: Labels::from_pairs([("trace_id", trace)]),
+            value: 1.5,
+            ts: Some(t),
+        };
+        Extras {
+            metadata: vec![
+                (
+                    series(),
+                    Metadata {
+                        kind: MetricType::Counter,
+                        help: "Requests.".into(),
+                        unit: String::new(),
+                    },
+                ),
+                // Per-family metadata (remote write): no target.
+                (
+                    Labels::from_pairs([("__name__", "queue_length")]),
+                    Metadata {
+                        kind: MetricType::Gauge,
+                        help: "Queued items.".into(),
+                        unit: "items".into(),
+                    },
+                ),
+            ],
+            exemplars: vec![(series(), ex(1_000, "t1")), (series(), ex(2_000, "t2"))],
+        }
+    }
+
+    /// (family, target, type, help, unit) of every metadata entry, sorted.
+    fn metadata_of(sm: &StateMachine) -> Vec<(String, Labels, MetricType, String, String)> {
+        let mut v: Vec<_> = sm
+            .data()
+            .extras
+            .metadata()
+            .into_iter()
+            .map(|(n, t, m)| (n, t, m.kind, m.help, m.unit))
+            .collect();
+        v.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        v
+    }
+
+    fn exemplars_of(sm: &StateMachine) -> Vec<(Labels, Option<i64>, Labels)> {
+        let all = vec![vec![
+            Matcher::new(MatchType::Regex, "__name__", ".+").unwrap(),
+        ]];
+        sm.data()
+            .extras
+            .exemplars(&all, i64::MIN, i64::MAX)
+            .into_iter()
+            .map(|(l, e)| (l, e.ts, e.labels))
+            .collect()
+    }
+
+    fn samples_of(sm: &StateMachine) -> Vec<(i64, f64)> {
+        let db = sm.data().db().unwrap();
+        let q = db.querier(i64::MIN, i64::MAX).unwrap();
+        let m = Matcher::new(MatchType::Equal, "__name__", "http_requests_total").unwrap();
+        let mut out = Vec::new();
+        for s in q.select(true, None, &[m]) {
+            let s = s.unwrap();
+            let mut it = s.iter();
+            while it.next() {
+                let x = it.at();
+                out.push((x.t, x.v));
+            }
+        }
+        out
+    }
+
+    fn assert_holds_extras(sm: &StateMachine, what: &str) {
+        let target = Labels::from_pairs([("job", "api"), ("instance", "a:9090")]);
+        assert_eq!(
+            metadata_of(sm),
+            vec![
+                (
+                    "http_requests_total".to_string(),
+                    target,
+                    MetricType::Counter,
+                    "Requests.".to_string(),
+                    String::new()
+                ),
+                (
+                    "queue_length".to_string(),
+                    Labels::default(),
+                    MetricType::Gauge,
+                    "Queued items.".to_string(),
+                    "items".to_string()
+                ),
+            ],
+            "{what}: metadata"
+        );
+        assert_eq!(
+            exemplars_of(sm),
+            vec![
+                (
+                    series(),
+                    Some(1_000),
+                    Labels::from_pairs([("trace_id", "t1")])
+                ),
+                (
+                    series(),
+                    Some(2_000),
+                    Labels::from_pairs([("trace_id", "t2")])
+                ),
+            ],
+            "{what}: exemplars"
+        );
+        assert_eq!(
+            samples_of(sm),
+            vec![(1_000, 1.0), (2_000, 2.0)],
+            "{what}: samples"
+        );
+    }
+
+    /// A state machine that applied two samples and `extras()`.
+    async fn written(dir: &Path) -> StateMachine {
+        let mut sm = StateMachine::open(dir, opts()).unwrap();
+        let mut b = BatchBuilder::new();
+        b.add(&series(), &[(1_000, 1.0), (2_000, 2.0)]);
+        let res = sm
+            .apply(vec![entry(1, b.finish()), entry(2, extras().encode())])
+            .await
+            .unwrap();
+        assert_eq!(res[0].accepted, 2);
+        sm
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn snapshot_carries_metadata_and_exemplars_to_an_installed_and_a_restarted_replica() {
+        let d1 = tempfile::tempdir().unwrap();
+        let mut sm = written(d1.path()).await;
+        let snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+
+        // Installed into a fresh replica.
+        let d2 = tempfile::tempdir().unwrap();
+        let mut fresh = StateMachine::open(d2.path(), opts()).unwrap();
+        assert!(fresh.data().extras.metadata().is_empty());
+        fresh
+            .install_snapshot(&snap.meta, snap.snapshot)
+            .await
+            .unwrap();
+        assert_holds_extras(&fresh, "installed");
+        assert_eq!(
+            fresh.applied_state().await.unwrap().0,
+            Some(entry(2, Vec::new()).log_id)
+        );
+
+        // That replica restarted, and the one that built the snapshot restarted: both start
+        // from the snapshot (openraft would re-apply the entries after it).
+        fresh.data().close();
+        drop(fresh);
+        let reopened = StateMachine::open(d2.path(), opts()).unwrap();
+        assert_holds_extras(&reopened, "installed, then restarted");
+        sm.data().close();
+        drop(sm);
+        let reopened = StateMachine::open(d1.path(), opts()).unwrap();
+        assert_holds_extras(&reopened, "restarted after building the snapshot");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn snapshot_without_extras_still_installs_and_replaces_them() {
+        // A snapshot as written before extras were in snapshots: the same tar without the
+        // extras member.
+        let d1 = tempfile::tempdir().unwrap();
+        let mut sm = written(d1.path()).await;
+        let snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let old = d1.path().join("old.snap");
+        {
+            let mut ar = tar::Archive::new(
+                std::fs::File::open(d1.path().join("snapshot").join(SNAP_FILE)).unwrap(),
+            );
+            let mut out = tar::Builder::new(std::fs::File::create(&old).unwrap());
+            let mut members = Vec::new();
+            for e in ar.entries().unwrap() {
+                let mut e = e.unwrap();
+                let name = e.path().unwrap().to_string_lossy().into_owned();
+                members.push(name.clone());
+                if name == EXTRAS_MEMBER {
+                    continue;
+                }
+                let mut b = Vec::new();
+                e.read_to_end(&mut b).unwrap();
+                append_bytes(&mut out, &name, &b).unwrap();
+            }
+            out.finish().unwrap();
+            assert!(members.iter().any(|m| m == EXTRAS_MEMBER), "{members:?}");
+        }
+
+        // Installed into a replica that holds other extras: the snapshot's state (none) wins.
+        let d2 = tempfile::tempdir().unwrap();
+        let mut other = written(d2.path()).await;
+        assert_eq!(exemplars_of(&other).len(), 2);
+        let f = tokio::fs::File::open(&old).await.unwrap();
+        other
+            .install_snapshot(&snap.meta, Box::new(f))
+            .await
+            .unwrap();
+        assert!(other.data().extras.metadata().is_empty());
+        assert!(exemplars_of(&other).is_empty());
+        assert_eq!(samples_of(&other), vec![(1_000, 1.0), (2_000, 2.0)]);
+        other.data().close();
+        drop(other);
+        let reopened = StateMachine::open(d2.path(), opts()).unwrap();
+        assert!(reopened.data().extras.metadata().is_empty());
+        assert_eq!(samples_of(&reopened), vec![(1_000, 1.0), (2_000, 2.0)]);
+    }
+
+    #[test]
+    fn undecodable_snapshot_extras_are_skipped() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s.snap");
+        {
+            let mut ar = tar::Builder::new(std::fs::File::create(&p).unwrap());
+            let mut bad = extras().encode();
+            bad.truncate(bad.len() - 3);
+            append_bytes(&mut ar, EXTRAS_MEMBER, &bad).unwrap();
+            append_bytes(&mut ar, "head-000000.batch", &BatchBuilder::new().finish()).unwrap();
+            ar.finish().unwrap();
+        }
+        let parts = read_snapshot(&p, true, None).unwrap();
+        assert!(parts.extras.is_empty());
+        assert_eq!(parts.head.len(), 1);
+    }
 }

@@ -29,6 +29,9 @@ fn main() -> ExitCode {
 fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
     match args.command {
         cli::Command::Server(s) => {
+            if s.cluster_node_id.is_some() {
+                limit_malloc_arenas();
+            }
             logging::init(&s.log_level, &s.log_format);
             server::run(*s)?;
             Ok(ExitCode::SUCCESS)
@@ -79,3 +82,30 @@ fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
         },
     }
 }
+
+/// Caps glibc's malloc arenas at one per core (glibc's default is eight per core) on a cluster
+/// node, unless `MALLOC_ARENA_MAX` is set (the operator's choice wins). Must run before any
+/// other thread starts.
+///
+/// Every thread that allocates gets an arena of its own up to the cap, and each arena keeps
+/// its own freed memory. A cluster node allocates its write batches, Raft entries and head
+/// series on many threads (HTTP workers, the blocking-pool threads of the write path and of
+/// the state machines' applies, the gRPC tasks): in the 3-node ingest bench each node had
+/// 13-16 arenas and about twice as much RSS as live heap. One arena per core cut the cluster's
+/// peak RSS from 2.06x to 1.62x Prometheus's (medians), for about 6 % more ingest CPU per
+/// sample (docs/benchmarks.md "Cluster").
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn limit_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let arenas = i32::try_from(cores.max(2)).unwrap_or(i32::MAX);
+    // SAFETY: mallopt only sets an allocator parameter; no other thread exists yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, arenas);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
