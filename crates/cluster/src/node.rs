@@ -86,6 +86,11 @@ pub struct ClusterOptions {
     /// Join an existing cluster (`tidemark cluster add-node` adds this node): initialize
     /// nothing, wait to be added.
     pub join: bool,
+    /// Reads a follower may answer from its own replica without asking the leader: `None`
+    /// (the default) keeps every read linearizable; `Some(d)` lets a follower read in place
+    /// when, within the last `d`, its leader's append (or heartbeat) reached it and it has
+    /// applied what the leader had committed then — so the data is at most about `d` old.
+    pub stale_reads: Option<Duration>,
 }
 
 impl ClusterOptions {
@@ -111,6 +116,7 @@ impl ClusterOptions {
             write_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(10),
             join: false,
+            stale_reads: None,
         }
     }
 }
@@ -186,6 +192,9 @@ pub struct WriteStats {
     pub samples_rejected: std::sync::atomic::AtomicU64,
     pub forwarded: std::sync::atomic::AtomicU64,
     pub unavailable: std::sync::atomic::AtomicU64,
+    /// Shard reads a follower answered from its own replica without the leader
+    /// ([`ClusterOptions::stale_reads`]).
+    pub stale_reads: std::sync::atomic::AtomicU64,
 }
 
 /// A running cluster node.
@@ -887,6 +896,22 @@ impl Node {
     /// read-index round); `None` when it cannot.
     pub(crate) async fn leader_db(&self, sh: &Shard) -> Option<Db> {
         self.ensure_readable(sh).await.ok()
+    }
+
+    /// This follower's replica of `sh` for a read that accepts data up to
+    /// [`ClusterOptions::stale_reads`] old: when the leader reached it within that time and
+    /// it has applied what the leader had committed then. `None` otherwise (or when off).
+    pub(crate) fn stale_db(&self, sh: &Shard) -> Option<Db> {
+        let max = self.opts.stale_reads?;
+        let commit = sh.data.leader_commit_within(max)?;
+        if !applied_at_least(sh, commit) {
+            return None;
+        }
+        let db = sh.data.db()?;
+        self.stats
+            .stale_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(db)
     }
 
     /// This follower's replica of `sh` when it has applied `index` (the leader's read index);
@@ -2097,8 +2122,14 @@ impl pb::cluster_server::Cluster for Service {
         let node = self.node()?;
         let req = req.into_inner();
         let sh = self.shard(&node, req.shard)?;
-        let rpc = decode(&req.payload).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        reply(&sh.raft.append_entries(rpc).await)
+        let rpc: openraft::raft::AppendEntriesRequest<crate::types::TypeConfig> =
+            decode(&req.payload).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let commit = rpc.leader_commit.map_or(0, |l| l.index);
+        let res = sh.raft.append_entries(rpc).await;
+        if matches!(res, Ok(openraft::raft::AppendEntriesResponse::Success)) {
+            sh.data.heard_from_leader(commit);
+        }
+        reply(&res)
     }
 
     async fn vote(&self, req: Request<pb::RaftRequest>) -> Result<Response<pb::RaftReply>, Status> {

@@ -87,9 +87,24 @@ pub struct ShardData {
     rejected: std::sync::atomic::AtomicU64,
     /// Metadata and exemplars of the shard's series (in memory, from extras entries).
     pub extras: crate::extras::ExtrasStore,
+    /// When this replica last accepted an append (or heartbeat) from its leader, and the
+    /// leader's commit index in it (for reads that accept bounded staleness).
+    leader_contact: Mutex<Option<(std::time::Instant, u64)>>,
 }
 
 impl ShardData {
+    /// Records an append from the leader that this replica accepted, with the leader's commit
+    /// index.
+    pub fn heard_from_leader(&self, commit: u64) {
+        *self.leader_contact.lock() = Some((std::time::Instant::now(), commit));
+    }
+
+    /// The leader's commit index of its last accepted append, if that came within `max`.
+    pub fn leader_commit_within(&self, max: std::time::Duration) -> Option<u64> {
+        let (at, commit) = (*self.leader_contact.lock())?;
+        (at.elapsed() <= max).then_some(commit)
+    }
+
     /// The shard's Db, unless a snapshot is being installed.
     pub fn db(&self) -> Option<Db> {
         self.db.read().clone()
@@ -228,6 +243,7 @@ impl StateMachine {
             rejected: std::sync::atomic::AtomicU64::new(0),
             snap: tokio::sync::Mutex::new(()),
             extras: crate::extras::ExtrasStore::default(),
+            leader_contact: Mutex::new(None),
         });
         if snap_dir.join(REBUILD_MARKER).exists() {
             tracing::warn!(dir = %dir.display(), "finishing an interrupted snapshot install");

@@ -90,7 +90,20 @@ impl ClusterStorage {
     /// here is checked. A shard missing from the answer is read on its leader instead.
     fn readable_replicas(&self) -> tidemark_storage::Result<HashMap<u32, Db>> {
         let node = &self.node;
-        let (led, followed) = node.read_plan();
+        let (led, mut followed) = node.read_plan();
+        let mut out = HashMap::new();
+        // Followers that may answer from their replica without the leader (bounded staleness,
+        // off by default).
+        for shards in followed.values_mut() {
+            shards.retain(|sh| match node.stale_db(sh) {
+                Some(db) => {
+                    out.insert(sh.id, db);
+                    false
+                }
+                None => true,
+            });
+        }
+        followed.retain(|_, shards| !shards.is_empty());
         let asks: Vec<Ask> = followed
             .iter()
             .map(|(&l, shards)| Ask {
@@ -100,7 +113,6 @@ impl ClusterStorage {
             })
             .collect();
         let replies = blocking(|| node.read_clients().ask(&asks, READ_INDEX_TIMEOUT));
-        let mut out = HashMap::new();
         // Replicas that must wait (to apply the read index, or to confirm leadership).
         let mut behind: Vec<(Shard, u64)> = Vec::new();
         let mut unleased: Vec<Shard> = Vec::new();

@@ -211,6 +211,13 @@ pub(crate) struct ServerArgs {
     #[arg(long = "cluster.keep-entries-after-snapshot", default_value_t = 5_000)]
     pub(crate) cluster_keep_entries: u64,
 
+    /// How old the data of a query may be (Prometheus duration, e.g. 2s): a follower then
+    /// answers from its own replica, without asking the leader, when the leader reached it
+    /// within that time and it has applied what the leader had committed then. 0 (default):
+    /// every read is linearizable (read-your-writes through any node).
+    #[arg(long = "cluster.read-staleness", default_value = "0s")]
+    pub(crate) cluster_read_staleness: String,
+
     /// How long to keep samples (Prometheus duration). Default 15d.
     #[arg(
         long = "storage.retention.time",

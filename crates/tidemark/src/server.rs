@@ -262,6 +262,12 @@ async fn start_cluster_node(
     o.join = args.cluster_join;
     o.snapshot_after_entries = args.cluster_snapshot_after_entries.max(10);
     o.keep_entries_after_snapshot = args.cluster_keep_entries;
+    let staleness = tidemark_model::time::parse_duration_millis(&args.cluster_read_staleness)
+        .with_context(|| format!("--cluster.read-staleness {}", args.cluster_read_staleness))?;
+    o.stale_reads = u64::try_from(staleness)
+        .ok()
+        .filter(|&ms| ms > 0)
+        .map(std::time::Duration::from_millis);
     o.db = DbOptions {
         // The shard's Raft log is the only log: the Db keeps none (its head is restored from the
         // last snapshot and the Raft entries after it; docs/cluster.md).

@@ -246,6 +246,11 @@ pub(crate) fn render_cluster_metrics(node: &tidemark_cluster::node::Node, out: &
             "Shard writes that found no leader or quorum in time (503).",
             st.unavailable.load(Relaxed),
         ),
+        (
+            "tidemark_cluster_stale_reads_total",
+            "Shard reads a follower answered from its replica without the leader (--cluster.read-staleness).",
+            st.stale_reads.load(Relaxed),
+        ),
     ];
     for (name, help, v) in counters {
         let _ = writeln!(

@@ -1500,3 +1500,66 @@ fn admin_snapshot_holds_every_shard_and_restores_on_a_single_node() {
         assert_eq!(missing, 0, "{name} lacks {missing} acknowledged samples");
     }
 }
+
+/// `tidemark_cluster_stale_reads_total` of a node (its /metrics).
+fn stale_reads(n: &ClusterNode) -> u64 {
+    let (st, body) = n.http("GET", "/metrics", "text/plain", b"").unwrap();
+    assert_eq!(st, 200);
+    let text = String::from_utf8_lossy(&body);
+    text.lines()
+        .find_map(|l| l.strip_prefix("tidemark_cluster_stale_reads_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("node {}: no stale-read counter in /metrics", n.id))
+}
+
+/// With `--cluster.read-staleness`, a follower answers from its own replica (no read index),
+/// with every acknowledged write once the replicas converged; it stops doing so once its
+/// leader has not reached it within the allowed staleness (here: the other nodes are dead).
+#[test]
+fn followers_read_in_place_within_the_allowed_staleness() {
+    let shards = 3;
+    let mut c = start_cluster(3, shards, &["--cluster.read-staleness=2s"]);
+    let ports: Vec<u16> = c.nodes.iter().map(|n| n.http).collect();
+    let base = now_ms() - 120_000;
+    let acked = start_writer(ports, base, 0).finish_after_acks(30);
+    wait_replicas_converged(&c, shards);
+    let at = (now_ms() as f64) / 1000.0;
+    let leaders = agreed_leaders(&c, shards);
+    let mut answers = Vec::new();
+    for n in &c.nodes {
+        let before = stale_reads(n);
+        assert_all_acked_present(n, &acked, at);
+        answers.push(stored(n, at));
+        let followed = leaders.values().filter(|&&l| l != n.id).count() as u64;
+        // One query = one select (plus none for the led shards).
+        assert!(
+            stale_reads(n) >= before + followed,
+            "node {} follows {followed} shards but read {} of them in place",
+            n.id,
+            stale_reads(n) - before
+        );
+    }
+    assert!(answers.windows(2).all(|w| w[0] == w[1]), "nodes disagree");
+
+    // Nodes 2 and 3 die: node 1 hears from no leader, so after 2 s it no longer reads in place.
+    c.nodes[1].kill9();
+    c.nodes[2].kill9();
+    std::thread::sleep(Duration::from_secs(4));
+    let before = stale_reads(&c.nodes[0]);
+    let path = format!(
+        "/api/v1/query?query={}&time={at}",
+        urlencode("tm_cluster_test[30m]")
+    );
+    let (st, body) = c.nodes[0].http("GET", &path, "text/plain", b"").unwrap();
+    assert_ne!(
+        st,
+        200,
+        "node 1 answered without a leader: {}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(
+        stale_reads(&c.nodes[0]),
+        before,
+        "a read in place past the staleness bound"
+    );
+}
