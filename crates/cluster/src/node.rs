@@ -47,6 +47,15 @@ const REMOVED_MARKER: &str = "REMOVED";
 /// Samples per chunk in select replies.
 const CHUNK_SAMPLES: usize = 240;
 
+/// At the creation of a cluster, how long a shard's replicas other than its preferred leader
+/// wait before initializing the shard's group themselves (if no leader reached them).
+const DEFERRED_INITIALIZE: Duration = Duration::from_secs(2);
+
+/// Preferred leaders campaign at start every this many milliseconds while their shard has no
+/// leader, at most [`PREFERRED_CAMPAIGNS`] times.
+const PREFERRED_CAMPAIGN_EVERY_MS: u64 = 250;
+const PREFERRED_CAMPAIGNS: u32 = 20;
+
 /// Leader balance: no handover within this long of the last one from the same node...
 const BALANCE_PAUSE: Duration = Duration::from_secs(3);
 /// ...nor of the same shard within this long...
@@ -336,18 +345,35 @@ impl Node {
         node.serve().await?;
         // Every initial node initializes the groups with the same membership (openraft accepts
         // identical initial memberships on every node; on later starts this is a no-op).
+        // Initializing makes a node campaign at once, so a shard's other replicas wait
+        // (`DEFERRED_INITIALIZE`) and initialize only if they have not heard from a leader by
+        // then: the preferred leader's campaign comes first and leaders spread from the start
+        // (when every replica campaigned at once, whichever node won the race led every
+        // shard, and leader balance handed shards over under the first writes).
         if initial {
-            let mut groups = vec![(node.meta.clone(), ids.clone())];
+            let mut groups = vec![(node.meta.clone(), ids.clone(), false)];
             for sh in node.hosted() {
-                groups.push((sh.clone(), node.replicas(sh.id)));
+                let members = node.replicas(sh.id);
+                let defer = members.first() != Some(&node.opts.node_id);
+                groups.push((sh.clone(), members, defer));
             }
-            for (sh, members) in groups {
+            for (sh, members, defer) in groups {
                 let members: BTreeMap<NodeId, BasicNode> = members
                     .iter()
                     // Identical on every replica (addresses are per node, see NetworkFactory).
                     .map(|id| (*id, BasicNode::new(format!("node-{id}"))))
                     .collect();
                 match sh.raft.is_initialized().await {
+                    Ok(false) if defer => {
+                        tokio::spawn(async move {
+                            tokio::time::sleep(DEFERRED_INITIALIZE).await;
+                            if let Ok(false) = sh.raft.is_initialized().await
+                                && let Err(e) = sh.raft.initialize(members).await
+                            {
+                                tracing::debug!(shard = sh.id, error = %e, "initialize");
+                            }
+                        });
+                    }
                     Ok(false) => {
                         if let Err(e) = sh.raft.initialize(members).await {
                             tracing::debug!(shard = sh.id, error = %e, "initialize");
@@ -484,20 +510,33 @@ impl Node {
             node.reconcile().await
         });
         // Preferred leaders: at start, a replica that is its shard's preferred leader campaigns
-        // before the election timeout when no leader is known, so leaders spread over the
-        // nodes. It never disrupts a known leader (that would cause election churn); openraft
-        // 0.9 has no leader transfer.
+        // before the election timeout while no leader is known, so leaders spread over the
+        // nodes from the start (instead of being handed over by leader balance later, under
+        // load). It campaigns again every 250 ms for the first 5 s while the shard has no
+        // leader: the peers of a cluster started at once come up within that window, and a
+        // campaign they could not hear is lost. It never disrupts a known leader (that would
+        // cause election churn).
         let weak = Arc::downgrade(&self);
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let Some(node) = weak.upgrade() else { return };
-            for sh in node.hosted() {
-                if node.replicas(sh.id).first() != Some(&node.opts.node_id) {
-                    continue;
+            for _ in 0..PREFERRED_CAMPAIGNS {
+                tokio::time::sleep(Duration::from_millis(PREFERRED_CAMPAIGN_EVERY_MS)).await;
+                let Some(node) = weak.upgrade() else { return };
+                let mut leaderless = false;
+                for sh in node.hosted() {
+                    if node.replicas(sh.id).first() != Some(&node.opts.node_id) {
+                        continue;
+                    }
+                    let leader = sh.raft.metrics().borrow().current_leader;
+                    if leader.is_none() {
+                        // Also when a campaign of ours is running: on loopback or a LAN it
+                        // takes milliseconds, so one still leaderless after 250 ms asked peers
+                        // that were not up yet.
+                        leaderless = true;
+                        let _ = sh.raft.trigger().elect().await;
+                    }
                 }
-                let leader = sh.raft.metrics().borrow().current_leader;
-                if leader.is_none() {
-                    let _ = sh.raft.trigger().elect().await;
+                if !leaderless {
+                    return;
                 }
             }
         });

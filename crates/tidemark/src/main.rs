@@ -91,9 +91,10 @@ fn run(args: cli::Cli) -> anyhow::Result<ExitCode> {
 /// its own freed memory. A cluster node allocates its write batches, Raft entries and head
 /// series on many threads (HTTP workers, the blocking-pool threads of the write path and of
 /// the state machines' applies, the gRPC tasks): in the 3-node ingest bench each node had
-/// 13-16 arenas and about twice as much RSS as live heap. One arena per core cut the cluster's
-/// peak RSS from 2.06x to 1.62x Prometheus's (medians), for about 6 % more ingest CPU per
-/// sample (docs/benchmarks.md "Cluster").
+/// 13-16 arenas, and after leader handovers under load about twice as much RSS as live heap
+/// (peak RSS 1.8-2.7x Prometheus's with glibc's default, 1.5-1.8x with one arena per core;
+/// ~1.5x either way without handovers), for about 5 % more ingest CPU per sample
+/// (docs/benchmarks.md "Cluster").
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn limit_malloc_arenas() {
     if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
