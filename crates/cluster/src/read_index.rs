@@ -442,6 +442,50 @@ mod tests {
         requests: Arc<AtomicUsize>,
     }
 
+    /// Serves one connection of a fake leader: checks the magic, then writes what `answer`
+    /// returns for each request frame, and closes when it says so (or on any error).
+    fn serve_fake(
+        mut s: std::net::TcpStream,
+        mut answer: impl FnMut(pb::ReadIndexRequest) -> (Vec<u8>, bool),
+    ) {
+        let mut magic = [0u8; 4];
+        if s.read_exact(&mut magic).is_err() || magic != MAGIC {
+            return;
+        }
+        loop {
+            let mut len = [0u8; 4];
+            if s.read_exact(&mut len).is_err() {
+                return;
+            }
+            let mut b = vec![0u8; u32::from_le_bytes(len) as usize];
+            if s.read_exact(&mut b).is_err() {
+                return;
+            }
+            let Ok(req) = pb::ReadIndexRequest::decode(b.as_slice()) else {
+                return;
+            };
+            let (out, close) = answer(req);
+            if s.write_all(&out).is_err() || close {
+                return;
+            }
+        }
+    }
+
+    /// A reply with `index(shard)` for every shard `req` asks about.
+    fn reply_with(req: &pb::ReadIndexRequest, index: impl Fn(u32) -> i64) -> pb::ReadIndexReply {
+        pb::ReadIndexReply {
+            shards: req
+                .shards
+                .iter()
+                .map(|&shard| pb::ShardReadIndex {
+                    shard,
+                    index: index(shard),
+                    ..Default::default()
+                })
+                .collect(),
+        }
+    }
+
     /// A fake leader on a fresh port: connection `i` (from 0) answers with `replies[i]`, the
     /// last entry for later connections.
     fn fake(replies: Vec<Reply>) -> Fake {
@@ -452,53 +496,26 @@ mod tests {
         let (a, r) = (accepted.clone(), requests.clone());
         std::thread::spawn(move || {
             for s in l.incoming() {
-                let Ok(mut s) = s else { return };
+                let Ok(s) = s else { return };
                 let i = a.fetch_add(1, Ordering::SeqCst);
                 let reply = replies[i.min(replies.len() - 1)];
                 let r = r.clone();
                 std::thread::spawn(move || {
-                    let mut magic = [0u8; 4];
-                    if s.read_exact(&mut magic).is_err() || magic != MAGIC {
-                        return;
-                    }
-                    loop {
-                        let mut len = [0u8; 4];
-                        if s.read_exact(&mut len).is_err() {
-                            return;
-                        }
-                        let mut b = vec![0u8; u32::from_le_bytes(len) as usize];
-                        if s.read_exact(&mut b).is_err() {
-                            return;
-                        }
-                        let req = pb::ReadIndexRequest::decode(b.as_slice()).unwrap();
+                    serve_fake(s, |req| {
                         r.fetch_add(1, Ordering::SeqCst);
-                        let indexes = pb::ReadIndexReply {
-                            shards: req
-                                .shards
-                                .iter()
-                                .map(|&shard| pb::ShardReadIndex {
-                                    shard,
-                                    index: 100 + i64::from(shard),
-                                    ..Default::default()
-                                })
-                                .collect(),
-                        };
                         let out = match reply {
-                            Reply::Indexes | Reply::OnceThenClose => frame(&indexes),
+                            Reply::Indexes | Reply::OnceThenClose => {
+                                frame(&reply_with(&req, |shard| 100 + i64::from(shard)))
+                            }
                             Reply::Oversized => ((MAX_FRAME + 1) as u32).to_le_bytes().to_vec(),
                             // Field 1 (length-delimited) claims 5 bytes, 1 follows.
                             Reply::Garbage => vec![3, 0, 0, 0, 0x0a, 0x05, 0x01],
                             Reply::Truncated => vec![100, 0, 0, 0, 1, 2, 3],
                             Reply::Silent => Vec::new(),
                         };
-                        if s.write_all(&out).is_err() {
-                            return;
-                        }
-                        match reply {
-                            Reply::OnceThenClose | Reply::Truncated => return,
-                            _ => {}
-                        }
-                    }
+                        let close = matches!(reply, Reply::OnceThenClose | Reply::Truncated);
+                        (out, close)
+                    });
                 });
             }
         });
@@ -669,23 +686,10 @@ mod tests {
         let s2 = seen.clone();
         std::thread::spawn(move || {
             for s in l.incoming() {
-                let Ok(mut s) = s else { return };
+                let Ok(s) = s else { return };
                 let (seen, gate) = (s2.clone(), gate.clone());
                 std::thread::spawn(move || {
-                    let mut magic = [0u8; 4];
-                    if s.read_exact(&mut magic).is_err() {
-                        return;
-                    }
-                    loop {
-                        let mut len = [0u8; 4];
-                        if s.read_exact(&mut len).is_err() {
-                            return;
-                        }
-                        let mut b = vec![0u8; u32::from_le_bytes(len) as usize];
-                        if s.read_exact(&mut b).is_err() {
-                            return;
-                        }
-                        let req = pb::ReadIndexRequest::decode(b.as_slice()).unwrap();
+                    serve_fake(s, |req| {
                         let n = {
                             let mut g = seen.lock();
                             let n = g.len() as i64 + 1;
@@ -695,21 +699,8 @@ mod tests {
                         if n == 1 {
                             let _ = gate.lock().recv_timeout(Duration::from_secs(10));
                         }
-                        let rep = pb::ReadIndexReply {
-                            shards: req
-                                .shards
-                                .iter()
-                                .map(|&shard| pb::ShardReadIndex {
-                                    shard,
-                                    index: n,
-                                    ..Default::default()
-                                })
-                                .collect(),
-                        };
-                        if s.write_all(&frame(&rep)).is_err() {
-                            return;
-                        }
-                    }
+                        (frame(&reply_with(&req, |_| n)), false)
+                    });
                 });
             }
         });

@@ -1040,16 +1040,22 @@ mod tests {
         sm
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn snapshot_carries_metadata_and_exemplars_to_an_installed_and_a_restarted_replica() {
-        let d1 = tempfile::tempdir().unwrap();
-        let mut sm = written(d1.path()).await;
+    /// [`written`] and a snapshot of it.
+    async fn written_and_snapshot(dir: &Path) -> (StateMachine, Snapshot<TypeConfig>) {
+        let mut sm = written(dir).await;
         let snap = sm
             .get_snapshot_builder()
             .await
             .build_snapshot()
             .await
             .unwrap();
+        (sm, snap)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn snapshot_carries_metadata_and_exemplars_to_an_installed_and_a_restarted_replica() {
+        let d1 = tempfile::tempdir().unwrap();
+        let (sm, snap) = written_and_snapshot(d1.path()).await;
 
         // Installed into a fresh replica.
         let d2 = tempfile::tempdir().unwrap();
@@ -1082,13 +1088,7 @@ mod tests {
         // A snapshot as written before extras were in snapshots: the same tar without the
         // extras member.
         let d1 = tempfile::tempdir().unwrap();
-        let mut sm = written(d1.path()).await;
-        let snap = sm
-            .get_snapshot_builder()
-            .await
-            .build_snapshot()
-            .await
-            .unwrap();
+        let (_sm, snap) = written_and_snapshot(d1.path()).await;
         let old = d1.path().join("old.snap");
         {
             let mut ar = tar::Archive::new(
