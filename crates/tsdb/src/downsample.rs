@@ -1936,7 +1936,7 @@ mod tests {
 
     /// Version 3 (the count chunk with its own timestamps, no timestamp chunk) is still read.
     #[test]
-    fn version_3_is_read() {
+    fn version_3_and_older_version_4_are_read() {
         let mut ts = TimestampChunks::default();
         for raw in [
             (0..50)
@@ -1946,21 +1946,29 @@ mod tests {
         ] {
             let a = aggregate_raw(&raw, 10);
             let (_, _, v4) = enc(&a, &mut ts);
-            // v3 = v4 without the ref, with the whole count chunk as the count part.
+            // The shared chunk holds the timestamps and the counts; the count part is empty.
             let at = if v4[1] & FLAG_DECIMAL != 0 { 5 } else { 2 };
             let mut pos = at;
             let r = get_uvarint(&v4, &mut pos).unwrap();
-            let count_len = get_uvarint(&v4, &mut pos).unwrap() as usize;
-            let count_values = &v4[pos..pos + count_len];
-            let ts_chunk = ts.get(r).unwrap();
-            let prefix = ts_prefix_len(ts_chunk).unwrap();
-            let mut count = ts_chunk[..prefix].to_vec();
-            count.extend_from_slice(count_values);
+            assert_eq!(get_uvarint(&v4, &mut pos), Some(0), "empty count part");
+            let count = ts.get(r).unwrap().to_vec();
+            let prefix = ts_prefix_len(&count).unwrap();
+            // v4 as written before the counts moved: a shared chunk of zeros, the counts' value
+            // stream as the count part.
+            let zeros: Vec<Sample> = a.count.iter().map(|c| Sample::new(c.t, 0.0)).collect();
+            let r0 = ts.put(&encode_stream(&zeros).unwrap());
+            let mut old = v4[..at].to_vec();
+            put_uvarint(&mut old, r0);
+            put_uvarint(&mut old, (count.len() - prefix) as u64);
+            old.extend_from_slice(&count[prefix..]);
+            old.extend_from_slice(&v4[pos..]);
+            assert_eq!(decode_aggr_chunk(&old, &|r| ts.get(r)).unwrap(), a);
+            // v3 = v4 without the ref, with the whole count chunk as the count part.
             let mut v3 = vec![AGGR_CHUNK_V3];
             v3.extend_from_slice(&v4[1..at]);
             put_uvarint(&mut v3, count.len() as u64);
             v3.extend_from_slice(&count);
-            v3.extend_from_slice(&v4[pos + count_len..]);
+            v3.extend_from_slice(&v4[pos..]);
             let none = |r: u64| -> std::result::Result<&[u8], String> { Err(format!("no {r}")) };
             assert_eq!(decode_aggr_chunk(&v3, &none).unwrap(), a);
             // Only some aggregates: the same values, the others empty.
