@@ -164,32 +164,10 @@ impl ShardData {
         // The head, through a scratch Db: appended window by window in time order (as a
         // snapshot install does), then cut into blocks that join the linked ones.
         let mut dumps = Vec::new();
-        {
-            let q = db.head().querier(i64::MIN, i64::MAX);
-            let all =
-                Matcher::new(MatchType::Regex, "__name__", ".+").map_err(std::io::Error::other)?;
-            let mut b = BatchBuilder::new();
-            let mut samples = Vec::new();
-            for s in tidemark_storage::Querier::select(&q, false, None, &[all]) {
-                let s = s.map_err(std::io::Error::other)?;
-                samples.clear();
-                let mut it = s.iter();
-                while it.next() {
-                    let x = it.at();
-                    samples.push((x.t, x.v));
-                }
-                if let Some(e) = it.err() {
-                    return Err(std::io::Error::other(e.to_string()));
-                }
-                b.add(s.labels(), &samples);
-                if b.num_series() as usize >= DUMP_SERIES_PER_BATCH {
-                    dumps.push(std::mem::take(&mut b).finish());
-                }
-            }
-            if !b.is_empty() {
-                dumps.push(b.finish());
-            }
-        }
+        dump_batches(&db.head().querier(i64::MIN, i64::MAX), |b| {
+            dumps.push(b);
+            Ok(())
+        })?;
         let scratch = target.join("head.tmp");
         let mut opts = self.db_opts.clone();
         opts.wal = false;
@@ -780,37 +758,13 @@ fn build(data: &ShardData) -> Result<SnapshotMeta, StorageError> {
         let q = db
             .querier(hmin, i64::MAX)
             .map_err(|x| snap_err(ErrorVerb::Read, x))?;
-        let all = Matcher::new(MatchType::Regex, "__name__", ".+")
-            .map_err(|x| snap_err(ErrorVerb::Read, x))?;
-        let mut b = BatchBuilder::new();
         let mut n = 0usize;
-        let mut samples = Vec::new();
-        for s in q.select(false, None, &[all]) {
-            let s = s.map_err(|x| snap_err(ErrorVerb::Read, x))?;
-            samples.clear();
-            let mut it = s.iter();
-            while it.next() {
-                let x = it.at();
-                samples.push((x.t, x.v));
-            }
-            if let Some(err) = it.err() {
-                return Err(snap_err(ErrorVerb::Read, err));
-            }
-            let labels: &Labels = s.labels();
-            b.add(labels, &samples);
-            if b.num_series() as usize >= DUMP_SERIES_PER_BATCH {
-                append_bytes(
-                    &mut ar,
-                    &format!("head-{n:06}.batch"),
-                    &std::mem::take(&mut b).finish(),
-                )
-                .map_err(e)?;
-                n += 1;
-            }
-        }
-        if !b.is_empty() {
-            append_bytes(&mut ar, &format!("head-{n:06}.batch"), &b.finish()).map_err(e)?;
-        }
+        dump_batches(&*q, |b| {
+            append_bytes(&mut ar, &format!("head-{n:06}.batch"), &b)?;
+            n += 1;
+            Ok(())
+        })
+        .map_err(e)?;
     }
     // Metadata and exemplars (at least everything applied up to `last_log_id`; what came
     // after is re-applied harmlessly: metadata is replaced, an exact repeat of a series'
@@ -842,6 +796,38 @@ fn build(data: &ShardData) -> Result<SnapshotMeta, StorageError> {
     write_atomic(&snap_dir, META_FILE, &meta_bytes).map_err(e)?;
     tracing::info!(dir = %data.dir.display(), snapshot = %meta.snapshot_id, "snapshot built");
     Ok(meta)
+}
+
+/// Every series `q` holds (`__name__=~".+"`) with all its samples, as write batches of at most
+/// [`DUMP_SERIES_PER_BATCH`] series, each handed to `emit` as soon as it is full (a head dump:
+/// the admin snapshot's and the Raft snapshot's).
+fn dump_batches(
+    q: &dyn tidemark_storage::Querier,
+    mut emit: impl FnMut(Vec<u8>) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let all = Matcher::new(MatchType::Regex, "__name__", ".+").map_err(std::io::Error::other)?;
+    let mut b = BatchBuilder::new();
+    let mut samples = Vec::new();
+    for s in q.select(false, None, &[all]) {
+        let s = s.map_err(std::io::Error::other)?;
+        samples.clear();
+        let mut it = s.iter();
+        while it.next() {
+            let x = it.at();
+            samples.push((x.t, x.v));
+        }
+        if let Some(e) = it.err() {
+            return Err(std::io::Error::other(e.to_string()));
+        }
+        b.add(s.labels(), &samples);
+        if b.num_series() as usize >= DUMP_SERIES_PER_BATCH {
+            emit(std::mem::take(&mut b).finish())?;
+        }
+    }
+    if !b.is_empty() {
+        emit(b.finish())?;
+    }
+    Ok(())
 }
 
 fn append_bytes<W: Write>(ar: &mut tar::Builder<W>, name: &str, b: &[u8]) -> std::io::Result<()> {

@@ -1353,7 +1353,7 @@ pub fn merge_blocks(data_dir: &Path, blocks: &[Block]) -> Result<BlockMeta> {
                 } else if gone < a.count.len() {
                     copyable = false;
                 }
-                parts.extend(windows_outside(&a, replaced));
+                parts.extend(windows_outside(a, replaced));
             }
             *id += 1;
             *cur = if *id < b.index().num_series() {
@@ -1381,7 +1381,9 @@ pub fn merge_blocks(data_dir: &Path, blocks: &[Block]) -> Result<BlockMeta> {
         if copyable && kept_bytes <= one.2.len() {
             let mut chunks = Vec::with_capacity(keep.len());
             for (i, c) in &keep {
-                chunks.push(copy_aggr_chunk(&blocks[*i], &labels, c, &mut w, &mut ts_refs)?.0);
+                let b = &blocks[*i];
+                let data = relink_aggr_chunk(b.chunk_data(c)?, b, &mut w, &mut ts_refs)?;
+                chunks.push((c.min_time, c.max_time, data));
             }
             chunks.sort_by_key(|c| (c.0, c.1));
             w.add_series_opaque(&labels, &chunks, windows)?;
@@ -1520,7 +1522,7 @@ fn join_parts(parts: Vec<AggrSeries>) -> AggrSeries {
 /// (see [`merge_blocks`]). A run that starts after a dropped window has no leading counter
 /// sample, and its counter is shifted down by the resets counted before it (`counter − last`
 /// at its first window) so that, like any part, it starts at a raw value.
-fn windows_outside(a: &AggrSeries, replaced: impl Fn(i64) -> bool) -> Vec<AggrSeries> {
+fn windows_outside(a: AggrSeries, replaced: impl Fn(i64) -> bool) -> Vec<AggrSeries> {
     let n = a.count.len();
     let lead = a.counter.len().wrapping_sub(n);
     let aligned = [&a.sum, &a.min, &a.max, &a.last]
@@ -1528,7 +1530,7 @@ fn windows_outside(a: &AggrSeries, replaced: impl Fn(i64) -> bool) -> Vec<AggrSe
         .all(|s| s.len() == n)
         && lead <= 1;
     if !aligned || !a.count.iter().any(|c| replaced(c.t)) {
-        return vec![a.clone()];
+        return vec![a];
     }
     let mut out = Vec::new();
     let mut k = 0;
