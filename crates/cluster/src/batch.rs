@@ -322,6 +322,33 @@ impl BatchBuilder {
     }
 }
 
+/// Whether `data` is a sample batch (not a command or extras entry).
+pub fn is_samples(data: &[u8]) -> bool {
+    data.first() == Some(&VERSION)
+}
+
+/// One sample batch holding the series of `batches`, in order (each a sample batch).
+pub fn concat(batches: &[&[u8]]) -> Result<Vec<u8>, BatchError> {
+    let mut series = 0u64;
+    let mut bodies = Vec::with_capacity(batches.len());
+    for b in batches {
+        let mut r = Reader { data: b, pos: 0 };
+        let v = r.u8()?;
+        if v != VERSION {
+            return Err(BatchError::Version(v));
+        }
+        series = series.saturating_add(r.uvarint()?);
+        bodies.push(b.get(r.pos..).unwrap_or_default());
+    }
+    let mut out = Vec::with_capacity(bodies.iter().map(|b| b.len()).sum::<usize>() + 11);
+    out.push(VERSION);
+    put_uvarint(&mut out, series);
+    for b in bodies {
+        out.extend_from_slice(b);
+    }
+    Ok(out)
+}
+
 /// Decodes a whole batch.
 pub fn decode(data: &[u8]) -> Result<Vec<BatchSeries>, BatchError> {
     let mut out = Vec::new();
@@ -493,6 +520,24 @@ mod tests {
             ]
         );
         assert!(dec[1].samples.is_empty());
+    }
+
+    #[test]
+    fn concatenated_batches_decode_as_their_series_in_order() {
+        let mut a = BatchBuilder::new();
+        a.add(&labels(1), &[(1, 1.0)]);
+        a.add(&labels(2), &[(2, 2.0), (3, 3.0)]);
+        let mut b = BatchBuilder::new();
+        b.add(&labels(1), &[(4, 4.0)]);
+        let (a, b) = (a.finish(), b.finish());
+        let joined = concat(&[&a, &b, &BatchBuilder::new().finish()]).unwrap();
+        let mut want = decode(&a).unwrap();
+        want.extend(decode(&b).unwrap());
+        assert_eq!(decode(&joined).unwrap(), want);
+        assert!(is_samples(&joined));
+        assert!(!is_samples(&Extras::default().encode()));
+        assert_eq!(concat(&[&a, &[9]]), Err(BatchError::Version(9)));
+        assert!(concat(&[&a[..1]]).is_err());
     }
 
     #[test]

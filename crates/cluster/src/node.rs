@@ -100,6 +100,9 @@ pub struct ClusterOptions {
     /// when, within the last `d`, its leader's append (or heartbeat) reached it and it has
     /// applied what the leader had committed then — so the data is at most about `d` old.
     pub stale_reads: Option<Duration>,
+    /// Scrape writes ([`Node::write_batched`]) to one shard that arrive within this time of
+    /// the first are written as one Raft entry.
+    pub write_batch_window: Duration,
 }
 
 impl ClusterOptions {
@@ -126,6 +129,7 @@ impl ClusterOptions {
             read_timeout: Duration::from_secs(10),
             join: false,
             stale_reads: None,
+            write_batch_window: Duration::from_millis(200),
         }
     }
 }
@@ -147,7 +151,7 @@ pub fn shard_of(labels: &Labels, num_shards: u32) -> u32 {
 }
 
 /// Errors of cluster operations.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ClusterError {
     /// No leader or no quorum within the timeout (HTTP 503).
     #[error("shard {shard} unavailable: {reason}")]
@@ -164,6 +168,78 @@ impl From<ClusterError> for tidemark_storage::Error {
             ClusterError::Unavailable { .. } => tidemark_storage::Error::Unavailable(e.to_string()),
             ClusterError::Invalid(s) => tidemark_storage::Error::InvalidLabels(s),
             ClusterError::Other(s) => tidemark_storage::Error::Other(s),
+        }
+    }
+}
+
+/// The sum of per-shard write results: Ok only when every shard acknowledged.
+fn sum_results(
+    results: Vec<Result<ApplyResult, ClusterError>>,
+) -> Result<ApplyResult, ClusterError> {
+    let mut total = ApplyResult::default();
+    let mut err = None;
+    for r in results {
+        match r {
+            Ok(r) => {
+                total.accepted += r.accepted;
+                total.rejected += r.rejected;
+                if total.first_error.is_none() {
+                    total.first_error = r.first_error;
+                }
+            }
+            Err(e) => {
+                if err.is_none() {
+                    err = Some(e);
+                }
+            }
+        }
+    }
+    match err {
+        Some(e) => Err(e),
+        None => Ok(total),
+    }
+}
+
+/// Bytes of samples a batcher gathers into one entry at most.
+const MAX_BATCHED_BYTES: usize = 4 << 20;
+
+/// Shard `s`'s batcher ([`Node::write_batched`]): takes the first waiting write, gathers the
+/// writes that arrive within the window after it (or until the entry is full), writes them as
+/// one entry and answers each with the entry's result. One entry at a time: writes arriving
+/// meanwhile form the next. Ends when the node drops its queue (shutdown) or is gone.
+async fn run_batcher(
+    node: std::sync::Weak<Node>,
+    s: u32,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Batched>,
+) {
+    while let Some(first) = rx.recv().await {
+        let Some(window) = node.upgrade().map(|n| n.opts.write_batch_window) else {
+            return;
+        };
+        let until = tokio::time::Instant::now() + window;
+        let mut bytes = first.0.len();
+        let mut waiting = vec![first];
+        while bytes < MAX_BATCHED_BYTES {
+            match tokio::time::timeout_at(until, rx.recv()).await {
+                Ok(Some(w)) => {
+                    bytes += w.0.len();
+                    waiting.push(w);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let Some(node) = node.upgrade() else { return };
+        let parts: Vec<&[u8]> = waiting.iter().map(|w| w.0.as_slice()).collect();
+        let res = match crate::batch::concat(&parts) {
+            Ok(b) => node.write_shard(s, b).await,
+            Err(e) => Err(ClusterError::Invalid(e.to_string())),
+        };
+        node.queued
+            .fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
+        node.batched_done(s, &res);
+        drop(node);
+        for (_, tx) in waiting {
+            let _ = tx.send(res.clone());
         }
     }
 }
@@ -204,6 +280,8 @@ pub struct WriteStats {
     /// Shard reads a follower answered from its own replica without the leader
     /// ([`ClusterOptions::stale_reads`]).
     pub stale_reads: std::sync::atomic::AtomicU64,
+    /// Queued scrape writes ([`Node::write_batched`]) that failed.
+    pub batched_failed: std::sync::atomic::AtomicU64,
 }
 
 /// A running cluster node.
@@ -238,7 +316,20 @@ pub struct Node {
     started: Instant,
     pub stats: WriteStats,
     shutdown: tokio::sync::watch::Sender<bool>,
+    /// Per shard, the queue of scrape writes that [`Node::write_batched`] gathers into entries.
+    batchers: Mutex<HashMap<u32, tokio::sync::mpsc::UnboundedSender<Batched>>>,
+    /// Bytes of the writes queued by [`Node::write_batched`] and not yet written.
+    queued: std::sync::atomic::AtomicUsize,
 }
+
+/// Bytes of queued writes ([`Node::write_batched`]) above which a writer waits for its own.
+const MAX_QUEUED_BYTES: usize = 64 << 20;
+
+/// A write waiting in a shard's batcher: its sample batch and where its result goes.
+type Batched = (
+    Vec<u8>,
+    tokio::sync::oneshot::Sender<Result<ApplyResult, ClusterError>>,
+);
 
 impl Node {
     /// Opens the shards hosted here, starts their Raft groups and the gRPC service.
@@ -340,6 +431,8 @@ impl Node {
             started: Instant::now(),
             stats: WriteStats::default(),
             shutdown,
+            batchers: Mutex::new(HashMap::new()),
+            queued: std::sync::atomic::AtomicUsize::new(0),
             opts,
         });
         node.serve().await?;
@@ -808,28 +901,69 @@ impl Node {
     /// Writes batches to their shards in parallel. Ok only when every shard acknowledged.
     pub async fn write(&self, batches: Vec<(u32, Vec<u8>)>) -> Result<ApplyResult, ClusterError> {
         let futs = batches.into_iter().map(|(s, b)| self.write_shard(s, b));
-        let mut total = ApplyResult::default();
-        let mut err = None;
-        for r in futures::future::join_all(futs).await {
-            match r {
-                Ok(r) => {
-                    total.accepted += r.accepted;
-                    total.rejected += r.rejected;
-                    if total.first_error.is_none() {
-                        total.first_error = r.first_error;
-                    }
+        sum_results(futures::future::join_all(futs).await)
+    }
+
+    /// Writes for scrapes: queues the batches and returns. Each shard's sample batches that
+    /// arrive within `write_batch_window` of the first are written as one Raft entry (a
+    /// shard's Raft round, log write, fsync and apply then serve many scrapes instead of one),
+    /// other payloads (metadata, exemplars) on their own. Nothing waits for them: a write
+    /// that fails is logged and counted (`batched_failed`). While more than
+    /// [`MAX_QUEUED_BYTES`] wait in the queues (the shards cannot keep up), this waits for
+    /// its own writes instead, so the queues stay bounded.
+    pub async fn write_batched(self: &Arc<Self>, batches: Vec<(u32, Vec<u8>)>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let bytes: usize = batches.iter().map(|(_, b)| b.len()).sum();
+        let wait = self.queued.load(Relaxed) > MAX_QUEUED_BYTES;
+        let mut answers = Vec::new();
+        for (s, b) in batches {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.queued.fetch_add(b.len(), Relaxed);
+            if crate::batch::is_samples(&b) {
+                if let Err(e) = self.batcher(s).send((b, tx)) {
+                    // The batcher ended (shutdown): nothing is written any more.
+                    self.queued.fetch_sub(e.0.0.len(), Relaxed);
                 }
-                Err(e) => {
-                    if err.is_none() {
-                        err = Some(e);
-                    }
-                }
+            } else {
+                let node = self.clone();
+                tokio::spawn(async move {
+                    let n = b.len();
+                    let res = node.write_shard(s, b).await;
+                    node.queued.fetch_sub(n, Relaxed);
+                    node.batched_done(s, &res);
+                    let _ = tx.send(res);
+                });
+            }
+            answers.push(rx);
+        }
+        if wait {
+            tracing::debug!(bytes, "write queues full: waiting for the writes");
+            for rx in answers {
+                let _ = rx.await;
             }
         }
-        match err {
-            Some(e) => Err(e),
-            None => Ok(total),
+    }
+
+    /// Logs and counts the failure of a queued write.
+    fn batched_done(&self, s: u32, res: &Result<ApplyResult, ClusterError>) {
+        if let Err(e) = res {
+            self.stats
+                .batched_failed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(shard = s, error = %e, "queued scrape write failed");
         }
+    }
+
+    /// The queue of shard `s`'s batcher, starting the batcher on first use.
+    fn batcher(self: &Arc<Self>, s: u32) -> tokio::sync::mpsc::UnboundedSender<Batched> {
+        let mut g = self.batchers.lock();
+        if let Some(tx) = g.get(&s) {
+            return tx.clone();
+        }
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        g.insert(s, tx.clone());
+        tokio::spawn(run_batcher(Arc::downgrade(self), s, rx));
+        tx
     }
 
     /// Runs an admin command on every shard through its log (every replica applies it at the
@@ -1822,6 +1956,8 @@ impl Node {
     /// Stops the Raft groups and the service, and closes the shards' data.
     pub async fn shutdown(&self) {
         let _ = self.shutdown.send(true);
+        // Ends the batchers once their queues are empty.
+        self.batchers.lock().clear();
         let mut groups = self.hosted();
         groups.push(self.meta.clone());
         for sh in groups {

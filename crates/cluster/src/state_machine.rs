@@ -292,39 +292,40 @@ fn apply_batch(
             return;
         }
         let h = xxhash_rust::xxh3::xxh3_64(lb);
-        let hit = cache
-            .map
-            .get(&h)
-            .filter(|(l, _)| l.encoded() == lb)
-            .cloned();
-        let (labels, mut r) = match hit {
-            Some(x) => x,
-            None => match Labels::from_encoded(lb) {
-                Ok(l) => (l, None),
-                Err(e) => {
-                    res.rejected += samples.len() as u64;
-                    if res.first_error.is_none() {
-                        res.first_error = Some(format!("invalid labels: {e}"));
+        let mut append = |labels: &Labels, mut r: Option<tidemark_storage::SeriesRef>| {
+            for &(t, v) in samples {
+                match app.append(r, labels, t, v) {
+                    Ok(sr) => {
+                        r = Some(sr);
+                        res.accepted += 1;
                     }
-                    return;
-                }
-            },
-        };
-        for &(t, v) in samples {
-            match app.append(r, &labels, t, v) {
-                Ok(sr) => {
-                    r = Some(sr);
-                    res.accepted += 1;
-                }
-                Err(e) if e.is_sample_error() => {
-                    res.rejected += 1;
-                    if res.first_error.is_none() {
-                        res.first_error = Some(format!("{e} (series {labels})"));
+                    Err(e) if e.is_sample_error() => {
+                        res.rejected += 1;
+                        if res.first_error.is_none() {
+                            res.first_error = Some(format!("{e} (series {labels})"));
+                        }
                     }
+                    Err(e) => fatal = Some(e.to_string()),
                 }
-                Err(e) => fatal = Some(e.to_string()),
             }
+            r
+        };
+        // A label set seen before: append by its series reference and keep the new one.
+        if let Some((labels, r)) = cache.map.get_mut(&h).filter(|(l, _)| l.encoded() == lb) {
+            *r = append(labels, *r);
+            return;
         }
+        let labels = match Labels::from_encoded(lb) {
+            Ok(l) => l,
+            Err(e) => {
+                res.rejected += samples.len() as u64;
+                if res.first_error.is_none() {
+                    res.first_error = Some(format!("invalid labels: {e}"));
+                }
+                return;
+            }
+        };
+        let r = append(&labels, None);
         if cache.map.len() >= SERIES_CACHE_MAX {
             cache.map.clear();
         }

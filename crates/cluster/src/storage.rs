@@ -170,14 +170,13 @@ impl ClusterStorage {
 
 impl Appendable for ClusterStorage {
     fn appender(&self) -> Box<dyn Appender> {
-        Box::new(ClusterAppender {
-            storage: self.clone(),
-            index: HashMap::new(),
-            series: Vec::new(),
-            last: None,
-            metadata: HashMap::new(),
-            exemplars: Vec::new(),
-        })
+        Box::new(ClusterAppender::new(self.clone(), false))
+    }
+
+    /// Scrapes: `commit` queues the batch and returns; commits that arrive close together go
+    /// to each shard as one Raft entry ([`Node::write_batched`]).
+    fn batching_appender(&self) -> Box<dyn Appender> {
+        Box::new(ClusterAppender::new(self.clone(), true))
     }
 }
 
@@ -186,15 +185,30 @@ impl Appendable for ClusterStorage {
 #[derive(Debug)]
 struct ClusterAppender {
     storage: ClusterStorage,
-    /// Position in `series` by the label set's stable hash (xxh3; collisions are checked).
-    index: HashMap<u64, usize>,
-    series: Vec<(Labels, Vec<(i64, f64)>)>,
-    /// The series of the previous append (callers append a series' samples together).
-    last: Option<usize>,
+    /// Commit through the shards' write batching (scrapes).
+    batching: bool,
+    /// Runs of samples of one series, in append order: labels, shard, end in `samples`.
+    /// Callers append a series' samples together; a series that comes back later starts a new
+    /// run (a batch may list a series more than once; samples are applied in order).
+    runs: Vec<(Labels, u32, usize)>,
+    samples: Vec<(i64, f64)>,
     /// Metadata to replicate with the commit, latest per (metric family, target).
     metadata: HashMap<(String, Labels), (Labels, Metadata)>,
     /// Exemplars to replicate with the commit.
     exemplars: Vec<(Labels, Exemplar)>,
+}
+
+impl ClusterAppender {
+    fn new(storage: ClusterStorage, batching: bool) -> ClusterAppender {
+        ClusterAppender {
+            storage,
+            batching,
+            runs: Vec::new(),
+            samples: Vec::new(),
+            metadata: HashMap::new(),
+            exemplars: Vec::new(),
+        }
+    }
 }
 
 impl Appender for ClusterAppender {
@@ -210,26 +224,19 @@ impl Appender for ClusterAppender {
                 "empty label set".into(),
             ));
         }
-        let i = match self.last {
-            Some(i) if self.series[i].0 == *labels => i,
+        self.samples.push((t, v));
+        let end = self.samples.len();
+        match self.runs.last_mut() {
+            Some((l, _, e)) if l == labels => *e = end,
             _ => {
-                let h = labels.stable_hash();
-                match self.index.get(&h) {
-                    Some(&i) if self.series[i].0 == *labels => i,
-                    other => {
-                        self.series.push((labels.clone(), Vec::new()));
-                        let i = self.series.len() - 1;
-                        if other.is_none() {
-                            self.index.insert(h, i);
-                        }
-                        i
-                    }
-                }
+                // The shard needs the label set's hash only with more than one shard.
+                let n = self.storage.node.num_shards();
+                let s = if n > 1 { shard_of(labels, n) } else { 0 };
+                self.runs.push((labels.clone(), s, end));
             }
-        };
-        self.last = Some(i);
-        self.series[i].1.push((t, v));
-        Ok(SeriesRef(labels.stable_hash()))
+        }
+        // The reference is not used (the shards find series by their labels).
+        Ok(SeriesRef(0))
     }
 
     fn append_exemplar(
@@ -262,8 +269,8 @@ impl Appender for ClusterAppender {
     fn commit(&mut self) -> tidemark_storage::Result<()> {
         let n = self.storage.node.num_shards();
         let mut per_shard: HashMap<u32, Vec<BatchBuilder>> = HashMap::new();
-        for (labels, samples) in self.series.drain(..) {
-            let s = shard_of(&labels, n);
+        let mut from = 0;
+        for (labels, s, end) in self.runs.drain(..) {
             let v = per_shard.entry(s).or_default();
             if v.last()
                 .is_none_or(|b| b.num_samples() as usize * 17 > MAX_BATCH_BYTES)
@@ -271,11 +278,11 @@ impl Appender for ClusterAppender {
                 v.push(BatchBuilder::new());
             }
             if let Some(b) = v.last_mut() {
-                b.add(&labels, &samples);
+                b.add(&labels, self.samples.get(from..end).unwrap_or_default());
             }
+            from = end;
         }
-        self.index.clear();
-        self.last = None;
+        self.samples.clear();
         // Metadata and exemplars go to their series' shard, as an entry of their own.
         let mut extras: HashMap<u32, Extras> = HashMap::new();
         for (_, (labels, m)) in self.metadata.drain() {
@@ -301,6 +308,11 @@ impl Appender for ClusterAppender {
             return Ok(());
         }
         let node = self.storage.node.clone();
+        if self.batching {
+            return self
+                .storage
+                .wait(async move { node.write_batched(batches).await });
+        }
         let res = self
             .storage
             .wait(async move { node.write(batches).await })??;
@@ -311,9 +323,8 @@ impl Appender for ClusterAppender {
     }
 
     fn rollback(&mut self) -> tidemark_storage::Result<()> {
-        self.series.clear();
-        self.index.clear();
-        self.last = None;
+        self.runs.clear();
+        self.samples.clear();
         self.metadata.clear();
         self.exemplars.clear();
         Ok(())

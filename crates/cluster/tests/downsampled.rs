@@ -3,26 +3,19 @@
 //! coarse data (with the info annotation), and the same values as its single Db would.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers panic on failure by design
 
+mod common;
+
 use std::collections::BTreeMap;
 
-use tidemark_cluster::node::{ClusterOptions, Node};
 use tidemark_cluster::storage::ClusterStorage;
 use tidemark_model::{Labels, Sample};
 use tidemark_promql::{Engine, EngineOptions, MaxSourceResolution, QueryParams, Value};
+use tidemark_tsdb::Db;
 use tidemark_tsdb::block::BlockWriter;
 use tidemark_tsdb::downsample::{self, DownsampleOptions};
-use tidemark_tsdb::{Db, DbOptions};
 
 const H: i64 = 3_600_000;
 const DAY: i64 = 24 * H;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// 4 counters over 30 days at 60 s, written as day blocks into `dir` and downsampled (5 m
 /// after 40 h, 1 h after 10 d, as the defaults).
@@ -58,18 +51,6 @@ fn write_history(dir: &std::path::Path) -> (i64, BTreeMap<Labels, Vec<Sample>>) 
     (newest, data)
 }
 
-fn db_opts() -> DbOptions {
-    DbOptions {
-        background_maintenance: false,
-        downsampling: false,
-        retention_time_ms: 0,
-        retention_5m_ms: 0,
-        retention_1h_ms: 0,
-        wal: false,
-        ..DbOptions::default()
-    }
-}
-
 fn matrix(r: tidemark_promql::QueryResult) -> BTreeMap<Labels, Vec<Sample>> {
     let Value::Matrix(m) = r.value else {
         panic!("not a matrix")
@@ -87,38 +68,14 @@ fn planner_reads_downsampled_shards() {
     // The same history in a plain Db, for the expected answer.
     let plain_dir = tempfile::tempdir().unwrap();
     write_history(plain_dir.path());
-    let plain = Db::open(plain_dir.path(), db_opts()).unwrap();
+    let plain = Db::open(plain_dir.path(), common::db_opts()).unwrap();
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let port = free_port();
-    let mut opts = ClusterOptions::new(
-        1,
-        format!("127.0.0.1:{port}").parse().unwrap(),
-        [(1, format!("127.0.0.1:{port}"))].into(),
-        dir.path().to_path_buf(),
-    );
-    opts.num_shards = 1;
-    opts.replication_factor = 1;
-    opts.db = db_opts();
-    let node = rt.block_on(Node::start(opts)).unwrap();
-    // Wait for the one-member group to elect itself.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while node
-        .shard(0)
-        .unwrap()
-        .raft
-        .metrics()
-        .borrow()
-        .current_leader
-        != Some(1)
-    {
-        assert!(std::time::Instant::now() < deadline, "no leader");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let node = common::one_member_node(&rt, dir.path(), |_| {});
     let storage = ClusterStorage::new(node.clone(), rt.handle().clone());
 
     let engine = Engine::new(EngineOptions::default());

@@ -754,7 +754,7 @@ fn append_scrape(
     start: Instant,
 ) -> Outcome {
     let mut c = cache.lock();
-    let mut app = shared.appendable.background_appender();
+    let mut app = shared.appendable.batching_appender();
     let limit = shared.cfg.body_size_limit.map_or(0, |b| b.0);
     let result: Result<ScrapeStats, (String, ScrapeStats)> = match fetched {
         Err(e) => Err((e, ScrapeStats::default())),
@@ -790,7 +790,7 @@ fn append_scrape(
         Ok(s) => (true, s, None),
         Err((e, s)) => {
             let _ = app.rollback();
-            app = shared.appendable.background_appender();
+            app = shared.appendable.batching_appender();
             c.append_failed(&mut *app, ts);
             (false, ScrapeStats { added: 0, ..s }, Some(e))
         }
@@ -816,7 +816,7 @@ async fn finish(shared: &Arc<PoolShared>, cache: &Arc<Mutex<ScrapeCache>>, mode:
     let c = cache.clone();
     let _ = tokio::task::spawn_blocking(move || {
         let mut c = c.lock();
-        let mut app = sh.appendable.background_appender();
+        let mut app = sh.appendable.batching_appender();
         c.stale_all(&mut *app, now_millis());
         if let Err(e) = app.commit() {
             tracing::warn!(job = %sh.cfg.job_name, error = %e, "writing staleness markers failed");

@@ -40,6 +40,16 @@ pub trait Appendable: Send + Sync {
     fn background_appender(&self) -> Box<dyn Appender> {
         self.appender()
     }
+
+    /// An appender for periodic bulk writes that nothing reads right after (scrapes): like
+    /// [`Self::background_appender`], but `commit` may return before the batch is visible:
+    /// the storage may hold it briefly to write it together with other commits (a cluster:
+    /// one Raft entry per shard for the scrapes of a fraction of a second), and reports a
+    /// failure to write it in its own logs and metrics. Per-sample errors found at `append`
+    /// are still returned. Default: [`Self::background_appender`].
+    fn batching_appender(&self) -> Box<dyn Appender> {
+        self.background_appender()
+    }
 }
 
 /// A batch of writes. Nothing is visible (or durable) before `commit` returns `Ok`.

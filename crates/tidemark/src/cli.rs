@@ -218,6 +218,12 @@ pub(crate) struct ServerArgs {
     #[arg(long = "cluster.read-staleness", default_value = "0s")]
     pub(crate) cluster_read_staleness: String,
 
+    /// Scrape results for one shard that arrive within this time (Prometheus duration) are
+    /// written as one Raft entry; a scrape's samples become visible up to this much later.
+    /// 0s: no waiting (scrapes that queue up while an entry is written still share the next).
+    #[arg(long = "cluster.write-batch-window", default_value = "200ms")]
+    pub(crate) cluster_write_batch_window: String,
+
     /// How long to keep samples (Prometheus duration). Default 15d.
     #[arg(
         long = "storage.retention.time",

@@ -268,6 +268,14 @@ async fn start_cluster_node(
         .ok()
         .filter(|&ms| ms > 0)
         .map(std::time::Duration::from_millis);
+    let window = tidemark_model::time::parse_duration_millis(&args.cluster_write_batch_window)
+        .with_context(|| {
+            format!(
+                "--cluster.write-batch-window {}",
+                args.cluster_write_batch_window
+            )
+        })?;
+    o.write_batch_window = std::time::Duration::from_millis(u64::try_from(window).unwrap_or(0));
     o.db = DbOptions {
         // The shard's Raft log is the only log: the Db keeps none (its head is restored from the
         // last snapshot and the Raft entries after it; docs/cluster.md).

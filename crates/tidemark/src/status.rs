@@ -251,6 +251,11 @@ pub(crate) fn render_cluster_metrics(node: &tidemark_cluster::node::Node, out: &
             "Shard reads a follower answered from its replica without the leader (--cluster.read-staleness).",
             st.stale_reads.load(Relaxed),
         ),
+        (
+            "tidemark_cluster_queued_writes_failed_total",
+            "Queued scrape writes (--cluster.write-batch-window) that no shard leader took in time.",
+            st.batched_failed.load(Relaxed),
+        ),
     ];
     for (name, help, v) in counters {
         let _ = writeln!(
