@@ -323,7 +323,7 @@ pub struct Node {
 }
 
 /// Bytes of queued writes ([`Node::write_batched`]) above which a writer waits for its own.
-const MAX_QUEUED_BYTES: usize = 64 << 20;
+const MAX_QUEUED_BYTES: usize = 16 << 20;
 
 /// A write waiting in a shard's batcher: its sample batch and where its result goes.
 type Batched = (
