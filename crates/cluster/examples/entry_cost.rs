@@ -5,13 +5,13 @@
 //! (docs/benchmarks.md "Scrape write batching").
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a measuring tool: failures abort it
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::Instant;
 
 use tidemark_cluster::batch::BatchBuilder;
-use tidemark_cluster::node::{ClusterOptions, Node};
 use tidemark_model::Labels;
-use tidemark_tsdb::DbOptions;
 
 fn cpu_seconds() -> f64 {
     let s = std::fs::read_to_string("/proc/self/stat").unwrap();
@@ -35,37 +35,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut opts = ClusterOptions::new(
-        1,
-        format!("127.0.0.1:{port}").parse().unwrap(),
-        [(1, format!("127.0.0.1:{port}"))].into(),
-        dir.path().to_path_buf(),
-    );
-    opts.num_shards = 1;
-    opts.replication_factor = 1;
-    opts.db = DbOptions {
-        wal: false,
-        ..DbOptions::default()
-    };
-    let node: Arc<Node> = rt.block_on(Node::start(opts)).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while node
-        .shard(0)
-        .unwrap()
-        .raft
-        .metrics()
-        .borrow()
-        .current_leader
-        != Some(1)
-    {
-        assert!(Instant::now() < deadline, "no leader");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let node = common::one_member_node(&rt, dir.path(), |_| {});
     let labels: Vec<Labels> = (0..total)
         .map(|i| {
             Labels::from_pairs([
