@@ -920,9 +920,13 @@ impl Node {
             let (tx, rx) = tokio::sync::oneshot::channel();
             self.queued.fetch_add(b.len(), Relaxed);
             if crate::batch::is_samples(&b) {
-                if let Err(e) = self.batcher(s).send((b, tx)) {
-                    // The batcher ended (shutdown): nothing is written any more.
-                    self.queued.fetch_sub(e.0.0.len(), Relaxed);
+                let sent = match self.batcher(s) {
+                    Some(q) => q.send((b, tx)).map_err(|e| e.0.0.len()),
+                    None => Err(b.len()),
+                };
+                if let Err(n) = sent {
+                    // Shutting down: nothing is written any more.
+                    self.queued.fetch_sub(n, Relaxed);
                 }
             } else {
                 let node = self.clone();
@@ -954,16 +958,20 @@ impl Node {
         }
     }
 
-    /// The queue of shard `s`'s batcher, starting the batcher on first use.
-    fn batcher(self: &Arc<Self>, s: u32) -> tokio::sync::mpsc::UnboundedSender<Batched> {
+    /// The queue of shard `s`'s batcher, starting the batcher on first use (`None` once the
+    /// node is shutting down).
+    fn batcher(self: &Arc<Self>, s: u32) -> Option<tokio::sync::mpsc::UnboundedSender<Batched>> {
         let mut g = self.batchers.lock();
         if let Some(tx) = g.get(&s) {
-            return tx.clone();
+            return Some(tx.clone());
+        }
+        if *self.shutdown.borrow() {
+            return None;
         }
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         g.insert(s, tx.clone());
         tokio::spawn(run_batcher(Arc::downgrade(self), s, rx));
-        tx
+        Some(tx)
     }
 
     /// Runs an admin command on every shard through its log (every replica applies it at the
@@ -1955,9 +1963,13 @@ impl Node {
 
     /// Stops the Raft groups and the service, and closes the shards' data.
     pub async fn shutdown(&self) {
-        let _ = self.shutdown.send(true);
-        // Ends the batchers once their queues are empty.
-        self.batchers.lock().clear();
+        {
+            // Ends the batchers once their queues are empty; no new ones start (the flag is
+            // set under the same lock `batcher` checks it under).
+            let mut g = self.batchers.lock();
+            let _ = self.shutdown.send(true);
+            g.clear();
+        }
         let mut groups = self.hosted();
         groups.push(self.meta.clone());
         for sh in groups {
