@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use server::{BIN, free_port, urlencode};
+use server::{BIN, free_port_pairs, free_ports, urlencode};
 
 struct ClusterNode {
     id: u64,
@@ -190,7 +190,7 @@ impl Drop for Cluster {
 
 fn start_cluster(n: u64, shards: u32, extra: &[&str]) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
-    let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+    let ports = free_port_pairs(n as usize);
     let peers: Vec<String> = ports
         .iter()
         .enumerate()
@@ -925,7 +925,7 @@ fn proxy(upstream: u16) -> Proxy {
 fn partitioned_node_acknowledges_nothing_and_converges_after_healing() {
     let shards = 3;
     let dir = tempfile::tempdir().unwrap();
-    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let ports = free_port_pairs(3);
     // Every link that involves node 3 goes through a proxy that can cut it.
     let to3 = proxy(ports[2].1);
     let from3_to1 = proxy(ports[0].1);
@@ -1173,7 +1173,10 @@ fn add_node_and_remove_node_move_replicas_under_load() {
     std::thread::sleep(Duration::from_secs(2));
 
     // A fourth node joins: started with --cluster.join, then added through node 1.
-    let (h4, c4) = (free_port(), free_port());
+    let (h4, c4) = match free_ports(2)[..] {
+        [h, c] => (h, c),
+        _ => unreachable!("free_ports(2) returns two ports"),
+    };
     let data = c.nodes[0].dir.join("n4");
     std::fs::create_dir_all(&data).unwrap();
     let peers: Vec<String> = c

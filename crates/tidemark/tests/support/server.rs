@@ -18,6 +18,22 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `n` distinct free ports: each stays bound until all are chosen, so two calls in a row
+/// cannot hand out the same port (as `free_port` twice can).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+/// `n` distinct pairs of free ports (HTTP and cluster port of each node).
+pub fn free_port_pairs(n: usize) -> Vec<(u16, u16)> {
+    free_ports(2 * n).chunks(2).map(|p| (p[0], p[1])).collect()
+}
+
 pub struct Server {
     pub child: Child,
     pub port: u16,
