@@ -30,11 +30,7 @@ fn main() {
     let series = args.get(1).copied().unwrap_or(1);
     let total = args.get(2).copied().unwrap_or(series).max(series);
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let node = common::one_member_node(&rt, dir.path(), |_| {});
     let labels: Vec<Labels> = (0..total)
         .map(|i| {

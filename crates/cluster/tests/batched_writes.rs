@@ -13,14 +13,6 @@ use tidemark_cluster::storage::ClusterStorage;
 use tidemark_model::{Labels, Matcher};
 use tidemark_storage::{Appendable, Queryable};
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn stored_samples(storage: &ClusterStorage) -> usize {
     let q = storage.querier(i64::MIN, i64::MAX).unwrap();
     let mut n = 0;
@@ -37,7 +29,7 @@ fn stored_samples(storage: &ClusterStorage) -> usize {
 #[test]
 fn scrape_commits_arriving_together_share_raft_entries_and_all_become_visible() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = runtime();
+    let rt = common::runtime();
     let node = common::one_member_node(&rt, dir.path(), |o| {
         o.write_batch_window = Duration::from_millis(300);
     });
@@ -92,7 +84,7 @@ fn scrape_commits_arriving_together_share_raft_entries_and_all_become_visible() 
 #[test]
 fn a_queued_write_no_leader_takes_is_counted_as_failed() {
     let dir = tempfile::tempdir().unwrap();
-    let rt = runtime();
+    let rt = common::runtime();
     let node = common::one_member_node(&rt, dir.path(), |o| {
         o.write_batch_window = Duration::from_millis(10);
         o.write_timeout = Duration::from_millis(300);

@@ -70,11 +70,7 @@ fn planner_reads_downsampled_shards() {
     write_history(plain_dir.path());
     let plain = Db::open(plain_dir.path(), common::db_opts()).unwrap();
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = common::runtime();
     let node = common::one_member_node(&rt, dir.path(), |_| {});
     let storage = ClusterStorage::new(node.clone(), rt.handle().clone());
 

@@ -164,6 +164,32 @@ fn bad_max_source_resolution_flag_is_refused() {
 }
 
 #[test]
+fn bad_write_batch_window_flag_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "server",
+            "--web.listen-address",
+            "127.0.0.1:0",
+            "--cluster.node-id",
+            "1",
+            "--cluster.listen-address",
+            "127.0.0.1:0",
+            "--storage.tsdb.path",
+        ])
+        .arg(dir.path().join("data"))
+        .args(["--cluster.write-batch-window", "soon"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("--cluster.write-batch-window") && text.contains("soon"),
+        "{text}"
+    );
+}
+
+#[test]
 fn promqltest_prints_summary_line() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("t.test");

@@ -14,6 +14,15 @@ pub(crate) fn free_port() -> u16 {
         .port()
 }
 
+/// A two-worker runtime for a node in a test.
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Engine options without background work (tests drive everything).
 pub(crate) fn db_opts() -> DbOptions {
     DbOptions {
